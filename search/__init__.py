@@ -1,0 +1,1 @@
+"""Running studies: data, training, the study, export, the command line."""

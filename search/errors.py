@@ -1,0 +1,11 @@
+"""Errors a user can cause and fix. The command line prints them as one line and exits with 2.
+
+Kept free of heavy imports so that every command can catch them cheaply."""
+
+
+class UsageError(Exception):
+    """A mistake in how a command was called (a limit, a device, a study name, ...)."""
+
+
+class DataError(Exception):
+    """The data cannot be loaded; the message says where to put the files."""

@@ -1,0 +1,313 @@
+"""The run config: one JSON file that fully describes a trainable run.
+
+A config is plain data (frozen dataclasses). `load_config` reads and validates a
+file, `config_from_dict` validates a dict (the search builds configs that way) and
+`config_to_dict` is its inverse (best.json, run records). Every rejection is a
+`ConfigError` whose one-line message names the field and the problem.
+
+The layer arithmetic (output shape, exact parameter count) lives here, next to the
+schema, and needs no torch: `summary` answers in well under a second and the search
+rejects a config over the parameter limit before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Union
+
+DEFAULT_MAX_PARAMS = 8000
+INPUT_SHAPE = (1, 28, 28)  # MNIST: channels, height, width
+N_CLASSES = 10
+INTERPOLATIONS = ("nearest", "bilinear")
+
+Shape = tuple[int, int, int]
+
+
+class ConfigError(ValueError):
+    """A config is wrong; the message is one line naming the field and the problem."""
+
+
+@dataclass(frozen=True)
+class Conv:
+    """Conv2d, optionally followed by BatchNorm, ReLU and dropout (in that order)."""
+
+    out: int
+    kernel: int
+    padding: int = 0
+    bias: bool = False
+    bn: bool = False
+    relu: bool = False
+    dropout: bool = False
+
+    def output_shape(self, shape: Shape) -> Shape:
+        _, h, w = shape
+        return (self.out, h + 2 * self.padding - self.kernel + 1, w + 2 * self.padding - self.kernel + 1)
+
+    def n_params(self, in_channels: int) -> int:
+        weights = in_channels * self.out * self.kernel * self.kernel
+        return weights + (self.out if self.bias else 0) + (2 * self.out if self.bn else 0)
+
+    def describe(self, in_channels: int) -> str:
+        extras = [name for name, on in (("bias", self.bias), ("BN", self.bn), ("ReLU", self.relu), ("dropout", self.dropout)) if on]
+        pad = f" pad {self.padding}" if self.padding else ""
+        return f"conv {self.kernel}x{self.kernel}{pad} {in_channels}->{self.out}" + "".join(f" +{e}" for e in extras)
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    kernel: int = 2
+
+    def output_shape(self, shape: Shape) -> Shape:
+        c, h, w = shape
+        return (c, h // self.kernel, w // self.kernel)
+
+    def n_params(self, in_channels: int) -> int:
+        return 0
+
+    def describe(self, in_channels: int) -> str:
+        return f"max-pool {self.kernel}"
+
+
+@dataclass(frozen=True)
+class GlobalAvgPool:
+    def output_shape(self, shape: Shape) -> Shape:
+        return (shape[0], 1, 1)
+
+    def n_params(self, in_channels: int) -> int:
+        return 0
+
+    def describe(self, in_channels: int) -> str:
+        return "global average pool"
+
+
+@dataclass(frozen=True)
+class LogSoftmax:
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def n_params(self, in_channels: int) -> int:
+        return 0
+
+    def describe(self, in_channels: int) -> str:
+        return "log-softmax"
+
+
+Layer = Union[Conv, MaxPool, GlobalAvgPool, LogSoftmax]
+LAYER_TYPES: dict[str, type] = {"conv": Conv, "maxpool": MaxPool, "gap": GlobalAvgPool, "log_softmax": LogSoftmax}
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """SGD."""
+
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scheduler:
+    """StepLR: multiply the learning rate by `gamma` every `step_size` epochs."""
+
+    step_size: int
+    gamma: float
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-image random rotation in [-rotation, rotation] degrees, then brightness and
+    contrast factors drawn from [1 - x, 1 + x] (as torchvision's ColorJitter)."""
+
+    rotation: float = 0.0
+    interpolation: str = "nearest"
+    brightness: float = 0.0
+    contrast: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    layers: tuple[Layer, ...]
+    dropout: float
+    optimizer: Optimizer
+    scheduler: Scheduler
+    epochs: int
+    batch_size: int
+    augment: Augment
+    seed: int = 1
+    name: str = ""
+
+
+# ---------------------------------------------------------------- layer arithmetic
+
+
+def layer_rows(config: RunConfig) -> list[tuple[str, Shape, int]]:
+    """(description, output shape, params) for each layer, from the MNIST input on."""
+    rows, shape = [], INPUT_SHAPE
+    for layer in config.layers:
+        description, params = layer.describe(shape[0]), layer.n_params(shape[0])
+        shape = layer.output_shape(shape)
+        rows.append((description, shape, params))
+    return rows
+
+
+def count_params(config: RunConfig) -> int:
+    """Exact number of trainable parameters of the model `config` builds."""
+    return sum(params for _, _, params in layer_rows(config))
+
+
+def _check_shapes(layers: tuple[Layer, ...]) -> None:
+    shape = INPUT_SHAPE
+    for i, layer in enumerate(layers):
+        where = f"layers[{i}]"
+        _, h, w = shape
+        if isinstance(layer, Conv):
+            if layer.kernel > h + 2 * layer.padding or layer.kernel > w + 2 * layer.padding:
+                raise ConfigError(f"{where}: kernel {layer.kernel}x{layer.kernel} is larger than the {h}x{w} feature map it meets")
+        elif isinstance(layer, MaxPool) and (layer.kernel > h or layer.kernel > w):
+            raise ConfigError(f"{where}: max-pool {layer.kernel} is larger than the {h}x{w} feature map it meets")
+        elif isinstance(layer, LogSoftmax) and i != len(layers) - 1:
+            raise ConfigError(f"{where}: log_softmax must be the last layer")
+        shape = layer.output_shape(shape)
+    if not layers or not isinstance(layers[-1], LogSoftmax):
+        raise ConfigError("layers: the last layer must be {\"type\": \"log_softmax\"}")
+    if shape != (N_CLASSES, 1, 1):
+        c, h, w = shape
+        raise ConfigError(f"layers: the network ends in {c}x{h}x{w}; it must end in {N_CLASSES}x1x1 (one value per class)")
+
+
+# ---------------------------------------------------------------- reading and writing
+
+
+def _type_name(t: type) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[t]
+
+
+def _value(raw: Any, t: type, where: str) -> Any:
+    """`raw` as type `t`; JSON's integers are accepted as numbers, booleans never as numbers."""
+    ok = isinstance(raw, t) and not (t is not bool and isinstance(raw, bool))
+    if t is float and isinstance(raw, int) and not isinstance(raw, bool):
+        raw, ok = float(raw), True
+    if not ok:
+        raise ConfigError(f"{where}: must be {_type_name(t)}, got {json.dumps(raw)}")
+    if t is float and not math.isfinite(raw):
+        raise ConfigError(f"{where}: must be a finite number, got {raw}")
+    return raw
+
+
+def _section(raw: Any, cls: type, where: str) -> Any:
+    """Build dataclass `cls` from a JSON object: unknown keys, missing keys and wrong types are errors."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: must be a JSON object, got {json.dumps(raw)}")
+    known = {f.name: f for f in fields(cls)}
+    prefix = f"{where}." if where else ""
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown key (expected one of: {', '.join(known)})")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            if f.default is f.default_factory:  # both MISSING: the field is required
+                raise ConfigError(f"{prefix}{name}: missing")
+            continue
+        t = {"int": int, "float": float, "bool": bool, "str": str}.get(str(f.type))
+        if t is not None:
+            values[name] = _value(raw[name], t, f"{prefix}{name}")
+        else:
+            values[name] = raw[name]  # nested: the caller parses it
+    return values
+
+
+def _check(ok: bool, where: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {problem}")
+
+
+def _layer(raw: Any, where: str) -> Layer:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a JSON object, got {json.dumps(raw)}")
+    kind = raw.get("type")
+    if kind not in LAYER_TYPES:
+        raise ConfigError(f"{where}.type: must be one of {', '.join(LAYER_TYPES)}, got {json.dumps(kind)}")
+    cls = LAYER_TYPES[kind]
+    values = _section({k: v for k, v in raw.items() if k != "type"}, cls, where)
+    layer = cls(**values)
+    if isinstance(layer, Conv):
+        _check(layer.out > 0, f"{where}.out", f"must be > 0, got {layer.out}")
+        _check(layer.kernel > 0, f"{where}.kernel", f"must be > 0, got {layer.kernel}")
+        _check(layer.padding >= 0, f"{where}.padding", f"must be >= 0, got {layer.padding}")
+    if isinstance(layer, MaxPool):
+        _check(layer.kernel > 0, f"{where}.kernel", f"must be > 0, got {layer.kernel}")
+    return layer
+
+
+def config_from_dict(raw: Any) -> RunConfig:
+    """Validate a config dict and return it as a RunConfig (raises ConfigError)."""
+    top = _section(raw, RunConfig, "")
+    layers_raw = top["layers"]
+    if not isinstance(layers_raw, list) or not layers_raw:
+        raise ConfigError(f"layers: must be a non-empty list of layers, got {json.dumps(layers_raw)}")
+    layers = tuple(_layer(item, f"layers[{i}]") for i, item in enumerate(layers_raw))
+    optimizer = Optimizer(**_section(top["optimizer"], Optimizer, "optimizer"))
+    scheduler = Scheduler(**_section(top["scheduler"], Scheduler, "scheduler"))
+    augment = Augment(**_section(top["augment"], Augment, "augment"))
+    config = RunConfig(**{**top, "layers": layers, "optimizer": optimizer, "scheduler": scheduler, "augment": augment})
+
+    _check(0.0 <= config.dropout < 1.0, "dropout", f"must be in [0, 1), got {config.dropout}")
+    _check(config.epochs > 0, "epochs", f"must be > 0, got {config.epochs}")
+    _check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
+    _check(optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {optimizer.lr}")
+    _check(0.0 <= optimizer.momentum < 1.0, "optimizer.momentum", f"must be in [0, 1), got {optimizer.momentum}")
+    _check(optimizer.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {optimizer.weight_decay}")
+    _check(scheduler.step_size > 0, "scheduler.step_size", f"must be > 0, got {scheduler.step_size}")
+    _check(0.0 < scheduler.gamma <= 1.0, "scheduler.gamma", f"must be in (0, 1], got {scheduler.gamma}")
+    _check(0.0 <= augment.rotation <= 180.0, "augment.rotation", f"must be in [0, 180] degrees, got {augment.rotation}")
+    _check(augment.interpolation in INTERPOLATIONS, "augment.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {json.dumps(augment.interpolation)}")
+    _check(0.0 <= augment.brightness < 1.0, "augment.brightness", f"must be in [0, 1), got {augment.brightness}")
+    _check(0.0 <= augment.contrast < 1.0, "augment.contrast", f"must be in [0, 1), got {augment.contrast}")
+    _check_shapes(layers)
+    return config
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The JSON form of `config`, every field written out, the name first."""
+    out = {"name": config.name, **asdict(config)}
+    out["layers"] = [{"type": next(k for k, cls in LAYER_TYPES.items() if isinstance(layer, cls)), **asdict(layer)} for layer in config.layers]
+    return out
+
+
+def config_to_json(config: RunConfig) -> str:
+    """`config` as the text of a config file: one line per layer, so a diff reads like the network."""
+    items = []
+    for key, value in config_to_dict(config).items():
+        if key == "layers":
+            value_text = "[\n" + ",\n".join(f"    {json.dumps(layer)}" for layer in value) + "\n  ]"
+        else:
+            value_text = json.dumps(value)
+        items.append(f"  {json.dumps(key)}: {value_text}")
+    return "{\n" + ",\n".join(items) + "\n}\n"
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a config file (raises ConfigError with the file's name)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(config_to_json(config))

@@ -1,0 +1,121 @@
+import json
+import math
+
+import pytest
+
+from conftest import REFERENCE, assert_one_line_error, run_cli
+from space.config import ConfigError, config_from_dict, config_to_json, count_params, load_config
+from space.model import build_model
+
+EXPECTED_PARAMS = {"step1": 6_969_866, "step2": 12_862, "step3": 7_944}
+
+
+@pytest.mark.parametrize("name", EXPECTED_PARAMS)
+def test_reference_param_counts_are_exact(name):
+    config = load_config(REFERENCE / f"{name}.json")
+    assert count_params(config) == EXPECTED_PARAMS[name]
+    assert sum(p.numel() for p in build_model(config).parameters()) == EXPECTED_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", EXPECTED_PARAMS)
+def test_summary_prints_the_total(name):
+    result = run_cli("summary", str(REFERENCE / f"{name}.json"))
+    assert result.returncode == 0, result.stderr
+    assert f"total params: {EXPECTED_PARAMS[name]:,}" in result.stdout
+
+
+def test_step3_builds_the_documented_network():
+    import torch
+
+    model = build_model(load_config(REFERENCE / "step3.json"))
+    convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
+        (1, 10, 3), (10, 15, 3), (15, 10, 1), (10, 16, 3), (16, 16, 3), (16, 16, 3), (16, 10, 1)]
+    assert all(c.bias is None for c in convs)
+    out = model.eval()(torch.zeros(2, 1, 28, 28))
+    assert out.shape == (2, 10)
+    assert torch.allclose(out.exp().sum(1), torch.ones(2))  # log-probabilities
+
+
+def test_config_file_round_trips(tmp_path):
+    config = load_config(REFERENCE / "step3.json")
+    assert config_to_json(config) == (REFERENCE / "step3.json").read_text()
+    assert config_from_dict(json.loads(config_to_json(config))) == config
+
+
+def step3_dict() -> dict:
+    return json.loads((REFERENCE / "step3.json").read_text())
+
+
+def with_change(path: str, value) -> dict:
+    """step3 with the field at dotted `path` (list indices as numbers) set to `value`; DELETE removes it."""
+    raw = step3_dict()
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node = raw
+    for p in parents:
+        node = node[p]
+    if value == "DELETE":
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+BAD_CONFIGS = [
+    # (change, words the one-line message must contain)
+    (("colour", "red"), ["colour", "unknown key"]),
+    (("optimizer.nesterov", True), ["optimizer.nesterov", "unknown key"]),
+    (("layers.0.stride", 2), ["layers[0].stride", "unknown key"]),
+    (("epochs", "15"), ["epochs", "must be an integer"]),
+    (("epochs", 1.5), ["epochs", "must be an integer"]),
+    (("layers.0.bias", "no"), ["layers[0].bias", "true or false"]),
+    (("optimizer.lr", "fast"), ["optimizer.lr", "must be a number"]),
+    (("layers.1.out", 0), ["layers[1].out", "must be > 0"]),
+    (("layers.4.out", -3), ["layers[4].out", "must be > 0"]),
+    (("epochs", 0), ["epochs", "must be > 0"]),
+    (("batch_size", -1), ["batch_size", "must be > 0"]),
+    (("scheduler.gamma", 0), ["scheduler.gamma", "(0, 1]"]),
+    (("scheduler.gamma", 1.5), ["scheduler.gamma", "(0, 1]"]),
+    (("optimizer.lr", 0), ["optimizer.lr", "must be > 0"]),
+    (("optimizer.lr", -0.1), ["optimizer.lr", "must be > 0"]),
+    (("layers.8.kernel", 3), ["layers[8]", "kernel 3x3 is larger than the 1x1 feature map"]),
+    (("layers.6.kernel", 9), ["layers[6]", "kernel 9x9 is larger than the 8x8 feature map"]),
+    (("scheduler.step_size", "DELETE"), ["scheduler.step_size", "missing"]),
+    (("layers.3.type", "avgpool"), ["layers[3].type", "must be one of"]),
+    (("layers.8.out", 12), ["layers", "must end in 10x1x1"]),
+    (("augment.interpolation", "cubic"), ["augment.interpolation", "nearest, bilinear"]),
+]
+
+
+@pytest.mark.parametrize("change,words", BAD_CONFIGS, ids=[f"{c[0]}={c[1]}" for c, _ in BAD_CONFIGS])
+def test_bad_config_is_rejected_with_one_line(tmp_path, change, words):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(with_change(*change)))
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message
+
+
+@pytest.mark.parametrize("command", ["summary", "reproduce"])
+def test_bad_config_on_the_command_line_exits_2_without_traceback(tmp_path, command):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(with_change("scheduler.gamma", 0)))
+    assert_one_line_error(run_cli(command, str(path)), "bad.json", "scheduler.gamma", "(0, 1]")
+
+
+def test_missing_file_and_broken_json_exit_2(tmp_path):
+    assert_one_line_error(run_cli("summary", str(tmp_path / "nope.json")), "nope.json", "no such config file")
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"name": "x", "layers": [')
+    assert_one_line_error(run_cli("summary", str(broken)), "broken.json", "not valid JSON", "line 1")
+    not_object = tmp_path / "list.json"
+    not_object.write_text("[1, 2]")
+    assert_one_line_error(run_cli("summary", str(not_object)), "list.json", "must be a JSON object")
+
+
+def test_nan_in_config_is_rejected():
+    with pytest.raises(ConfigError, match="finite"):
+        config_from_dict(with_change("dropout", math.nan))

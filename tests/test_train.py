@@ -1,0 +1,92 @@
+from dataclasses import replace
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+from conftest import REFERENCE
+from search.data import load_mnist, load_split, validation_indices
+from search.train import MEAN, STD, _uniform, augment_batch, normalize, train
+from space.config import Augment, load_config
+
+N = 64
+
+
+@pytest.fixture(scope="module")
+def images(data_dir):
+    return load_mnist(data_dir, train=False)[0][:N]
+
+
+def factors(half_width: float) -> torch.Tensor:
+    """The first draws augment_batch makes from a generator seeded with 0."""
+    return 1 + _uniform(N, half_width, torch.Generator().manual_seed(0), torch.device("cpu"))
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.unsqueeze(1).float() / 255
+
+
+def test_no_augmentation_is_plain_normalisation(images):
+    out = augment_batch(images, Augment(), torch.Generator().manual_seed(0))
+    assert torch.equal(out, normalize(images))
+    assert out.shape == (N, 1, 28, 28)
+
+
+def test_brightness_matches_torchvision_color_jitter(images):
+    out = augment_batch(images, Augment(brightness=0.3), torch.Generator().manual_seed(0))
+    f = factors(0.3)
+    expected = torch.stack([TF.adjust_brightness(x, f[i].item()) for i, x in enumerate(as_float(images))])
+    assert torch.allclose(out, (expected - MEAN) / STD, atol=1e-5)
+
+
+def test_contrast_matches_torchvision_color_jitter(images):
+    out = augment_batch(images, Augment(contrast=0.3), torch.Generator().manual_seed(0))
+    f = factors(0.3)
+    expected = torch.stack([TF.adjust_contrast(x, f[i].item()) for i, x in enumerate(as_float(images))])
+    assert torch.allclose(out, (expected - MEAN) / STD, atol=1e-5)
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_rotation_matches_torchvision_rotate(images, interpolation):
+    out = augment_batch(images, Augment(rotation=15.0, interpolation=interpolation), torch.Generator().manual_seed(0))
+    angles = _uniform(N, 15.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    mode = InterpolationMode(interpolation)
+    expected = torch.stack([TF.rotate(x, angles[i].item(), interpolation=mode) for i, x in enumerate(as_float(images))])
+    assert torch.allclose(out, (expected - MEAN) / STD, atol=1e-4)
+    assert not torch.allclose(out, normalize(images))  # it did rotate
+
+
+def test_split_is_fixed_disjoint_and_complete():
+    train_a, val_a = validation_indices()
+    train_b, val_b = validation_indices()
+    assert torch.equal(train_a, train_b) and torch.equal(val_a, val_b)
+    assert len(train_a) == 50_000 and len(val_a) == 10_000
+    assert len(set(train_a.tolist()) | set(val_a.tolist())) == 60_000
+
+
+def test_search_split_and_full_split(data_dir):
+    search = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000)
+    assert (len(search.train_images), len(search.eval_images), search.eval_name) == (1000, 10_000, "val")
+    full = load_split(data_dir, torch.device("cpu"), validation=False)
+    assert (len(full.train_images), len(full.eval_images), full.eval_name) == (60_000, 10_000, "test")
+    assert search.train_images.dtype == torch.uint8
+
+
+def test_training_is_deterministic_on_cpu_and_learns(data_dir):
+    config = replace(load_config(REFERENCE / "step3.json"), epochs=2, seed=7)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=2000)
+    first = train(config, split)
+    second = train(config, split)
+    keys = ["lr", "train_loss", "train_acc", "val_loss", "val_acc"]
+    assert [[m[k] for k in keys] for m in first] == [[m[k] for k in keys] for m in second]
+    assert first[-1]["val_acc"] > 50.0  # 2 epochs on 2,000 images: well above chance (10 %)
+    other_seed = train(replace(config, seed=8), split)
+    assert [m["train_loss"] for m in other_seed] != [m["train_loss"] for m in first]
+
+
+def test_step_lr_schedule_is_applied(data_dir):
+    config = replace(load_config(REFERENCE / "step3.json"), epochs=3)
+    config = replace(config, scheduler=replace(config.scheduler, step_size=1, gamma=0.5))
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
+    assert [m["lr"] for m in train(config, split)] == pytest.approx([0.2, 0.1, 0.05])
