@@ -55,14 +55,96 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from search.data import load_split, resolve_data_dir
     from search.reproduce import reproduce
 
-    config = load_config(args.config)
+    if (args.config is None) == (args.study is None):
+        raise UsageError("reproduce takes a CONFIG.json or --study NAME (one of the two)")
+    if args.as_trained and args.trial is None:
+        raise UsageError("--as-trained needs --trial N")
+    seeds, validation, subset = args.seeds, False, None
+    if args.config is not None:
+        config, source = load_config(args.config), str(args.config)
+        default_out = Path("runs") / f"reproduce-{config.name or args.config.stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    else:
+        from search.study import export_config, load_existing_study, trial_config
+
+        study = load_existing_study(args.study, args.storage)
+        trial = _trial(study, args.trial)
+        source = f"study {args.study!r} trial {trial.number}"
+        if args.as_trained:  # exactly as the study trained it: same split, subset, seed and epochs
+            config, validation, subset = trial_config(trial), True, trial.user_attrs["subset"]
+            seeds = [config.seed]
+        else:
+            config = export_config(study, trial)
+        default_out = Path("studies") / args.study / (f"reproduce-trial{trial.number}" + ("-as-trained" if args.as_trained else "") + ".json")
     if args.epochs:
         config = replace(config, epochs=args.epochs)
-    check_limit(config, str(args.config), args.max_params, args.allow_over_limit)
+    check_limit(config, source, args.max_params, args.allow_over_limit)
+    split = load_split(resolve_data_dir(args.data_dir), _device(args.device), validation=validation, subset=subset)
+    record = reproduce(config, seeds, split, args.out or default_out)
+    if args.as_trained:
+        recorded = [m["val_acc"] for m in trial.user_attrs.get("epochs", [])]
+        now = [m["val_acc"] for m in record["runs"][0]["epochs"]]
+        same = now[: len(recorded)] == recorded
+        print(f"recorded val acc per epoch: {recorded}")
+        print(f"matches the study's record exactly: {'yes' if same else 'NO'}")
+
+
+def _trial(study, number: int | None):
+    from search.study import best_trial
+
+    if number is None:
+        return best_trial(study)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not trials or "config" not in trials[0].user_attrs:
+        raise UsageError(f"study {study.study_name!r} has no trial {number} with a config; see its trials in the dashboard or `report`")
+    return trials[0]
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from search.data import load_split, resolve_data_dir
+    from search.export import export_best
+    from search.study import best_trial, create_or_resume, default_storage, load_study_spec, run_study, trial_line
+
+    spec = load_study_spec(args.study_file)
+    if args.study:
+        spec = replace(spec, name=args.study)
+    training = spec.training
+    if args.epochs:
+        training = replace(training, epochs=args.epochs)
+    if args.subset:
+        training = replace(training, subset=args.subset)
+    spec = replace(spec, training=training, trials=args.trials or spec.trials, max_params=args.max_params or spec.max_params,
+                   seed=spec.seed if args.seed is None else args.seed)
+    out = args.out or Path("studies") / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    storage = args.storage or default_storage(out)
     device = _device(args.device)
-    split = load_split(resolve_data_dir(args.data_dir), device, validation=False)
-    out = args.out or Path("runs") / f"reproduce-{config.name or Path(args.config).stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
-    reproduce(config, args.seeds, split, out)
+    data_dir = resolve_data_dir(args.data_dir)
+    study = create_or_resume(spec, storage)
+    print(f"study {spec.name!r}: {spec.trials} trials, {training.epochs} epochs on {training.subset:,} training images a trial, "
+          f"limit {spec.max_params:,} params, device {device}, storage {mask(storage)}")
+    run_study(spec, study, lambda: load_split(data_dir, device, validation=True, subset=training.subset), args.timeout)
+    best = best_trial(study)
+    path = export_best(study, out)
+    print(f"best: {trial_line(best)}")
+    print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3)")
+    print(f"dashboard: optuna-dashboard {mask(storage)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from search.export import export_best
+    from search.study import load_existing_study
+
+    study = load_existing_study(args.study, args.storage)
+    path = export_best(study, args.out or Path("studies") / args.study)
+    print(f"best config written to {path}")
+
+
+def mask(url: str) -> str:
+    from search.study import mask_password
+
+    return mask_password(url)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -97,11 +179,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=positive_int, default=DEFAULT_MAX_PARAMS)
     p.set_defaults(func=cmd_summary)
 
-    p = commands.add_parser("reproduce", help="train a config on all 60,000 images and report test accuracy")
-    p.add_argument("config", type=Path)
+    p = commands.add_parser("run", help="run (or resume) a search study")
+    p.add_argument("study_file", type=Path, metavar="STUDY.toml")
+    p.add_argument("--study", help="study name (default: the study file's name field)")
+    p.add_argument("--trials", type=positive_int, help="run until the study holds N finished trials")
+    p.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    p.add_argument("--epochs", type=positive_int, help="epochs per trial")
+    p.add_argument("--subset", type=positive_int, help="train each trial on the first N images of the training split")
+    p.add_argument("--max-params", type=positive_int, help="hard parameter limit")
+    p.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
+    data_and_device(p)
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("export", help="write a study's best trial as best.json")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME/study.db)")
+    p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("reproduce", help="train a config (or a study's best trial) on all 60,000 images; report test accuracy")
+    p.add_argument("config", type=Path, nargs="?", help="a config file, or use --study")
+    p.add_argument("--study", help="reproduce this study's best trial (or --trial N)")
+    p.add_argument("--storage", help="the study's storage URL (default: sqlite:///studies/NAME/study.db)")
+    p.add_argument("--trial", type=int, help="with --study: this trial instead of the best")
+    p.add_argument("--as-trained", action="store_true", help="with --trial: retrain exactly as the study did (its split, subset, seed, epochs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed (default: 1)")
     p.add_argument("--epochs", type=positive_int, help="override the config's epoch count")
-    p.add_argument("--out", type=Path, help="JSON record of the run (default: runs/reproduce-NAME-TIME.json)")
+    p.add_argument("--out", type=Path, help="JSON record of the run (default: runs/reproduce-NAME-TIME.json, or in the study's folder)")
     p.add_argument("--max-params", type=positive_int, default=DEFAULT_MAX_PARAMS)
     p.add_argument("--allow-over-limit", action="store_true", help="train a config over --max-params")
     data_and_device(p)
@@ -123,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        resume = "; the running trial is marked FAIL: rerun the same command to resume" if args.command == "run" else ""
+        print(f"interrupted{resume}", file=sys.stderr)
         return 130
     return 0

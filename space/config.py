@@ -197,7 +197,7 @@ def _value(raw: Any, t: type, where: str) -> Any:
     return raw
 
 
-def _section(raw: Any, cls: type, where: str) -> Any:
+def parse_section(raw: Any, cls: type, where: str) -> Any:
     """Build dataclass `cls` from a JSON object: unknown keys, missing keys and wrong types are errors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where or 'config'}: must be a JSON object, got {json.dumps(raw)}")
@@ -220,7 +220,7 @@ def _section(raw: Any, cls: type, where: str) -> Any:
     return values
 
 
-def _check(ok: bool, where: str, problem: str) -> None:
+def check(ok: bool, where: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{where}: {problem}")
 
@@ -232,41 +232,41 @@ def _layer(raw: Any, where: str) -> Layer:
     if kind not in LAYER_TYPES:
         raise ConfigError(f"{where}.type: must be one of {', '.join(LAYER_TYPES)}, got {json.dumps(kind)}")
     cls = LAYER_TYPES[kind]
-    values = _section({k: v for k, v in raw.items() if k != "type"}, cls, where)
+    values = parse_section({k: v for k, v in raw.items() if k != "type"}, cls, where)
     layer = cls(**values)
     if isinstance(layer, Conv):
-        _check(layer.out > 0, f"{where}.out", f"must be > 0, got {layer.out}")
-        _check(layer.kernel > 0, f"{where}.kernel", f"must be > 0, got {layer.kernel}")
-        _check(layer.padding >= 0, f"{where}.padding", f"must be >= 0, got {layer.padding}")
+        check(layer.out > 0, f"{where}.out", f"must be > 0, got {layer.out}")
+        check(layer.kernel > 0, f"{where}.kernel", f"must be > 0, got {layer.kernel}")
+        check(layer.padding >= 0, f"{where}.padding", f"must be >= 0, got {layer.padding}")
     if isinstance(layer, MaxPool):
-        _check(layer.kernel > 0, f"{where}.kernel", f"must be > 0, got {layer.kernel}")
+        check(layer.kernel > 0, f"{where}.kernel", f"must be > 0, got {layer.kernel}")
     return layer
 
 
 def config_from_dict(raw: Any) -> RunConfig:
     """Validate a config dict and return it as a RunConfig (raises ConfigError)."""
-    top = _section(raw, RunConfig, "")
+    top = parse_section(raw, RunConfig, "")
     layers_raw = top["layers"]
     if not isinstance(layers_raw, list) or not layers_raw:
         raise ConfigError(f"layers: must be a non-empty list of layers, got {json.dumps(layers_raw)}")
     layers = tuple(_layer(item, f"layers[{i}]") for i, item in enumerate(layers_raw))
-    optimizer = Optimizer(**_section(top["optimizer"], Optimizer, "optimizer"))
-    scheduler = Scheduler(**_section(top["scheduler"], Scheduler, "scheduler"))
-    augment = Augment(**_section(top["augment"], Augment, "augment"))
+    optimizer = Optimizer(**parse_section(top["optimizer"], Optimizer, "optimizer"))
+    scheduler = Scheduler(**parse_section(top["scheduler"], Scheduler, "scheduler"))
+    augment = Augment(**parse_section(top["augment"], Augment, "augment"))
     config = RunConfig(**{**top, "layers": layers, "optimizer": optimizer, "scheduler": scheduler, "augment": augment})
 
-    _check(0.0 <= config.dropout < 1.0, "dropout", f"must be in [0, 1), got {config.dropout}")
-    _check(config.epochs > 0, "epochs", f"must be > 0, got {config.epochs}")
-    _check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
-    _check(optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {optimizer.lr}")
-    _check(0.0 <= optimizer.momentum < 1.0, "optimizer.momentum", f"must be in [0, 1), got {optimizer.momentum}")
-    _check(optimizer.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {optimizer.weight_decay}")
-    _check(scheduler.step_size > 0, "scheduler.step_size", f"must be > 0, got {scheduler.step_size}")
-    _check(0.0 < scheduler.gamma <= 1.0, "scheduler.gamma", f"must be in (0, 1], got {scheduler.gamma}")
-    _check(0.0 <= augment.rotation <= 180.0, "augment.rotation", f"must be in [0, 180] degrees, got {augment.rotation}")
-    _check(augment.interpolation in INTERPOLATIONS, "augment.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {json.dumps(augment.interpolation)}")
-    _check(0.0 <= augment.brightness < 1.0, "augment.brightness", f"must be in [0, 1), got {augment.brightness}")
-    _check(0.0 <= augment.contrast < 1.0, "augment.contrast", f"must be in [0, 1), got {augment.contrast}")
+    check(0.0 <= config.dropout < 1.0, "dropout", f"must be in [0, 1), got {config.dropout}")
+    check(config.epochs > 0, "epochs", f"must be > 0, got {config.epochs}")
+    check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
+    check(optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {optimizer.lr}")
+    check(0.0 <= optimizer.momentum < 1.0, "optimizer.momentum", f"must be in [0, 1), got {optimizer.momentum}")
+    check(optimizer.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {optimizer.weight_decay}")
+    check(scheduler.step_size > 0, "scheduler.step_size", f"must be > 0, got {scheduler.step_size}")
+    check(0.0 < scheduler.gamma <= 1.0, "scheduler.gamma", f"must be in (0, 1], got {scheduler.gamma}")
+    check(0.0 <= augment.rotation <= 180.0, "augment.rotation", f"must be in [0, 180] degrees, got {augment.rotation}")
+    check(augment.interpolation in INTERPOLATIONS, "augment.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {json.dumps(augment.interpolation)}")
+    check(0.0 <= augment.brightness < 1.0, "augment.brightness", f"must be in [0, 1), got {augment.brightness}")
+    check(0.0 <= augment.contrast < 1.0, "augment.contrast", f"must be in [0, 1), got {augment.contrast}")
     _check_shapes(layers)
     return config
 

@@ -1,0 +1,207 @@
+"""The search study end to end on a tiny budget: hard limit, storage, export, reproduction, resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from space.config import count_params, load_config
+
+TINY = """
+name = "tiny"
+trials = 8
+max_params = 4000
+seed = 3
+
+[training]
+epochs = 3
+subset = 256
+export_epochs = 6
+
+[pruner]
+kind = "median"
+startup_trials = 2
+
+[space]
+conv1 = [4, 16]
+conv2 = [4, 16]
+transition = [4, 16]
+conv3 = [4, 16]
+conv4 = [4, 16]
+conv5 = [4, 16]
+"""
+
+
+def write_study(tmp: Path, text: str = TINY) -> Path:
+    path = tmp / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("study")
+    result = run_cli("run", str(write_study(tmp)), "--out", str(tmp / "out"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp / 'out' / 'study.db'}")
+    return tmp, study, result.stdout
+
+
+def test_run_prints_a_line_per_trial_and_the_best(tiny_study):
+    _, study, stdout = tiny_study
+    assert len(study.trials) == 8
+    for trial in study.trials:
+        assert f"trial {trial.number:>4}  params" in stdout
+    assert "best config:" in stdout and "optuna-dashboard sqlite:///" in stdout
+
+
+def test_hard_limit_is_never_trained_and_recorded(tiny_study):
+    _, study, _ = tiny_study
+    over = [t for t in study.trials if t.user_attrs["n_params"] > 4000]
+    assert over, "the tiny space (widths up to 16) must produce configs over 4,000 params"
+    for trial in study.trials:
+        assert isinstance(trial.user_attrs["n_params"], int)
+        config = load_config_dict(trial.user_attrs["config"])
+        assert count_params(config) == trial.user_attrs["n_params"]
+        assert trial.constraints == {"params_over_limit": trial.user_attrs["n_params"] - 4000}
+    for trial in over:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["reason"].startswith("over the parameter limit")
+        assert "epochs" not in trial.user_attrs and not trial.intermediate_values  # never trained
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete and all(t.user_attrs["n_params"] <= 4000 for t in complete)
+
+
+def load_config_dict(raw):
+    from space.config import config_from_dict
+
+    return config_from_dict(raw)
+
+
+def test_trained_trials_carry_their_record(tiny_study):
+    _, study, _ = tiny_study
+    trained = [t for t in study.trials if "epochs" in t.user_attrs]
+    assert trained
+    for trial in trained:
+        epochs = trial.user_attrs["epochs"]
+        assert [m["epoch"] for m in epochs] == list(range(1, len(epochs) + 1))
+        assert trial.intermediate_values == {m["epoch"]: m["val_acc"] for m in epochs}
+        assert trial.user_attrs["seed"] == 3 and trial.user_attrs["subset"] == 256 and trial.user_attrs["device"] == "cpu"
+        assert trial.user_attrs["seconds"] > 0
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == pytest.approx(sum(m["val_acc"] for m in epochs[-3:]) / 3)
+
+
+def test_first_trial_is_the_hand_made_reference_when_the_space_holds_it(tiny_study):
+    _, study, _ = tiny_study
+    # widths up to 16 hold the reference (10, 15, 10, 16, 16, 16); step size 6 of 15 epochs scales to 1 of 3
+    assert study.trials[0].params["conv2_width"] == 15 and study.trials[0].params["step_size"] == 1
+    assert study.trials[0].user_attrs["n_params"] == 7944
+
+
+def test_best_json_is_a_reference_format_config(tiny_study):
+    tmp, study, _ = tiny_study
+    path = tmp / "out" / "best.json"
+    config = load_config(path)
+    best = study.best_trial
+    assert count_params(config) == best.user_attrs["n_params"] <= 4000
+    assert config.epochs == 6  # export_epochs
+    assert config.scheduler.step_size == 2 * best.params["step_size"]  # scaled by 6 / 3
+    assert config.optimizer.lr == best.params["lr"] and config.augment.rotation == best.params["rotation"]
+    result = run_cli("summary", str(path), "--max-params", "4000")
+    assert result.returncode == 0 and f"total params: {count_params(config):,}" in result.stdout
+    # export writes the same file again
+    (tmp / "again").mkdir()
+    result = run_cli("export", "--study", "tiny", "--storage", f"sqlite:///{tmp / 'out' / 'study.db'}", "--out", str(tmp / "again"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp / "again" / "best.json").read_text() == path.read_text()
+
+
+def test_as_trained_reproduces_the_recorded_curve_exactly(tiny_study):
+    tmp, study, _ = tiny_study
+    trial = next(t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+    result = run_cli("reproduce", "--study", "tiny", "--storage", f"sqlite:///{tmp / 'out' / 'study.db'}", "--trial", str(trial.number),
+                     "--as-trained", "--max-params", "4000", "--device", "cpu", "--out", str(tmp / "as-trained.json"))
+    assert result.returncode == 0, result.stderr
+    assert "matches the study's record exactly: yes" in result.stdout
+    record = json.loads((tmp / "as-trained.json").read_text())
+    assert [m["val_acc"] for m in record["runs"][0]["epochs"]] == [m["val_acc"] for m in trial.user_attrs["epochs"]]
+
+
+def test_rerun_with_more_trials_resumes_to_the_total(tiny_study, tmp_path):
+    tmp, _, _ = tiny_study
+    again = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "10")
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp / 'out' / 'study.db'}")
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))) == 10
+    done = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "10")
+    assert done.returncode == 0 and "already holds 10 finished trials" in done.stdout
+
+
+def test_changed_settings_do_not_touch_an_existing_study(tiny_study):
+    tmp, _, _ = tiny_study
+    db = tmp / "out" / "study.db"
+    before = db.read_bytes()
+    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--epochs", "4")
+    assert_one_line_error(result, "created from different settings", "--study NEW_NAME")
+    assert db.read_bytes() == before
+
+
+def test_sigint_mid_trial_then_rerun_ends_with_exactly_the_requested_trials(tmp_path, data_dir):
+    study_file = write_study(tmp_path, TINY.replace("subset = 256", "subset = 2000"))
+    args = [sys.executable, "-m", "search", "run", str(study_file), "--out", str(tmp_path / "out"), "--device", "cpu", "--trials", "5"]
+    storage = f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wait until a trial is training (it has reported an epoch), then interrupt it as Ctrl-C does
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=storage).trials
+        except (KeyError, Exception):
+            continue
+        if any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in trials):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "rerun the same command to resume" in stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    interrupted = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(interrupted) == 1 and not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
+    kept = {t.number for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    finished = {t.number for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)}
+    assert len(finished) == 5 and kept <= finished  # exactly the requested number, none lost
+
+
+BAD_STUDIES = [
+    ("trials = 8", "trials = 0", ["trials", "must be > 0"]),
+    ("seed = 3", "seed = 3\ncolour = 1", ["colour", "unknown key"]),
+    ("epochs = 3", "epochs = \"3\"", ["training.epochs", "must be an integer"]),
+    ("conv1 = [4, 16]", "conv1 = [16, 4]", ["space.conv1", "low must be <= high"]),
+    ("conv1 = [4, 16]", "conv9 = [4, 16]", ["space.conv9", "unknown key"]),
+    ('kind = "median"', 'kind = "asha"', ["pruner.kind", "must be one of"]),
+    ("[training]", "[training", ["not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize("old,new,words", BAD_STUDIES, ids=[b[1] for b in BAD_STUDIES])
+def test_bad_study_file_is_one_line_and_creates_nothing(tmp_path, old, new, words):
+    result = run_cli("run", str(write_study(tmp_path, TINY.replace(old, new))), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "tiny.toml", *words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_commands_on_a_missing_study_are_one_line(tmp_path):
+    for args in (["export", "--study", "nope"], ["reproduce", "--study", "nope"]):
+        assert_one_line_error(run_cli(*args, cwd=tmp_path), "study 'nope' not found")
