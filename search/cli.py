@@ -104,6 +104,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     from search.data import load_split, resolve_data_dir
     from search.export import export_best
+    from search.report import publish_best
     from search.study import best_trial, create_or_resume, default_storage, load_study_spec, run_study, trial_line
 
     spec = load_study_spec(args.study_file)
@@ -124,12 +125,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     study = create_or_resume(spec, storage)
     print(f"study {spec.name!r}: {spec.trials} trials, {training.epochs} epochs on {training.subset:,} training images a trial, "
           f"limit {spec.max_params:,} params, device {device}, storage {mask(storage)}")
-    run_study(spec, study, lambda: load_split(data_dir, device, validation=True, subset=training.subset), args.timeout)
+    run_study(spec, study, lambda: load_split(data_dir, device, validation=True, subset=training.subset), out, args.timeout)
     best = best_trial(study)
     path = export_best(study, out)
+    publish_best(study)
     print(f"best: {trial_line(best)}")
     print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3)")
-    print(f"dashboard: optuna-dashboard {mask(storage)}")
+    print(f"dashboard: python -m search dashboard --study {spec.name}" + (f" --storage {mask(storage)}" if args.storage else "")
+          + f"   (or: optuna-dashboard {mask(storage)} --artifact-dir {out / 'artifacts'})")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -139,6 +142,36 @@ def cmd_export(args: argparse.Namespace) -> None:
     study = load_existing_study(args.study, args.storage)
     path = export_best(study, args.out or Path("studies") / args.study)
     print(f"best config written to {path}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from search.report import write_report
+    from search.study import load_existing_study
+
+    study = load_existing_study(args.study, args.storage)
+    written = write_report(study, args.out or Path("studies") / args.study / "report")
+    print("wrote " + ", ".join(str(p) for p in written))
+
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    import socket
+
+    import optuna_dashboard
+
+    from search.artifacts import artifact_store
+    from search.study import existing_storage, load_existing_study
+
+    study = load_existing_study(args.study, args.storage)
+    storage = existing_storage(args.study, args.storage)
+    with socket.socket() as probe:  # a clear message now beats a traceback from inside the server
+        try:
+            probe.bind((args.host, args.port))
+        except OSError:
+            raise UsageError(f"port {args.port} on {args.host} is in use (or not bindable); pass --port with a free port") from None
+    study_id = study._storage.get_study_id_from_name(study.study_name)
+    store = artifact_store(args.artifacts or Path("studies") / args.study)
+    print(f"optuna-dashboard for study {args.study!r}: http://{args.host}:{args.port}/dashboard/studies/{study_id}  (Ctrl-C stops it)", flush=True)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
 
 
 def mask(url: str) -> str:
@@ -212,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-over-limit", action="store_true", help="train a config over --max-params")
     data_and_device(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = commands.add_parser("report", help="trials.csv, plots and a top-5 table of a study")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME/study.db)")
+    p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/report/)")
+    p.set_defaults(func=cmd_report)
+
+    p = commands.add_parser("dashboard", help="serve optuna-dashboard on a study")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME/study.db)")
+    p.add_argument("--artifacts", type=Path, help="the study's output folder holding artifacts/ (default: studies/NAME/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
 
     p = commands.add_parser("bench", help="images/s of our pipeline against the seed's PIL DataLoader")
     p.add_argument("--steps", type=positive_int, default=60, help="training steps of 128 images per round (default: 60)")

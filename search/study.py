@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
+from search.artifacts import attach_trial_files
 from search.data import Split
 from search.errors import UsageError
 from search.train import DivergedError, train
@@ -113,18 +114,24 @@ def mask_password(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def existing_storage(name: str, storage: str | None) -> str:
+    """The storage URL of an existing study: `storage`, else studies/NAME/study.db, which must exist."""
+    if storage is not None:
+        return storage
+    path = Path("studies") / name / "study.db"
+    if not path.exists():
+        raise UsageError(f"study {name!r} not found: there is no {path}; run `python -m search run STUDY.toml` first, or pass --storage URL")
+    return default_storage(path.parent)
+
+
 def load_existing_study(name: str, storage: str | None) -> optuna.Study:
-    """A study that must already exist: `storage` or, by default, studies/NAME/study.db."""
-    if storage is None:
-        path = Path("studies") / name / "study.db"
-        if not path.exists():
-            raise UsageError(f"study {name!r} not found: there is no {path}; run `python -m search run STUDY.toml` first, or pass --storage URL")
-        storage = default_storage(path.parent)
+    """A study that must already exist, in `storage` or, by default, studies/NAME/study.db."""
+    url = existing_storage(name, storage)
     try:
-        return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+        return optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.RandomSampler())
     except KeyError:
-        names = optuna.get_all_study_names(storage)
-        raise UsageError(f"no study named {name!r} in {mask_password(storage)} (it holds: {', '.join(names) or 'no study'}); check --study") from None
+        names = optuna.get_all_study_names(url)
+        raise UsageError(f"no study named {name!r} in {mask_password(url)} (it holds: {', '.join(names) or 'no study'}); check --study") from None
 
 
 # ---------------------------------------------------------------- configs of a study
@@ -136,13 +143,15 @@ def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:
 
 
 def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunConfig:
-    """The trial's config for a full run: the study's export epoch count, step size scaled to it."""
-    training = study.user_attrs["spec"]["training"]
-    config = trial_config(trial)
+    """The trial's config for a full run (see `export_form`)."""
+    return export_form(trial_config(trial), study.user_attrs["spec"]["training"], f"{study.study_name}-trial{trial.number}")
+
+
+def export_form(config: RunConfig, training: dict, name: str) -> RunConfig:
+    """`config` as a full run: the study's export epoch count, the step size scaled to it."""
     scale = training["export_epochs"] / training["epochs"]
     step_size = max(1, round(config.scheduler.step_size * scale))
-    return replace(config, epochs=training["export_epochs"], scheduler=replace(config.scheduler, step_size=step_size),
-                   name=f"{study.study_name}-trial{trial.number}")
+    return replace(config, epochs=training["export_epochs"], scheduler=replace(config.scheduler, step_size=step_size), name=name)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -154,7 +163,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 # ---------------------------------------------------------------- the objective
 
 
-def objective(trial: optuna.Trial, spec: StudySpec, split: Split) -> float:
+def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> float:
     params = suggest_params(trial, spec.space, spec.training.epochs)
     t = spec.training
     config = config_from_params(params, epochs=t.epochs, batch_size=t.batch_size, momentum=t.momentum,
@@ -188,6 +197,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split) -> float:
     except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises
         trial.set_user_attr("reason", "interrupted (Ctrl-C)")
         raise
+    attach_trial_files(trial, export_form(config, spec_to_dict(spec)["training"], config.name), n_params, history, out)
     return statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
 
 
@@ -244,7 +254,7 @@ def _settings(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k not in ("name", "trials")}
 
 
-def run_study(spec: StudySpec, study: optuna.Study, split_loader, timeout: float | None) -> None:
+def run_study(spec: StudySpec, study: optuna.Study, split_loader, out: Path, timeout: float | None) -> None:
     """Run trials until the study holds spec.trials finished trials (or `timeout` seconds pass)."""
     finished = count_finished(study)
     if finished >= spec.trials:
@@ -268,5 +278,5 @@ def run_study(spec: StudySpec, study: optuna.Study, split_loader, timeout: float
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            study.optimize(lambda trial: objective(trial, spec, split), n_trials=remaining, timeout=left,
+            study.optimize(lambda trial: objective(trial, spec, split, out), n_trials=remaining, timeout=left,
                            callbacks=[after_trial], gc_after_trial=False)

@@ -1,0 +1,130 @@
+"""Browse and report: the dashboard's study note on the best trial, and `report`'s trials table and plots."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import optuna_dashboard  # noqa: E402
+import pandas as pd  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from search.study import best_trial, export_config  # noqa: E402
+from space.sampled import WIDTHS  # noqa: E402
+
+def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
+    """Markdown for the dashboard's study note: the best trial and how to rerun it."""
+    p, name = best.params, study.study_name
+    trials = study.get_trials(deepcopy=False)
+    count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
+    over = sum("over the parameter limit" in t.user_attrs.get("reason", "") for t in trials)
+    epochs = export_config(study, best).epochs
+    return "\n".join([
+        f"## Best trial: {best.number}",
+        "",
+        "| | |", "|---|---|",
+        f"| parameters | {best.user_attrs['n_params']:,} (limit {study.user_attrs['spec']['max_params']:,}) |",
+        f"| objective | {best.value:.3f} % ({study.user_attrs.get('objective', 'validation accuracy')}) |",
+        f"| channel widths | {' - '.join(str(p[f'{w}_width']) for w in WIDTHS)} ({', '.join(WIDTHS)}) |",
+        f"| dropout | {p['dropout']:.3f} |",
+        f"| SGD lr, StepLR | {p['lr']:.4f}; step {p['step_size']}, gamma {p['gamma']:.3f} |",
+        f"| augmentation | rotation {p['rotation']:.1f} deg, brightness {p['brightness']:.3f}, contrast {p['contrast']:.3f} |",
+        "",
+        f"Rerun it on all 60,000 training images ({epochs} epochs) and report test accuracy:",
+        "",
+        f"    python -m search reproduce --study {name} --seeds 1 2 3",
+        "",
+        f"Trial {best.number}'s artifacts (Trials tab) are its config, `config.json` (the same as this study's `best.json`), and its learning curve.",
+        "",
+        f"{len(trials)} trials: {count(TrialState.COMPLETE)} complete, {count(TrialState.PRUNED)} pruned "
+        f"({over} of them over the parameter limit, never trained), {count(TrialState.FAIL)} failed. "
+        f"Note updated {datetime.now():%Y-%m-%d %H:%M}.",
+    ])
+
+
+def publish_best(study: optuna.Study) -> None:
+    """Keep the dashboard's study note on the best trial current."""
+    optuna_dashboard.save_note(study, study_note(study, best_trial(study)))
+
+
+# ---------------------------------------------------------------- report: table and plots
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, objective, n_params, each hyper-parameter, seconds, reason."""
+    df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"), multi_index=False)
+    df = df.rename(columns={"value": "objective", "user_attrs_n_params": "n_params", "user_attrs_reason": "reason"})
+    df["seconds"] = df["duration"].dt.total_seconds().round(2)
+    if "reason" not in df:
+        df["reason"] = ""
+    params = [c for c in df.columns if c.startswith("params_")]
+    df = df[["number", "state", "objective", "n_params", *params, "seconds", "reason"]]
+    return df.rename(columns={c: c.removeprefix("params_") for c in params})
+
+
+def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:
+    limit = study.user_attrs["spec"]["max_params"]
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter([t.user_attrs["n_params"] for t in complete], [t.value for t in complete], label="complete (objective)", zorder=3)
+    ax.scatter([t.user_attrs["n_params"] for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+               marker="x", color="grey", label="pruned (last val acc)")
+    ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit:,}")
+    best = best_trial(study)
+    ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.value), textcoords="offset points", xytext=(-60, 10))
+    values = [t.value for t in complete]
+    ax.set_ylim(max(min(values) - 1, 0), max(values) + 0.3)
+    ax.set(xlabel="parameters", ylabel="validation accuracy (%)", title=f"{study.study_name}: parameters vs objective")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _save_optuna_plot(plot, study: optuna.Study, path: Path) -> str | None:
+    """Draw one of Optuna's matplotlib plots to `path`; the reason when it cannot be drawn."""
+    try:
+        ax = plot(study)
+    except (ValueError, RuntimeError) as e:
+        return str(e)
+    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    fig.set_size_inches(8, 5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return None
+
+
+def write_report(study: optuna.Study, out: Path) -> list[Path]:
+    """trials.csv, the plots, and a top-5 table on the terminal; returns the files written."""
+    import warnings
+
+    import optuna.visualization.matplotlib as vis
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = trials_table(study)
+    written = [out / "trials.csv"]
+    table.to_csv(written[0], index=False)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
+    plots = {"optimization_history.png": vis.plot_optimization_history, "param_importances.png": vis.plot_param_importances,
+             "intermediate_values.png": vis.plot_intermediate_values}
+    for name, plot in plots.items():
+        problem = _save_optuna_plot(plot, study, out / name)
+        if problem:
+            print(f"skipped {name}: {problem}")
+        else:
+            written.append(out / name)
+    plot_params_vs_objective(study, out / "params_vs_objective.png")
+    written.append(out / "params_vs_objective.png")
+    top = table[table["state"] == "COMPLETE"].sort_values("objective", ascending=False).head(5)
+    print(f"top 5 of {len(table)} trials in {study.study_name!r} (objective: {study.user_attrs.get('objective', '')}):")
+    print(top.drop(columns=["reason", "state"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return written
