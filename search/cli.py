@@ -64,7 +64,8 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         config, source = load_config(args.config), str(args.config)
         default_out = Path("runs") / f"reproduce-{config.name or args.config.stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
     else:
-        from search.study import export_config, load_existing_study, trial_config
+        from search.storage import load_existing_study
+        from search.study import export_config, trial_config
 
         study = load_existing_study(args.study, args.storage)
         trial = _trial(study, args.trial)
@@ -100,12 +101,14 @@ def _trial(study, number: int | None):
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    import os
     from dataclasses import replace
 
-    from search.data import load_split, resolve_data_dir
+    from search.data import resolve_data_dir
     from search.export import export_best
     from search.report import publish_best
-    from search.study import best_trial, create_or_resume, default_storage, load_study_spec, run_study, trial_line
+    from search.storage import default_storage, fail_stale, open_storage, stale_trials
+    from search.study import best_trial, create_or_resume, load_study_spec, run_workers, trial_line
 
     spec = load_study_spec(args.study_file)
     if args.study:
@@ -118,26 +121,40 @@ def cmd_run(args: argparse.Namespace) -> None:
     spec = replace(spec, training=training, trials=args.trials or spec.trials, max_params=args.max_params or spec.max_params,
                    seed=spec.seed if args.seed is None else args.seed)
     out = args.out or Path("studies") / spec.name
-    out.mkdir(parents=True, exist_ok=True)
-    storage = args.storage or default_storage(out)
     device = _device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
-    study = create_or_resume(spec, storage)
+    if not data_dir.is_dir():
+        raise UsageError(f"data directory {data_dir} does not exist; pass --data-dir or set SEARCH_DATA_DIR to the folder holding MNIST/raw/")
+    url = args.storage or default_storage(out, args.workers)
+    storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
+    out.mkdir(parents=True, exist_ok=True)
+    study, created = create_or_resume(spec, storage, url)
+    stale = stale_trials(study)
+    for trial in stale:
+        print(f"trial {trial.number} is RUNNING but its worker {trial.user_attrs['worker']} is gone"
+              + ("; marking it FAIL" if args.fail_stale else "; rerun with --fail-stale to mark it FAIL"))
+    if stale and args.fail_stale:
+        fail_stale(study, stale)
+    threads = max(1, (os.cpu_count() or 1) // args.workers) if device.type == "cpu" else None
     print(f"study {spec.name!r}: {spec.trials} trials, {training.epochs} epochs on {training.subset:,} training images a trial, "
-          f"limit {spec.max_params:,} params, device {device}, storage {mask(storage)}")
-    run_study(spec, study, lambda: load_split(data_dir, device, validation=True, subset=training.subset), out, args.timeout)
+          f"limit {spec.max_params:,} params, device {device}, {args.workers} worker(s), storage {mask(url)}", flush=True)
+    run_workers(spec, study, created, url, out, device, data_dir, args.timeout, args.workers, threads)
+    if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        print("no trial has completed yet, so there is no best.json; rerun to go on")
+        return
     best = best_trial(study)
     path = export_best(study, out)
     publish_best(study)
     print(f"best: {trial_line(best)}")
     print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3)")
-    print(f"dashboard: python -m search dashboard --study {spec.name}" + (f" --storage {mask(storage)}" if args.storage else "")
-          + f"   (or: optuna-dashboard {mask(storage)} --artifact-dir {out / 'artifacts'})")
+    default_place = not args.storage and out == Path("studies") / spec.name
+    ours = f"python -m search dashboard --study {spec.name}" + ("" if default_place else f" --storage {mask(url)} --artifacts {out}")
+    print(f"dashboard: {ours}   (or: optuna-dashboard {mask(url)} --artifact-dir {out / 'artifacts'})")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from search.export import export_best
-    from search.study import load_existing_study
+    from search.storage import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
     path = export_best(study, args.out or Path("studies") / args.study)
@@ -146,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from search.report import write_report
-    from search.study import load_existing_study
+    from search.storage import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
     written = write_report(study, args.out or Path("studies") / args.study / "report")
@@ -159,10 +176,9 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     import optuna_dashboard
 
     from search.artifacts import artifact_store
-    from search.study import existing_storage, load_existing_study
+    from search.storage import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
-    storage = existing_storage(args.study, args.storage)
     with socket.socket() as probe:  # a clear message now beats a traceback from inside the server
         try:
             probe.bind((args.host, args.port))
@@ -171,11 +187,11 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
     study_id = study._storage.get_study_id_from_name(study.study_name)
     store = artifact_store(args.artifacts or Path("studies") / args.study)
     print(f"optuna-dashboard for study {args.study!r}: http://{args.host}:{args.port}/dashboard/studies/{study_id}  (Ctrl-C stops it)", flush=True)
-    optuna_dashboard.run_server(storage, host=args.host, port=args.port, artifact_store=store)
+    optuna_dashboard.run_server(study._storage, host=args.host, port=args.port, artifact_store=store)
 
 
 def mask(url: str) -> str:
-    from search.study import mask_password
+    from search.storage import mask_password
 
     return mask_password(url)
 
@@ -221,8 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=positive_int, help="train each trial on the first N images of the training split")
     p.add_argument("--max-params", type=positive_int, help="hard parameter limit")
     p.add_argument("--seed", type=int, help="seed of the sampler and of every trial")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument("--storage", help="Optuna storage URL, or a journal file path (default: OUT/study.db, SQLite; "
+                   "OUT/journal.log with several --workers)")
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study on this machine (default: 1)")
+    p.add_argument("--fail-stale", action="store_true", help="mark trials left RUNNING by dead workers on this host as FAIL")
     data_and_device(p)
     p.set_defaults(func=cmd_run)
 

@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
+import os
+import hashlib
 import re
+import signal
 import statistics
 import sys
 import time
 import tomllib
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from tqdm import tqdm
 
 from search.artifacts import attach_trial_files
-from search.data import Split
+from search.data import Split, load_split
 from search.errors import UsageError
+from search.storage import HEARTBEAT_INTERVAL, GRACE_PERIOD, mask_password, open_storage, worker_id, worker_is_gone
 from search.train import DivergedError, train
 from space.config import ConfigError, RunConfig, check, config_from_dict, config_to_dict, count_params, parse_section
 from space.sampled import Space, config_from_params, reference_point, space_from_dict, suggest_params
@@ -63,6 +70,8 @@ class StudySpec:
     training: Training
     pruner: Pruner
     space: Space
+    heartbeat_interval: int = HEARTBEAT_INTERVAL  # RDB storage: seconds between a worker's heartbeats
+    grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
 
 
 def _spec_from_dict(raw: dict) -> StudySpec:
@@ -72,13 +81,14 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     space = space_from_dict(top.get("space", {}))
     spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space})
     check(re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name) is not None, "name", f"letters, digits, '_', '.' and '-' only, got {spec.name!r}")
-    for key in ("trials", "max_params"):
+    for key in ("trials", "max_params", "heartbeat_interval"):
         check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
     for key in ("epochs", "subset", "batch_size", "export_epochs"):
         check(getattr(training, key) > 0, f"training.{key}", f"must be > 0, got {getattr(training, key)}")
     check(OBJECTIVE_EPOCHS <= training.epochs, "training.epochs", f"must be >= {OBJECTIVE_EPOCHS} (the objective averages the last {OBJECTIVE_EPOCHS} epochs)")
     check(training.subset <= 50_000, "training.subset", f"the training split has 50,000 images, got {training.subset}")
     check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")
+    check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
     check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
     return spec
 
@@ -100,38 +110,6 @@ def load_study_spec(path: Path) -> StudySpec:
 def spec_to_dict(spec: StudySpec) -> dict:
     """The spec as stored in the study (JSON types: ranges become lists)."""
     return json.loads(json.dumps(asdict(spec)))
-
-
-# ---------------------------------------------------------------- storage
-
-
-def default_storage(out: Path) -> str:
-    return f"sqlite:///{out / 'study.db'}"
-
-
-def mask_password(url: str) -> str:
-    """The URL with any password replaced by ***, safe to print."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def existing_storage(name: str, storage: str | None) -> str:
-    """The storage URL of an existing study: `storage`, else studies/NAME/study.db, which must exist."""
-    if storage is not None:
-        return storage
-    path = Path("studies") / name / "study.db"
-    if not path.exists():
-        raise UsageError(f"study {name!r} not found: there is no {path}; run `python -m search run STUDY.toml` first, or pass --storage URL")
-    return default_storage(path.parent)
-
-
-def load_existing_study(name: str, storage: str | None) -> optuna.Study:
-    """A study that must already exist, in `storage` or, by default, studies/NAME/study.db."""
-    url = existing_storage(name, storage)
-    try:
-        return optuna.load_study(study_name=name, storage=url, sampler=optuna.samplers.RandomSampler())
-    except KeyError:
-        names = optuna.get_all_study_names(url)
-        raise UsageError(f"no study named {name!r} in {mask_password(url)} (it holds: {', '.join(names) or 'no study'}); check --study") from None
 
 
 # ---------------------------------------------------------------- configs of a study
@@ -164,6 +142,13 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 
 def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> float:
+    trial.set_user_attr("worker", worker_id())
+    ahead = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number
+             and (t.state in FINISHED or (t.state == optuna.trial.TrialState.RUNNING and not worker_is_gone(t)))]
+    if len(ahead) >= spec.trials:  # another worker started the last needed trial a moment before this one
+        reason = f"surplus: {len(ahead)} trials were already finished or running"
+        trial.set_user_attr("reason", reason)
+        raise SurplusTrial(reason)
     params = suggest_params(trial, spec.space, spec.training.epochs)
     t = spec.training
     config = config_from_params(params, epochs=t.epochs, batch_size=t.batch_size, momentum=t.momentum,
@@ -188,7 +173,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         trial.report(metrics["val_acc"], metrics["epoch"])
         # Before its first learning-rate drop a trial is not comparable: the drop is what lifts accuracy.
         if metrics["epoch"] > config.scheduler.step_size and trial.should_prune():
-            _prune(trial, f"pruned after epoch {metrics['epoch']}: val acc {metrics['val_acc']:.2f}% is below the other trials")
+            _prune(trial, f"pruned by the {spec.pruner.kind} pruner after epoch {metrics['epoch']} (val acc {metrics['val_acc']:.2f}%)")
 
     try:
         train(config, split, on_epoch=on_epoch)
@@ -221,62 +206,138 @@ def trial_line(trial: optuna.trial.FrozenTrial) -> str:
     """One line per finished trial: number, params, state, objective or reason, seconds."""
     n_params = trial.user_attrs.get("n_params")
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else math.nan
-    outcome = f"val {trial.value:.3f}%" if trial.value is not None else trial.user_attrs.get("reason", "")
+    complete = trial.state == optuna.trial.TrialState.COMPLETE  # (a PRUNED trial's value is its last report)
+    outcome = f"val {trial.value:.3f}%" if complete else trial.user_attrs.get("reason", "")
     params = f"{n_params:>6,}" if n_params is not None else "     ?"
     return f"trial {trial.number:>4}  params {params}  {trial.state.name:<8}  {outcome}  ({seconds:.2f} s)"
 
 
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+class SurplusTrial(Exception):
+    """Raised in a trial that several workers started together beyond the study's trial count."""
 
 
-def create_or_resume(spec: StudySpec, storage: str) -> optuna.Study:
-    """The study named spec.name in `storage`, created (with the reference as first trial) if new."""
-    sampler = optuna.samplers.TPESampler(seed=spec.seed)
+def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str) -> tuple[optuna.Study, bool]:
+    """The study named spec.name in `storage`: (study, True) when this call created it, with the
+    settings stored and the hand-made reference as first trial; (study, False) when it existed."""
     pruner = make_pruner(spec.pruner, spec.training.epochs)
-    study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize", sampler=sampler,
-                                pruner=pruner, load_if_exists=True)
-    stored = study.user_attrs.get("spec")
-    if stored is None:
-        study.set_user_attr("spec", spec_to_dict(spec))
-        study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs")
-        reference = reference_point(spec.space, spec.training.epochs)
-        if reference is not None:  # the hand-made model is the first trial: the number to beat
-            study.enqueue_trial(reference, skip_if_exists=True)
-    elif _settings(stored) != _settings(spec_to_dict(spec)):
-        raise UsageError(f"study {spec.name!r} in {mask_password(storage)} was created from different settings; "
-                         f"restore the study file, or start a new study with --study NEW_NAME")
-    return study
+    try:
+        study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize", pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage, pruner=pruner)
+        deadline = time.monotonic() + 30
+        while "spec" not in study.user_attrs and time.monotonic() < deadline:  # its creator, elsewhere, is still writing it
+            time.sleep(0.2)
+        stored = study.user_attrs.get("spec")
+        if stored is None or _settings(stored) != _settings(spec_to_dict(spec)):
+            raise UsageError(f"study {spec.name!r} in {mask_password(url)} was created from different settings; "
+                             f"restore the study file, or start a new study with --study NEW_NAME") from None
+        return study, False
+    study.set_user_attr("spec", spec_to_dict(spec))
+    study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs")
+    with warnings.catch_warnings():  # Optuna marks metric names experimental; the dashboard shows them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([f"val acc % (mean of last {OBJECTIVE_EPOCHS} epochs)"])
+    reference = reference_point(spec.space, spec.training.epochs)
+    if reference is not None:  # the hand-made model is the first trial: the number to beat
+        study.enqueue_trial(reference)
+    return study, True
 
 
 def _settings(spec: dict) -> dict:
-    """What must not change when a study resumes: all but its name and trial count."""
-    return {k: v for k, v in spec.items() if k not in ("name", "trials")}
+    """What must not change when a study resumes: all but its name, trial count and heartbeat timing."""
+    return {k: v for k, v in spec.items() if k not in ("name", "trials", "heartbeat_interval", "grace_period")}
 
 
-def run_study(spec: StudySpec, study: optuna.Study, split_loader, out: Path, timeout: float | None) -> None:
-    """Run trials until the study holds spec.trials finished trials (or `timeout` seconds pass)."""
-    finished = count_finished(study)
+def seed_sampler(study: optuna.Study, spec: StudySpec, first: bool, index: int = 0) -> None:
+    """TPE, seeded. The process that created the study uses the study's seed, so a fresh run is
+    repeatable; every other worker (resumed, parallel, other machines) gets a seed of its own,
+    or it would propose the same points as the others."""
+    if first and index == 0:
+        seed = spec.seed
+    else:
+        key = f"{spec.seed}:{len(study.trials)}:{index}:{worker_id()}"
+        seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+
+
+def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, timeout: float | None,
+               show_bar: bool = True, label: str = "") -> None:
+    """Run trials until the study holds spec.trials finished trials (or `timeout` seconds pass).
+    Several workers can run this on one study: none starts a trial the count does not need, and
+    each stays until the last trial is done, to take over one re-queued from a dead worker."""
+    states = lambda: [t.state for t in study.get_trials(deepcopy=False)]  # noqa: E731
+    finished = sum(s in FINISHED for s in states())
     if finished >= spec.trials:
         print(f"study {spec.name!r} already holds {finished} finished trials (asked for {spec.trials})")
         return
     split = split_loader()
     deadline = None if timeout is None else time.monotonic() + timeout
-    show_bar = sys.stderr.isatty()
-    with tqdm(total=spec.trials, initial=finished, unit="trial", desc=spec.name, dynamic_ncols=True, disable=not show_bar) as bar:
+    heartbeat = isinstance(study._storage, optuna.storages.RDBStorage) and study._storage.get_heartbeat_interval() is not None
+    with tqdm(total=spec.trials, initial=finished, unit="trial", desc=spec.name, dynamic_ncols=True,
+              disable=not (show_bar and sys.stderr.isatty())) as bar:
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            tqdm.write(trial_line(trial))
-            bar.n = count_finished(study)
-            try:
+            tqdm.write(label + trial_line(trial))
+            bar.n = sum(s in FINISHED for s in states())
+            if any(s == optuna.trial.TrialState.COMPLETE for s in states()):
                 bar.set_postfix_str(f"best {study.best_value:.3f}% (trial {study.best_trial.number})")
-            except ValueError:  # no COMPLETE trial yet
-                pass
             bar.refresh()
 
-        while (remaining := spec.trials - count_finished(study)) > 0:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+        while deadline is None or time.monotonic() < deadline:
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            if finished >= spec.trials:
                 break
-            study.optimize(lambda trial: objective(trial, spec, split, out), n_trials=remaining, timeout=left,
-                           callbacks=[after_trial], gc_after_trial=False)
+            in_flight = sum(t.state == optuna.trial.TrialState.RUNNING and not worker_is_gone(t) for t in trials)
+            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+            if finished + in_flight >= spec.trials and not waiting:
+                if heartbeat:
+                    optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL and is re-queued
+                time.sleep(1)
+                continue
+            study.optimize(lambda trial: objective(trial, spec, split, out), n_trials=1, callbacks=[after_trial],
+                           catch=(SurplusTrial,), gc_after_trial=False)
+
+
+def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, out: Path, device, data_dir: Path,
+                timeout: float | None, workers: int, threads: int | None) -> None:
+    """Run the study in this process, or in `workers` processes that share it through `url`."""
+    if workers == 1:
+        seed_sampler(study, spec, created)
+        run_worker(spec, study, lambda: load_split(data_dir, device, validation=True, subset=spec.training.subset), out, timeout)
+        return
+    context = multiprocessing.get_context("spawn")  # CUDA and a clean torch in every worker
+    processes = [context.Process(target=worker_main, args=(spec, url, out, str(device), data_dir, timeout, i, created, threads))
+                 for i in range(workers)]
+    for p in processes:
+        p.start()
+    try:
+        for p in processes:
+            p.join()
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; a plain `kill -INT` of this process must as well
+        for p in processes:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        for p in processes:
+            p.join()
+        raise
+    codes = [p.exitcode for p in processes]
+    if 130 in codes:
+        raise KeyboardInterrupt
+    if any(codes):
+        raise RuntimeError(f"worker processes exited with codes {codes}")
+
+
+def worker_main(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, timeout: float | None,
+                index: int, created: bool, threads: int | None) -> None:
+    """One of several worker processes: open the shared storage and run trials until the count is reached."""
+    if threads:
+        torch.set_num_threads(threads)
+    storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner, spec.training.epochs))
+    seed_sampler(study, spec, created, index)
+    split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset)  # noqa: E731
+    try:
+        run_worker(spec, study, split_loader, out, timeout, show_bar=False, label=f"[worker {index}] ")
+    except KeyboardInterrupt:
+        sys.exit(130)

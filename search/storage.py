@@ -1,0 +1,118 @@
+"""Where studies live: SQLite by default, a journal file for several workers on one machine,
+PostgreSQL (or any RDB URL) for several machines.
+
+An RDB storage runs heartbeats: a trial whose worker died (SIGKILL, power loss) is marked
+FAIL after the grace period and re-queued once by RetryHeartbeatStaleTrialCallback. The
+journal file has no heartbeat; every trial records its worker (host:pid), so a later run on
+the same host can tell which RUNNING trials belong to dead processes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+from search.errors import UsageError
+
+SQLITE_FILE, JOURNAL_FILE = "study.db", "journal.log"
+HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 30  # seconds; a dead worker's trial is re-queued about 30 s later
+
+
+def mask_password(text: str) -> str:
+    """`text` with the password of any URL in it replaced by ***, safe to print."""
+    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+
+
+def is_journal(url: str) -> bool:
+    """A storage given as a file path (no scheme) is a journal file."""
+    return "://" not in url
+
+
+def default_storage(out: Path, workers: int) -> str:
+    """An existing study's own storage in `out`; for a new one SQLite, or a journal file for several workers
+    (SQLite's locking is not safe for several writing processes)."""
+    if (out / JOURNAL_FILE).exists():
+        return str(out / JOURNAL_FILE)
+    if (out / SQLITE_FILE).exists():
+        if workers > 1:
+            raise UsageError(f"{out / SQLITE_FILE} is SQLite, which is not safe for several workers; rerun with --workers 1, "
+                             f"or start a new study (--study NEW_NAME) or pass --storage postgresql://...")
+        return f"sqlite:///{out / SQLITE_FILE}"
+    return str(out / JOURNAL_FILE) if workers > 1 else f"sqlite:///{out / SQLITE_FILE}"
+
+
+def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRACE_PERIOD)) -> optuna.storages.BaseStorage:
+    """Open `url` (an RDB URL or a journal file path); a one-line UsageError when that fails."""
+    try:
+        if is_journal(url):
+            Path(url).parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
+        interval, grace = heartbeat
+        return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+    except ModuleNotFoundError as e:
+        raise UsageError(f"storage {mask_password(url)} needs the Python module {e.name!r}; for PostgreSQL: pip install -e '.[postgres]'") from None
+    except Exception as e:  # SQLAlchemy's errors: bad URL, refused connection, bad password, missing database
+        reason = mask_password(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        raise UsageError(f"cannot open storage {mask_password(url)} ({reason[:200]}); check the URL and that the server is up") from None
+
+
+def storage_of_existing(name: str, storage: str | None) -> str:
+    """The storage of a study that must exist: `storage`, else its file in studies/NAME/."""
+    if storage is not None:
+        return storage
+    folder = Path("studies") / name
+    for candidate in (folder / JOURNAL_FILE, folder / SQLITE_FILE):
+        if candidate.exists():
+            return str(candidate) if candidate.name == JOURNAL_FILE else f"sqlite:///{candidate}"
+    raise UsageError(f"study {name!r} not found: there is no {folder / SQLITE_FILE} or {folder / JOURNAL_FILE}; "
+                     f"run `python -m search run STUDY.toml` first, or pass --storage URL")
+
+
+def load_existing_study(name: str, storage: str | None) -> optuna.Study:
+    """A study that must already exist, in `storage` or, by default, in studies/NAME/."""
+    url = storage_of_existing(name, storage)
+    opened = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=opened, sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        names = optuna.get_all_study_names(opened)
+        raise UsageError(f"no study named {name!r} in {mask_password(url)} (it holds: {', '.join(names) or 'no study'}); check --study") from None
+
+
+# ---------------------------------------------------------------- workers and stale trials
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_is_gone(trial: optuna.trial.FrozenTrial) -> bool:
+    """True when a RUNNING trial's worker was a process on this host that no longer exists."""
+    host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's worker, or not started yet: assume alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if worker_is_gone(t)]
+
+
+def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+    for trial in trials:
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by --fail-stale")
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

@@ -1,0 +1,146 @@
+"""optuna-dashboard on a study made by `run`: our `dashboard` command in a real headless
+Chromium, the plain `optuna-dashboard` command, and the one-line errors."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.artifacts import get_all_artifact_meta
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from test_study import write_study
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, seconds: float = 60) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.communicate()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.read().decode()
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer in {seconds} s")
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("dash")
+    result = run_cli("run", str(write_study(tmp)), "--out", str(tmp / "out"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return tmp / "out"
+
+
+def storage_of(out: Path) -> str:
+    return f"sqlite:///{out / 'study.db'}"
+
+
+@pytest.fixture()
+def dashboard(study_dir):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--study", "tiny", "--storage", storage_of(study_dir),
+                                "--artifacts", str(study_dir), "--port", str(port)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/dashboard", process)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_best_trial_carries_config_and_learning_curve_artifacts(study_dir):
+    study = optuna.load_study(study_name="tiny", storage=storage_of(study_dir))
+    names = {meta.filename: meta for meta in get_all_artifact_meta(study.best_trial, storage=study._storage)}
+    assert set(names) == {"config.json", "learning-curve.png"}
+    stored = study_dir / "artifacts" / names["config.json"].artifact_id
+    assert stored.read_text() == (study_dir / "best.json").read_text()
+    assert (study_dir / "artifacts" / names["learning-curve.png"].artifact_id).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by .ci/run")
+def test_dashboard_in_headless_chromium_shows_study_trials_and_best_n_params(study_dir, dashboard, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    base, _ = dashboard
+    study = optuna.load_study(study_name="tiny", storage=storage_of(study_dir))
+    study_id = study._storage.get_study_id_from_name("tiny")
+    best = study.best_trial
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{base}/dashboard/studies/{study_id}")
+        page.get_by_text(f"Best Trial (number={best.number})").wait_for(timeout=30_000)
+        assert "tiny" in page.inner_text("body")
+        page.screenshot(path=str(tmp_path / "dashboard-study.png"), full_page=True)
+
+        page.goto(f"{base}/dashboard/studies/{study_id}/trials")
+        page.get_by_text(f"{len(study.trials)} Trials").wait_for(timeout=30_000)
+        page.get_by_text("Best Trial").first.click()
+        page.get_by_text("n_params").first.wait_for(timeout=30_000)
+        text = page.inner_text("body")
+        assert f"Trial {best.number} (trial_id=" in text
+        assert f"n_params {best.user_attrs['n_params']}" in " ".join(text.split())
+        page.screenshot(path=str(tmp_path / "dashboard-best-trial.png"))
+
+        page.goto(f"{base}/dashboard/studies/{study_id}/note")
+        page.get_by_text(f"Best trial: {best.number}").wait_for(timeout=30_000)
+        assert f"{best.user_attrs['n_params']:,} (limit 4,000)" in page.inner_text("body")
+        browser.close()
+    assert (tmp_path / "dashboard-study.png").stat().st_size > 10_000
+    print(f"screenshots in {tmp_path}")
+
+
+def test_plain_optuna_dashboard_command_opens_the_study(study_dir):
+    port = free_port()
+    process = subprocess.Popen(["optuna-dashboard", storage_of(study_dir), "--host", "127.0.0.1", "--port", str(port),
+                                "--artifact-dir", str(study_dir / "artifacts")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        studies = json.loads(wait_for_http(f"http://127.0.0.1:{port}/api/studies", process))["studies"]
+        assert [s["study_name"] for s in studies] == ["tiny"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_dashboard_errors_are_one_line(study_dir, dashboard):
+    base, _ = dashboard
+    busy = base.rsplit(":", 1)[1]
+    result = run_cli("dashboard", "--study", "tiny", "--storage", storage_of(study_dir), "--port", busy)
+    assert_one_line_error(result, f"port {busy}", "in use", "--port")
+    result = run_cli("dashboard", "--study", "other", "--storage", storage_of(study_dir))
+    assert_one_line_error(result, "no study named 'other'", "tiny")
+
+
+def test_report_writes_csv_plots_and_top5(study_dir, tmp_path):
+    import pandas as pd
+
+    result = run_cli("report", "--study", "tiny", "--storage", storage_of(study_dir), "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "trials.csv")
+    study = optuna.load_study(study_name="tiny", storage=storage_of(study_dir))
+    assert list(table["number"]) == [t.number for t in study.trials]
+    assert {"number", "state", "objective", "n_params", "conv1_width", "lr", "seconds", "reason"} <= set(table.columns)
+    assert list(table["n_params"]) == [t.user_attrs["n_params"] for t in study.trials]
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert len(pngs) >= 4, result.stdout
+    assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    assert "top 5" in result.stdout and str(study.best_trial.number) in result.stdout
