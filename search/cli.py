@@ -104,10 +104,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     import os
     from dataclasses import replace
 
-    from search.data import resolve_data_dir
+    from search.data import load_mnist, load_split, resolve_data_dir
     from search.export import export_best
     from search.report import publish_best
-    from search.storage import default_storage, fail_stale, open_storage, stale_trials
+    from search.storage import default_storage, fail_stale, heartbeat_enabled, open_storage, stale_trials
     from search.study import best_trial, create_or_resume, load_study_spec, run_workers, trial_line
 
     spec = load_study_spec(args.study_file)
@@ -123,13 +123,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     out = args.out or Path("studies") / spec.name
     device = _device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
-    if not data_dir.is_dir():
-        raise UsageError(f"data directory {data_dir} does not exist; pass --data-dir or set SEARCH_DATA_DIR to the folder holding MNIST/raw/")
+    if args.workers == 1:  # load the data before touching the study: a data error leaves the study as it was
+        split = load_split(data_dir, device, validation=True, subset=training.subset)
+        split_loader = lambda: split  # noqa: E731
+    else:
+        load_mnist(data_dir, train=True)  # the same check; each worker then loads its own copy
+        split_loader = None
     url = args.storage or default_storage(out, args.workers)
-    storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
     out.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
     study, created = create_or_resume(spec, storage, url)
-    stale = stale_trials(study)
+    stale = [] if heartbeat_enabled(storage) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
     for trial in stale:
         print(f"trial {trial.number} is RUNNING but its worker {trial.user_attrs['worker']} is gone"
               + ("; marking it FAIL" if args.fail_stale else "; rerun with --fail-stale to mark it FAIL"))
@@ -138,7 +142,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     threads = max(1, (os.cpu_count() or 1) // args.workers) if device.type == "cpu" else None
     print(f"study {spec.name!r}: {spec.trials} trials, {training.epochs} epochs on {training.subset:,} training images a trial, "
           f"limit {spec.max_params:,} params, device {device}, {args.workers} worker(s), storage {mask(url)}", flush=True)
-    run_workers(spec, study, created, url, out, device, data_dir, args.timeout, args.workers, threads)
+    run_workers(spec, study, created, url, out, device, data_dir, split_loader, args.timeout, args.workers, threads)
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         print("no trial has completed yet, so there is no best.json; rerun to go on")
         return
@@ -215,9 +219,14 @@ def _device(name: str):
 # ---------------------------------------------------------------- parser
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit 2, instead of argparse's usage block
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m search", description="Find tiny MNIST classifiers under a hard parameter limit with Optuna.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = Parser(prog="python -m search", description="Find tiny MNIST classifiers under a hard parameter limit with Optuna.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
     def data_and_device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $SEARCH_DATA_DIR, else ./data)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import warnings
 from pathlib import Path
 
 import optuna
@@ -49,6 +50,7 @@ def default_storage(out: Path, workers: int) -> str:
 
 def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRACE_PERIOD)) -> optuna.storages.BaseStorage:
     """Open `url` (an RDB URL or a journal file path); a one-line UsageError when that fails."""
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats and retries are "experimental" since Optuna 2.8
     try:
         if is_journal(url):
             Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,10 @@ def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRA
     except Exception as e:  # SQLAlchemy's errors: bad URL, refused connection, bad password, missing database
         reason = mask_password(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise UsageError(f"cannot open storage {mask_password(url)} ({reason[:200]}); check the URL and that the server is up") from None
+
+
+def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
 def storage_of_existing(name: str, storage: str | None) -> str:

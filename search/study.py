@@ -30,7 +30,7 @@ from tqdm import tqdm
 from search.artifacts import attach_trial_files
 from search.data import Split, load_split
 from search.errors import UsageError
-from search.storage import HEARTBEAT_INTERVAL, GRACE_PERIOD, mask_password, open_storage, worker_id, worker_is_gone
+from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, heartbeat_enabled, mask_password, open_storage, worker_id, worker_is_gone
 from search.train import DivergedError, train
 from space.config import ConfigError, RunConfig, check, config_from_dict, config_to_dict, count_params, parse_section
 from space.sampled import Space, config_from_params, reference_point, space_from_dict, suggest_params
@@ -272,7 +272,7 @@ def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, ti
         return
     split = split_loader()
     deadline = None if timeout is None else time.monotonic() + timeout
-    heartbeat = isinstance(study._storage, optuna.storages.RDBStorage) and study._storage.get_heartbeat_interval() is not None
+    heartbeat = heartbeat_enabled(study._storage)
     with tqdm(total=spec.trials, initial=finished, unit="trial", desc=spec.name, dynamic_ncols=True,
               disable=not (show_bar and sys.stderr.isatty())) as bar:
 
@@ -300,11 +300,12 @@ def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, ti
 
 
 def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, out: Path, device, data_dir: Path,
-                timeout: float | None, workers: int, threads: int | None) -> None:
-    """Run the study in this process, or in `workers` processes that share it through `url`."""
+                split_loader, timeout: float | None, workers: int, threads: int | None) -> None:
+    """Run the study in this process (with `split_loader`'s data), or in `workers` processes that
+    share it through `url` and load their own data."""
     if workers == 1:
         seed_sampler(study, spec, created)
-        run_worker(spec, study, lambda: load_split(data_dir, device, validation=True, subset=spec.training.subset), out, timeout)
+        run_worker(spec, study, split_loader, out, timeout)
         return
     context = multiprocessing.get_context("spawn")  # CUDA and a clean torch in every worker
     processes = [context.Process(target=worker_main, args=(spec, url, out, str(device), data_dir, timeout, i, created, threads))

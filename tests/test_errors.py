@@ -1,0 +1,103 @@
+"""Bad input: one line naming the problem and the fix, exit code 2, no traceback, no change to any study."""
+
+import shutil
+
+import pytest
+
+from conftest import REFERENCE, assert_one_line_error, run_cli
+from test_study import write_study
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory, data_dir):
+    """A small finished study whose storage file must never change under bad input."""
+    tmp = tmp_path_factory.mktemp("existing")
+    result = run_cli("run", str(write_study(tmp)), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "3")
+    assert result.returncode == 0, result.stderr
+    return tmp
+
+
+def unchanged(tmp) -> bytes:
+    return (tmp / "out" / "study.db").read_bytes()
+
+
+def test_storage_that_cannot_connect_masks_the_password(tmp_path):
+    result = run_cli("run", str(write_study(tmp_path)), "--storage", "postgresql+psycopg://alice:hunter2@127.0.0.1:1/optuna")
+    assert_one_line_error(result, "cannot open storage", "alice:***@127.0.0.1:1", "check the URL")
+    assert "hunter2" not in result.stdout + result.stderr
+
+
+def test_storage_url_with_an_unknown_scheme(tmp_path):
+    assert_one_line_error(run_cli("run", str(write_study(tmp_path)), "--storage", "nosuchdb://x/y"), "cannot open storage", "nosuchdb://x/y")
+
+
+@pytest.mark.parametrize("option", ["--max-params", "--trials"])
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_non_positive_limits_are_refused_before_anything_runs(existing, option, value):
+    before = unchanged(existing)
+    result = run_cli("run", str(existing / "tiny.toml"), "--out", str(existing / "out"), option, value)
+    assert_one_line_error(result, option, "must be a positive integer")
+    assert unchanged(existing) == before
+
+
+def test_missing_data_directory(existing, tmp_path):
+    before = unchanged(existing)
+    result = run_cli("run", str(existing / "tiny.toml"), "--out", str(existing / "out"), "--data-dir", str(tmp_path / "nowhere"))
+    assert_one_line_error(result, "nowhere", "does not exist", "--data-dir")
+    assert unchanged(existing) == before
+
+
+def broken_copy(data_dir, tmp_path, damage) -> str:
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (data_dir / "MNIST" / "raw").glob("*-ubyte"):
+        shutil.copy(f, raw / f.name)
+    damage(raw / "train-images-idx3-ubyte")
+    return str(tmp_path)
+
+
+def test_truncated_idx_file(existing, data_dir, tmp_path):
+    def truncate(path):
+        path.write_bytes(path.read_bytes()[:100_000])
+
+    before = unchanged(existing)
+    result = run_cli("run", str(existing / "tiny.toml"), "--out", str(existing / "out"), "--data-dir", broken_copy(data_dir, tmp_path, truncate))
+    assert_one_line_error(result, "MNIST/raw", "truncated or corrupt", "intact copy")
+    assert unchanged(existing) == before
+
+
+def test_wrong_magic_number(data_dir, tmp_path):
+    def bad_magic(path):
+        data = bytearray(path.read_bytes())
+        data[0:4] = b"\x00\x00\x99\x99"
+        path.write_bytes(bytes(data))
+
+    result = run_cli("reproduce", str(REFERENCE / "step3.json"), "--data-dir", broken_copy(data_dir, tmp_path, bad_magic))
+    assert_one_line_error(result, "MNIST/raw", "truncated or corrupt", "intact copy")
+
+
+def test_data_directory_without_mnist_says_where_to_put_it(tmp_path):
+    result = run_cli("reproduce", str(REFERENCE / "step3.json"), "--data-dir", str(tmp_path))
+    assert_one_line_error(result, "MNIST is not in", "download failed", "train-images-idx3-ubyte", "SEARCH_DATA_DIR")
+
+
+@pytest.mark.parametrize("command", [["export"], ["reproduce"], ["dashboard"], ["report"]])
+def test_commands_on_a_study_that_does_not_exist(existing, command):
+    storage = f"sqlite:///{existing / 'out' / 'study.db'}"
+    before = unchanged(existing)
+    assert_one_line_error(run_cli(*command, "--study", "nope", "--storage", storage), "no study named 'nope'", "tiny")
+    assert_one_line_error(run_cli(*command, "--study", "nope", cwd=existing), "study 'nope' not found")
+    assert unchanged(existing) == before
+
+
+def test_export_of_a_study_without_complete_trial(tmp_path, data_dir):
+    run = run_cli("run", str(write_study(tmp_path)), "--out", str(tmp_path / "out"), "--max-params", "100", "--trials", "3")
+    assert run.returncode == 0 and "no trial has completed yet" in run.stdout, run.stderr
+    result = run_cli("export", "--study", "tiny", "--storage", f"sqlite:///{tmp_path / 'out' / 'study.db'}", "--out", str(tmp_path / "x"))
+    assert_one_line_error(result, "has no COMPLETE trial")
+    assert not (tmp_path / "x").exists()
+
+
+def test_reproduce_over_the_limit_needs_allow_over_limit():
+    assert_one_line_error(run_cli("reproduce", str(REFERENCE / "step1.json")), "6,969,866 parameters", "over the 8,000 limit", "--allow-over-limit")
+    assert_one_line_error(run_cli("reproduce", str(REFERENCE / "step2.json")), "12,862 parameters", "--allow-over-limit")

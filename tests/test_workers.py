@@ -1,0 +1,152 @@
+"""Many workers and crashes: PostgreSQL with 3 worker processes, SIGKILL with RDB heartbeats,
+stale trials in a journal file, --workers on one machine."""
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import ROOT
+from test_dashboard import free_port
+from test_study import TINY, write_study
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def pg_bin(name: str) -> str | None:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """A throw-away PostgreSQL server on a free loopback port, run as the postgres user (the server refuses root)."""
+    if not pg_bin("initdb"):
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    folder = tmp_path_factory.mktemp("pg")
+    data, port = folder / "data", free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chmod(folder, 0o777)
+        os.chown(folder, user.pw_uid, user.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, text=True, cwd="/")  # noqa: E731
+    run(pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust")
+    run(pg_bin("pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "start",
+        "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1")
+    try:
+        run(pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "optuna")
+        yield f"postgresql+psycopg://postgres:not-shown@127.0.0.1:{port}/optuna"
+    finally:
+        run(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+
+
+def start_run(study_file: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "search", "run", str(study_file), "--device", "cpu", *args],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_three_workers_on_postgres_finish_exactly_the_requested_trials(tmp_path, postgres_url, data_dir):
+    study_file = write_study(tmp_path)
+    started = time.monotonic()
+    workers = [start_run(study_file, "--storage", postgres_url, "--trials", "9", "--out", str(tmp_path / f"out{i}")) for i in range(3)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    seconds = time.monotonic() - started
+    for worker, (stdout, stderr) in zip(workers, outputs):
+        assert worker.returncode == 0, stderr
+        assert "not-shown" not in stdout + stderr  # the password is masked everywhere
+    study = optuna.load_study(study_name="tiny", storage=postgres_url.replace("not-shown", "x"))
+    finished = [t for t in study.trials if t.state in FINISHED]
+    others = [t for t in study.trials if t.state not in FINISHED]
+    assert len(finished) == 9
+    assert all(t.state == optuna.trial.TrialState.FAIL and t.user_attrs["reason"].startswith("surplus") for t in others)
+    params = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(params)) == len(params), "two workers trained the same point"
+    assert len({t.user_attrs["worker"] for t in finished}) == 3, "all three workers took trials"
+    print(f"postgres, 3 workers: requested 9, finished {len(finished)}, duplicated {len(params) - len(set(params))}, "
+          f"surplus FAIL {len(others)}, lost 0, {seconds:.1f} s")
+
+
+def wait_for_running_trial(storage: str, process: subprocess.Popen, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.3)
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=storage).trials
+        except Exception:  # not created yet
+            continue
+        if any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in trials):
+            return
+    raise AssertionError("no trial started training")
+
+
+HEARTBEAT = "seed = 3\nheartbeat_interval = 1\ngrace_period = 3"
+
+
+def test_sigkilled_worker_trial_is_failed_and_requeued_once(tmp_path, data_dir):
+    study_file = write_study(tmp_path, TINY.replace("subset = 256", "subset = 3000").replace("seed = 3", HEARTBEAT))
+    out, storage = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    worker = start_run(study_file, "--out", str(out), "--trials", "4")
+    wait_for_running_trial(storage, worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    killed = next(t for t in optuna.load_study(study_name="tiny", storage=storage).trials if t.state == optuna.trial.TrialState.RUNNING)
+    time.sleep(4)  # past the grace period: the dead worker's heartbeat is stale
+    again = start_run(study_file, "--out", str(out), "--trials", "4")
+    stdout, stderr = again.communicate(timeout=600)
+    assert again.returncode == 0, stderr
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    assert study.trials[killed.number].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state in FINISHED and retries[0].params == killed.params
+    assert len([t for t in study.trials if t.state in FINISHED]) == 4
+
+
+def test_journal_reports_stale_trials_and_fail_stale_marks_them(tmp_path, data_dir):
+    study_file = write_study(tmp_path, TINY.replace("subset = 256", "subset = 3000"))
+    journal = tmp_path / "journal.log"
+    worker = start_run(study_file, "--storage", str(journal), "--out", str(tmp_path / "out"))
+    wait_for_running_trial(str(journal), worker)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+
+    def running() -> list:
+        study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))))
+        return [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+    (stale,) = running()
+    report = start_run(study_file, "--storage", str(journal), "--out", str(tmp_path / "out"), "--timeout", "0")
+    stdout, stderr = report.communicate(timeout=120)
+    assert report.returncode == 0, stderr
+    assert f"trial {stale.number} is RUNNING but its worker" in stdout and "rerun with --fail-stale" in stdout
+    assert [t.number for t in running()] == [stale.number]  # reported, not changed
+    fix = start_run(study_file, "--storage", str(journal), "--out", str(tmp_path / "out"), "--timeout", "0", "--fail-stale")
+    stdout, stderr = fix.communicate(timeout=120)
+    assert fix.returncode == 0, stderr
+    assert running() == []
+
+
+def test_two_local_workers_share_a_journal_study(tmp_path, data_dir):
+    study_file = write_study(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "search", "run", str(study_file), "--device", "cpu", "--out", str(tmp_path / "out"),
+                             "--workers", "2", "--trials", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "database is locked" not in result.stdout + result.stderr
+    assert (tmp_path / "out" / "journal.log").exists() and not (tmp_path / "out" / "study.db").exists()
+    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "out" / "journal.log"))))
+    assert len([t for t in study.trials if t.state in FINISHED]) == 6
+    assert "[worker 0]" in result.stdout and "[worker 1]" in result.stdout
+    assert (tmp_path / "out" / "best.json").exists()
