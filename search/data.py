@@ -47,11 +47,12 @@ def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
     if not root.is_dir():
         raise DataError(f"data directory {root} does not exist; pass --data-dir or set {DATA_DIR_ENV} to the folder holding MNIST/raw/")
+    corrupt = f"{root / 'MNIST' / 'raw'}: truncated or corrupt IDX file ({{}}); replace it with an intact copy"
     try:
         dataset = MNIST(str(root), train=train, download=False)
     except RuntimeError as e:
-        if "not found" not in str(e):
-            raise DataError(f"{root / 'MNIST' / 'raw'}: unreadable IDX file ({e}); replace it with an intact copy") from None
+        if "not found" not in str(e):  # torchvision could not reshape what it read
+            raise DataError(corrupt.format(e)) from None
         try:  # torchvision's own download; it prints its attempts, which are noise here
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 dataset = MNIST(str(root), train=train, download=True)
@@ -60,8 +61,8 @@ def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
                 f"MNIST is not in {root / 'MNIST' / 'raw'} and the download failed; put the four files ({RAW_FILES}) there, "
                 f"or pass --data-dir / set {DATA_DIR_ENV} to a folder that has MNIST/raw/"
             ) from None
-    except (AssertionError, ValueError, KeyError, IndexError) as e:
-        raise DataError(f"{root / 'MNIST' / 'raw'}: truncated or corrupt IDX file ({type(e).__name__} {e}); replace it with an intact copy") from None
+    except (AssertionError, ValueError, KeyError, IndexError) as e:  # torchvision asserts on the magic number and the size
+        raise DataError(corrupt.format(type(e).__name__)) from None
     images, labels = dataset.data, dataset.targets
     expected = N_TRAIN_FILES[train]
     if images.shape != (expected, 28, 28) or labels.shape != (expected,):

@@ -57,14 +57,12 @@ def publish_best(study: optuna.Study) -> None:
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: number, state, objective, n_params, each hyper-parameter, seconds, reason."""
-    df = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"), multi_index=False)
-    df = df.rename(columns={"value": "objective", "user_attrs_n_params": "n_params", "user_attrs_reason": "reason"})
-    df["seconds"] = df["duration"].dt.total_seconds().round(2)
-    if "reason" not in df:
-        df["reason"] = ""
-    params = [c for c in df.columns if c.startswith("params_")]
-    df = df[["number", "state", "objective", "n_params", *params, "seconds", "reason"]]
-    return df.rename(columns={c: c.removeprefix("params_") for c in params})
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
+        rows.append({"number": t.number, "state": t.state.name, "objective": t.value if t.state == TrialState.COMPLETE else None,
+                     "n_params": t.user_attrs.get("n_params"), **t.params, "seconds": seconds, "reason": t.user_attrs.get("reason", "")})
+    return pd.DataFrame(rows)
 
 
 def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:

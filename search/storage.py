@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -56,9 +57,15 @@ def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRA
             Path(url).parent.mkdir(parents=True, exist_ok=True)
             return JournalStorage(JournalFileBackend(url, lock_obj=JournalFileOpenLock(url)))
         interval, grace = heartbeat
-        return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+        for attempt in range(3):  # workers started together race to create the tables; the losers just retry
+            try:
+                return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                                  engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+            except Exception as e:
+                if attempt == 2 or "duplicate key" not in str(e) and "already exists" not in str(e):
+                    raise
+                time.sleep(1)
     except ModuleNotFoundError as e:
         raise UsageError(f"storage {mask_password(url)} needs the Python module {e.name!r}; for PostgreSQL: pip install -e '.[postgres]'") from None
     except Exception as e:  # SQLAlchemy's errors: bad URL, refused connection, bad password, missing database

@@ -114,7 +114,7 @@ def test_plain_optuna_dashboard_command_opens_the_study(study_dir):
     process = subprocess.Popen(["optuna-dashboard", storage_of(study_dir), "--host", "127.0.0.1", "--port", str(port),
                                 "--artifact-dir", str(study_dir / "artifacts")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        studies = json.loads(wait_for_http(f"http://127.0.0.1:{port}/api/studies", process))["studies"]
+        studies = json.loads(wait_for_http(f"http://127.0.0.1:{port}/api/studies", process))["study_summaries"]
         assert [s["study_name"] for s in studies] == ["tiny"]
     finally:
         process.terminate()

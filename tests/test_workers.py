@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,11 +28,11 @@ def pg_bin(name: str) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
+def postgres_url():
     """A throw-away PostgreSQL server on a free loopback port, run as the postgres user (the server refuses root)."""
     if not pg_bin("initdb"):
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
-    folder = tmp_path_factory.mktemp("pg")
+    folder = Path(tempfile.mkdtemp(prefix="search-pg-"))  # not under pytest's root-only tmp: the server runs as postgres
     data, port = folder / "data", free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:
@@ -48,6 +49,7 @@ def postgres_url(tmp_path_factory):
         yield f"postgresql+psycopg://postgres:not-shown@127.0.0.1:{port}/optuna"
     finally:
         run(pg_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start_run(study_file: Path, *args: str) -> subprocess.Popen:
@@ -77,13 +79,18 @@ def test_three_workers_on_postgres_finish_exactly_the_requested_trials(tmp_path,
           f"surplus FAIL {len(others)}, lost 0, {seconds:.1f} s")
 
 
-def wait_for_running_trial(storage: str, process: subprocess.Popen, seconds: float = 300) -> None:
+def journal(path: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def wait_for_running_trial(storage, process: subprocess.Popen, seconds: float = 300) -> None:
+    """Until a trial of `storage` (a URL, or a callable giving a storage) has reported an epoch."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
         time.sleep(0.3)
         try:
-            trials = optuna.load_study(study_name="tiny", storage=storage).trials
+            trials = optuna.load_study(study_name="tiny", storage=storage() if callable(storage) else storage).trials
         except Exception:  # not created yet
             continue
         if any(t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values for t in trials):
@@ -114,25 +121,24 @@ def test_sigkilled_worker_trial_is_failed_and_requeued_once(tmp_path, data_dir):
 
 
 def test_journal_reports_stale_trials_and_fail_stale_marks_them(tmp_path, data_dir):
-    study_file = write_study(tmp_path, TINY.replace("subset = 256", "subset = 3000"))
-    journal = tmp_path / "journal.log"
-    worker = start_run(study_file, "--storage", str(journal), "--out", str(tmp_path / "out"))
-    wait_for_running_trial(str(journal), worker)
+    study_file = write_study(tmp_path, TINY.replace("subset = 256", "subset = 10000"))
+    log = tmp_path / "journal.log"
+    worker = start_run(study_file, "--storage", str(log), "--out", str(tmp_path / "out"))
+    wait_for_running_trial(lambda: journal(log), worker)
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
 
     def running() -> list:
-        study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal))))
+        study = optuna.load_study(study_name="tiny", storage=journal(log))
         return [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
 
     (stale,) = running()
-    report = start_run(study_file, "--storage", str(journal), "--out", str(tmp_path / "out"), "--timeout", "0")
+    report = start_run(study_file, "--storage", str(log), "--out", str(tmp_path / "out"), "--timeout", "0")
     stdout, stderr = report.communicate(timeout=120)
     assert report.returncode == 0, stderr
     assert f"trial {stale.number} is RUNNING but its worker" in stdout and "rerun with --fail-stale" in stdout
     assert [t.number for t in running()] == [stale.number]  # reported, not changed
-    fix = start_run(study_file, "--storage", str(journal), "--out", str(tmp_path / "out"), "--timeout", "0", "--fail-stale")
+    fix = start_run(study_file, "--storage", str(log), "--out", str(tmp_path / "out"), "--timeout", "0", "--fail-stale")
     stdout, stderr = fix.communicate(timeout=120)
     assert fix.returncode == 0, stderr
     assert running() == []
@@ -145,8 +151,7 @@ def test_two_local_workers_share_a_journal_study(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr
     assert "database is locked" not in result.stdout + result.stderr
     assert (tmp_path / "out" / "journal.log").exists() and not (tmp_path / "out" / "study.db").exists()
-    study = optuna.load_study(study_name="tiny", storage=optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "out" / "journal.log"))))
+    study = optuna.load_study(study_name="tiny", storage=journal(tmp_path / "out" / "journal.log"))
     assert len([t for t in study.trials if t.state in FINISHED]) == 6
     assert "[worker 0]" in result.stdout and "[worker 1]" in result.stdout
     assert (tmp_path / "out" / "best.json").exists()
