@@ -228,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m search", description="Find tiny MNIST classifiers under a hard parameter limit with Optuna.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
 
+    def existing_study(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("--study", required=required, help="study name")
+        p.add_argument("--storage", help="the study's storage URL or journal file (default: studies/NAME/study.db or journal.log)")
+
     def data_and_device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--data-dir", help="folder holding MNIST/raw/ (default: $SEARCH_DATA_DIR, else ./data)")
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present, else CPU")
@@ -255,15 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = commands.add_parser("export", help="write a study's best trial as best.json")
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME/study.db)")
+    existing_study(p)
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("reproduce", help="train a config (or a study's best trial) on all 60,000 images; report test accuracy")
-    p.add_argument("config", type=Path, nargs="?", help="a config file, or use --study")
-    p.add_argument("--study", help="reproduce this study's best trial (or --trial N)")
-    p.add_argument("--storage", help="the study's storage URL (default: sqlite:///studies/NAME/study.db)")
+    p.add_argument("config", type=Path, nargs="?", help="a config file, or --study NAME for its best trial (or --trial N)")
+    existing_study(p, required=False)
     p.add_argument("--trial", type=int, help="with --study: this trial instead of the best")
     p.add_argument("--as-trained", action="store_true", help="with --trial: retrain exactly as the study did (its split, subset, seed, epochs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed (default: 1)")
@@ -275,14 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
 
     p = commands.add_parser("report", help="trials.csv, plots and a top-5 table of a study")
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME/study.db)")
+    existing_study(p)
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/report/)")
     p.set_defaults(func=cmd_report)
 
     p = commands.add_parser("dashboard", help="serve optuna-dashboard on a study")
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/NAME/study.db)")
+    existing_study(p)
     p.add_argument("--artifacts", type=Path, help="the study's output folder holding artifacts/ (default: studies/NAME/)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8080)

@@ -17,6 +17,7 @@ from optuna.trial import TrialState  # noqa: E402
 from search.study import best_trial, export_config  # noqa: E402
 from space.sampled import WIDTHS  # noqa: E402
 
+
 def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
     """Markdown for the dashboard's study note: the best trial and how to rerun it."""
     p, name = best.params, study.study_name

@@ -7,23 +7,22 @@ the validation accuracy after every epoch and honours `should_prune`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import multiprocessing
 import os
-import hashlib
 import re
 import signal
 import statistics
 import sys
 import time
-import tomllib
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import optuna
+import tomllib
 import torch
 from tqdm import tqdm
 
@@ -278,6 +277,7 @@ def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, ti
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             tqdm.write(label + trial_line(trial))
+            sys.stdout.flush()  # one line per trial, also when stdout is a file
             bar.n = sum(s in FINISHED for s in states())
             if any(s == optuna.trial.TrialState.COMPLETE for s in states()):
                 bar.set_postfix_str(f"best {study.best_value:.3f}% (trial {study.best_trial.number})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from space.config import Conv, GlobalAvgPool, LogSoftmax, MaxPool, RunConfig, INPUT_SHAPE
+from space.config import INPUT_SHAPE, Conv, GlobalAvgPool, LogSoftmax, MaxPool, RunConfig
 
 
 def build_model(config: RunConfig) -> nn.Sequential:

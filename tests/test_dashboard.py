@@ -2,7 +2,6 @@
 Chromium, the plain `optuna-dashboard` command, and the one-line errors."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
