@@ -77,9 +77,9 @@ def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:
                marker="x", color="grey", label="pruned (last val acc)")
     ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit:,}")
     best = best_trial(study)
-    ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.value), textcoords="offset points", xytext=(-60, 10))
-    values = [t.value for t in complete]
-    ax.set_ylim(max(min(values) - 1, 0), max(values) + 0.3)
+    ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.value), textcoords="offset points", xytext=(-90, -18))
+    values = [t.value for t in complete] + [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+    ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))
     ax.set(xlabel="parameters", ylabel="validation accuracy (%)", title=f"{study.study_name}: parameters vs objective")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -95,6 +95,8 @@ def _save_optuna_plot(plot, study: optuna.Study, path: Path) -> str | None:
     except (ValueError, RuntimeError) as e:
         return str(e)
     fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+    if hasattr(ax, "get_legend") and ax.get_legend() is not None and len(ax.get_lines()) > 10:
+        ax.get_legend().remove()  # one entry per trial: unreadable, and it would push the plot off the page
     fig.set_size_inches(8, 5)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
