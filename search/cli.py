@@ -179,7 +179,9 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 
     import optuna_dashboard
 
-    from search.artifacts import artifact_store
+    from optuna.artifacts import FileSystemArtifactStore
+
+    from search.artifacts import ARTIFACTS
     from search.storage import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
@@ -189,7 +191,8 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
         except OSError:
             raise UsageError(f"port {args.port} on {args.host} is in use (or not bindable); pass --port with a free port") from None
     study_id = study._storage.get_study_id_from_name(study.study_name)
-    store = artifact_store(args.artifacts or Path("studies") / args.study)
+    folder = args.artifacts or Path("studies") / args.study
+    store = FileSystemArtifactStore(folder / ARTIFACTS) if (folder / ARTIFACTS).is_dir() else None  # serve, never create
     print(f"optuna-dashboard for study {args.study!r}: http://{args.host}:{args.port}/dashboard/studies/{study_id}  (Ctrl-C stops it)", flush=True)
     optuna_dashboard.run_server(study._storage, host=args.host, port=args.port, artifact_store=store)
 

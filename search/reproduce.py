@@ -12,10 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from search.data import Split
-from search.train import train
+from search.train import log_line, train
 from space.config import RunConfig, config_to_dict, count_params
 
 
@@ -49,7 +48,7 @@ def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> d
     runs = []
     for seed in seeds:
         seeded = replace(config, seed=seed)
-        history = train(seeded, split, on_epoch=lambda m, s=seed: tqdm.write(format_epoch(s, m, name)), progress=f"seed {seed}")
+        history = train(seeded, split, on_epoch=lambda m, s=seed: log_line(format_epoch(s, m, name)), progress=f"seed {seed}")
         accs = [m[f"{name}_acc"] for m in history]
         runs.append({"seed": seed, "best_acc": max(accs), "best_epoch": accs.index(max(accs)) + 1, "final_acc": accs[-1], "epochs": history})
         print(f"seed {seed:>3}: best {name} acc {max(accs):.2f}% (epoch {accs.index(max(accs)) + 1}), final {accs[-1]:.2f}%")

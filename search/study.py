@@ -30,7 +30,7 @@ from search.artifacts import attach_trial_files
 from search.data import Split, load_split
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, heartbeat_enabled, mask_password, open_storage, worker_id, worker_is_gone
-from search.train import DivergedError, train
+from search.train import DivergedError, log_line, train
 from space.config import ConfigError, RunConfig, check, config_from_dict, config_to_dict, count_params, parse_section
 from space.sampled import Space, config_from_params, reference_point, space_from_dict, suggest_params
 
@@ -276,8 +276,7 @@ def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, ti
               disable=not (show_bar and sys.stderr.isatty())) as bar:
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            tqdm.write(label + trial_line(trial))
-            sys.stdout.flush()  # one line per trial, also when stdout is a file
+            log_line(label + trial_line(trial))
             bar.n = sum(s in FINISHED for s in states())
             if any(s == optuna.trial.TrialState.COMPLETE for s in states()):
                 bar.set_postfix_str(f"best {study.best_value:.3f}% (trial {study.best_trial.number})")

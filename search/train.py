@@ -32,6 +32,12 @@ class DivergedError(Exception):
     """The training loss became NaN or infinite."""
 
 
+def log_line(text: str) -> None:
+    """One line of output that does not break a progress bar and is flushed at once, also into a file."""
+    tqdm.write(text)
+    sys.stdout.flush()
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' is CUDA when there is one, else the CPU."""
     if name == "auto":
