@@ -277,8 +277,9 @@ def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, ti
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             log_line(label + trial_line(trial))
-            bar.n = sum(s in FINISHED for s in states())
-            if any(s == optuna.trial.TrialState.COMPLETE for s in states()):
+            now = states()
+            bar.n = sum(s in FINISHED for s in now)
+            if optuna.trial.TrialState.COMPLETE in now:
                 bar.set_postfix_str(f"best {study.best_value:.3f}% (trial {study.best_trial.number})")
             bar.refresh()
 

@@ -200,7 +200,7 @@ def _value(raw: Any, t: type, where: str) -> Any:
 def parse_section(raw: Any, cls: type, where: str) -> Any:
     """Build dataclass `cls` from a JSON object: unknown keys, missing keys and wrong types are errors."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: must be a JSON object, got {json.dumps(raw)}")
+        raise ConfigError(f"{where or 'config'}: must be an object (JSON {{...}}, TOML [table]), got {json.dumps(raw)}")
     known = {f.name: f for f in fields(cls)}
     prefix = f"{where}." if where else ""
     for key in raw:

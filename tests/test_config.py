@@ -113,7 +113,7 @@ def test_missing_file_and_broken_json_exit_2(tmp_path):
     assert_one_line_error(run_cli("summary", str(broken)), "broken.json", "not valid JSON", "line 1")
     not_object = tmp_path / "list.json"
     not_object.write_text("[1, 2]")
-    assert_one_line_error(run_cli("summary", str(not_object)), "list.json", "must be a JSON object")
+    assert_one_line_error(run_cli("summary", str(not_object)), "list.json", "must be an object (JSON {...}, TOML [table])")
 
 
 def test_nan_in_config_is_rejected():
