@@ -1,14 +1,17 @@
-"""`bench`: our training pipeline against the seed's per-sample PIL DataLoader, side by side.
+"""`bench`: our training pipeline against the seed's, side by side, in one process.
 
-Both train the step-3 reference model for the same number of steps of 128 images. The
-rounds alternate (seed-style, ours, seed-style, ours, ...) in one process so that both
-see the same machine state; the DataLoader's workers are started and warmed up before
-any timing, which favours the seed-style pipeline if anything.
+The seed's pipeline is its own code: PIL transforms per sample in a 2-worker DataLoader,
+feeding the step-3 model built with torch's nn.Dropout. Ours is `train_epoch`: the data on
+the device as one tensor, whole batches augmented at once, the packed-bits dropout. Both
+train for the same number of steps of 128 images. Rounds alternate (seed's, ours, seed's,
+ours, ...) so that both see the same machine state, and each pair of rounds gives one
+ratio; the median over many pairs is what a noisy shared machine cannot move much. The
+DataLoader's workers are started and warmed up before any timing, which favours the seed's
+pipeline if anything.
 """
 
 from __future__ import annotations
 
-import itertools
 import statistics
 import time
 from dataclasses import replace
@@ -16,10 +19,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from search.data import Split, load_mnist
 from search.reproduce import environment
-from search.train import train_epoch
+from search.train import keep_freed_memory, train_epoch
 from space.config import load_config
 from space.model import build_model
 
@@ -40,20 +44,24 @@ def seed_style_loader(root: Path) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2, persistent_workers=True)
 
 
-def bench(root: Path, device: torch.device, steps: int, rounds: int) -> float:
-    """Print images/s of both pipelines per round and overall; return the ratio ours / seed-style."""
+def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int) -> float:
+    """Print images/s of both pipelines per round, and the median and spread of the per-round
+    ratios ours / seed's; return the median ratio."""
     config = replace(load_config(REFERENCE), batch_size=128)
     images, labels = load_mnist(root, train=True)
     n = steps * config.batch_size
     split = Split(images[:n].to(device), labels[:n].to(device), images[:0].to(device), labels[:0].to(device), "none")
-    batches = itertools.cycle(seed_style_loader(root))  # cycle() keeps the workers alive across rounds
+    loader = seed_style_loader(root)
 
-    def make() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        model = build_model(config).to(device)
-        return model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    def forever():  # every batch from the workers (itertools.cycle would replay stored batches after one epoch)
+        while True:
+            yield from loader
+
+    batches = forever()
 
     def seed_style_round(n_steps: int) -> float:
-        model, optimizer = make()
+        model = build_model(config, dropout=nn.Dropout).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         model.train()
         start = time.perf_counter()
         for _ in range(n_steps):
@@ -68,23 +76,29 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int) -> float:
         return n_steps * config.batch_size / (time.perf_counter() - start)
 
     def ours_round() -> float:
-        model, optimizer = make()
+        model = build_model(config).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         start = time.perf_counter()
         train_epoch(model, optimizer, config, split, torch.Generator(device=device).manual_seed(0))  # ends in .item(): synchronised
         return n / (time.perf_counter() - start)
 
+    if device.type == "cpu":
+        keep_freed_memory()  # process-wide: the seed's rounds profit from it as much as ours
     env = environment(device)
-    print(f"bench: step-3 model, {steps} steps of 128 images per round, {rounds} rounds each, alternating; "
-          f"device {env['device_name']}, torch {env['torch']}, torchvision {env['torchvision']}")
-    seed_style_round(10)  # warm-up: workers started, caches filled
-    ours_round()
-    seed_rates, our_rates = [], []
+    print(f"bench: step-3 model, {steps} steps of 128 images a round, {warmup} warm-up + {rounds} timed rounds each, alternating; "
+          f"device {env['device_name']}, torch {env['torch']}, torchvision {env['torchvision']}", flush=True)
+    for _ in range(warmup):  # workers started, caches and allocators filled, CPU clocks settled
+        seed_style_round(steps)
+        ours_round()
+    seed_rates, our_rates, ratios = [], [], []
     for r in range(1, rounds + 1):
         seed_rates.append(seed_style_round(steps))
         our_rates.append(ours_round())
-        print(f"round {r}: seed-style {seed_rates[-1]:8.0f} img/s   ours {our_rates[-1]:8.0f} img/s")
-    seed_rate, our_rate = statistics.median(seed_rates), statistics.median(our_rates)
-    print(f"seed-style (PIL + DataLoader, 2 workers): {seed_rate:.0f} img/s (median of {rounds})")
-    print(f"ours (device-resident, batched augmentation): {our_rate:.0f} img/s (median of {rounds})")
-    print(f"ratio: {our_rate / seed_rate:.2f}")
-    return our_rate / seed_rate
+        ratios.append(our_rates[-1] / seed_rates[-1])
+        print(f"round {r:>2}: seed's {seed_rates[-1]:7.0f} img/s   ours {our_rates[-1]:7.0f} img/s   ratio {ratios[-1]:.2f}", flush=True)
+    ratio = statistics.median(ratios)
+    print(f"seed's (PIL + DataLoader with 2 workers, nn.Dropout): {statistics.median(seed_rates):.0f} img/s (median of {rounds})")
+    print(f"ours (device-resident data, batched augmentation, packed-bits dropout): {statistics.median(our_rates):.0f} img/s (median of {rounds})")
+    print(f"ratio: {ratio:.2f} (median of {rounds} paired rounds; spread {min(ratios):.2f}-{max(ratios):.2f}, "
+          f"quartiles {statistics.quantiles(ratios, n=4)[0]:.2f}-{statistics.quantiles(ratios, n=4)[2]:.2f})" if rounds > 1 else f"ratio: {ratio:.2f}")
+    return ratio

@@ -207,7 +207,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from search.bench import bench
     from search.data import resolve_data_dir
 
-    bench(resolve_data_dir(args.data_dir), _device(args.device), args.steps, args.rounds)
+    bench(resolve_data_dir(args.data_dir), _device(args.device), args.steps, args.rounds, args.warmup)
 
 
 def _device(name: str):
@@ -292,8 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dashboard)
 
     p = commands.add_parser("bench", help="images/s of our pipeline against the seed's PIL DataLoader")
-    p.add_argument("--steps", type=positive_int, default=60, help="training steps of 128 images per round (default: 60)")
-    p.add_argument("--rounds", type=positive_int, default=3, help="rounds per pipeline, alternating (default: 3)")
+    p.add_argument("--steps", type=positive_int, default=40, help="training steps of 128 images per round (default: 40)")
+    p.add_argument("--rounds", type=positive_int, default=15, help="timed rounds per pipeline, alternating (default: 15)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds per pipeline first (default: 2)")
     data_and_device(p)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -8,6 +8,7 @@ per-sample Python in the loop. On CPU the same config and seed give identical nu
 
 from __future__ import annotations
 
+import ctypes
 import math
 import sys
 import time
@@ -45,6 +46,29 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible to torch here; use --device cpu or auto")
     return torch.device(name)
+
+
+def keep_freed_memory() -> None:
+    """Make glibc's malloc keep freed activation memory in the process instead of handing it
+    back to the OS (on 2 CPU cores a training step of the step-3 model page-faulted its
+    activations in again every step: 1.9 million minor faults in 300 steps, a quarter of the
+    step time). Blocks up to 32 MiB come from the heap, and the heap is not trimmed below
+    1 GiB. Process-wide and idempotent; a no-op where the C library has no mallopt."""
+    global _memory_kept
+    if _memory_kept:
+        return
+    _memory_kept = True
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    mallopt(m_mmap_threshold, 32 * 2**20)  # glibc's maximum on 64-bit systems
+    mallopt(m_trim_threshold, 2**30)
+
+
+_memory_kept = False
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -127,6 +151,8 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
     `on_epoch` sees each epoch's metrics as soon as they exist (the search reports and
     prunes there by raising). Raises DivergedError when the loss stops being finite."""
     device = split.train_images.device
+    if device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model = build_model(config).to(device)

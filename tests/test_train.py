@@ -9,6 +9,7 @@ from conftest import REFERENCE
 from search.data import load_mnist, load_split, validation_indices
 from search.train import MEAN, STD, _uniform, augment_batch, normalize, train
 from space.config import Augment, load_config
+from space.model import PackedBitsDropout
 
 N = 64
 
@@ -90,3 +91,43 @@ def test_step_lr_schedule_is_applied(data_dir):
     config = replace(config, scheduler=replace(config.scheduler, step_size=1, gamma=0.5))
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
     assert [m["lr"] for m in train(config, split)] == pytest.approx([0.2, 0.1, 0.05])
+
+
+def test_packed_bits_dropout_has_nn_dropouts_distribution():
+    p = 0.05
+    dropout = PackedBitsDropout(p)
+    torch.manual_seed(0)
+    ones = torch.ones(2_000_000)
+    out = dropout(ones)
+    p_eff = dropout.threshold / 65_536
+    assert abs(p_eff - p) <= 1 / 65_536
+    assert out.unique().tolist() == pytest.approx([0.0, 1 / (1 - p_eff)])
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - p_eff) < 4 * (p_eff * (1 - p_eff) / len(ones)) ** 0.5  # within 4 standard errors
+    assert abs(out.mean().item() - 1.0) < 1e-3  # unbiased, like nn.Dropout
+    # masks of neighbouring 16-bit lanes of one int64 draw are independent: no correlation between lanes
+    lanes = (out == 0).float().view(-1, 4)
+    assert abs(torch.corrcoef(lanes.T)[0, 1:].abs().max().item()) < 0.01
+
+
+def test_packed_bits_dropout_is_seeded_and_identity_in_eval():
+    dropout = PackedBitsDropout(0.1)
+    x = torch.randn(8, 15, 24, 24)
+    torch.manual_seed(3)
+    first = dropout(x)
+    torch.manual_seed(3)
+    assert torch.equal(dropout(x), first)
+    assert not torch.equal(dropout(x), first)  # the next draw differs
+    dropout.eval()
+    assert dropout(x) is x
+    assert PackedBitsDropout(0.0).train()(x) is x
+
+
+def test_packed_bits_dropout_gradient_is_the_mask():
+    dropout = PackedBitsDropout(0.2)
+    x = torch.randn(4, 10, 6, 6, requires_grad=True)
+    out = dropout(x)
+    out.sum().backward()
+    kept = out.detach() != 0
+    assert torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], dropout.scale))
+    assert torch.all(x.grad[~kept] == 0)
