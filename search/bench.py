@@ -98,7 +98,9 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
         print(f"round {r:>2}: seed's {seed_rates[-1]:7.0f} img/s   ours {our_rates[-1]:7.0f} img/s   ratio {ratios[-1]:.2f}", flush=True)
     ratio = statistics.median(ratios)
     print(f"seed's (PIL + DataLoader with 2 workers, nn.Dropout): {statistics.median(seed_rates):.0f} img/s (median of {rounds})")
-    print(f"ours (device-resident data, batched augmentation, packed-bits dropout): {statistics.median(our_rates):.0f} img/s (median of {rounds})")
+    our_rate = statistics.median(our_rates)
+    print(f"ours (device-resident data, batched augmentation, packed-bits dropout): {our_rate:.0f} img/s (median of {rounds}), "
+          f"{1000 * config.batch_size / our_rate:.1f} ms a training step")
     print(f"ratio: {ratio:.2f} (median of {rounds} paired rounds; spread {min(ratios):.2f}-{max(ratios):.2f}, "
           f"quartiles {statistics.quantiles(ratios, n=4)[0]:.2f}-{statistics.quantiles(ratios, n=4)[2]:.2f})" if rounds > 1 else f"ratio: {ratio:.2f}")
     return ratio

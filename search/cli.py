@@ -89,6 +89,30 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         print(f"matches the study's record exactly: {'yes' if same else 'NO'}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from search.data import load_mnist, resolve_data_dir
+    from search.model_files import MODEL_SUFFIXES, evaluate_model_file, find_config, recorded_accuracy
+
+    path: Path = args.model
+    if path.suffix not in MODEL_SUFFIXES:
+        raise UsageError(f"{path}: expected a {' or '.join(MODEL_SUFFIXES)} file written by `reproduce`")
+    if not path.is_file():
+        raise UsageError(f"{path}: no such model file")
+    config = source = None
+    if path.suffix == ".safetensors":  # the ONNX graph is self-contained; the weights need their network
+        config, source = (load_config(args.config), str(args.config)) if args.config else find_config(path)
+    images, labels = load_mnist(resolve_data_dir(args.data_dir), train=False)
+    try:
+        accuracy = evaluate_model_file(path, config, images.to(_device(args.device)), labels)
+    except Exception as e:  # a damaged file, or weights that do not fit the config
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{path}: cannot be evaluated ({first[:200]})" + ("; check --config" if config else "")) from None
+    print(f"{path}" + (f" (config from {source})" if source else "") + f": test accuracy {accuracy:.2f}% on {len(labels):,} MNIST test images")
+    recorded = recorded_accuracy(path)
+    if recorded is not None:
+        print(f"recorded final test accuracy of this run: {recorded:.2f}% ({'the same' if abs(recorded - accuracy) < 1e-9 else 'DIFFERENT'})")
+
+
 def _trial(study, number: int | None):
     from search.study import best_trial
 
@@ -278,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-over-limit", action="store_true", help="train a config over --max-params")
     data_and_device(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = commands.add_parser("evaluate", help="test accuracy of a saved model (.onnx through onnxruntime, or .safetensors)")
+    p.add_argument("model", type=Path, metavar="MODEL", help="a .onnx or .safetensors file written by `reproduce`")
+    p.add_argument("--config", type=Path, help="the model's config (default: from the run record beside the file)")
+    data_and_device(p)
+    p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("report", help="trials.csv, plots and a top-5 table of a study")
     existing_study(p)

@@ -1,5 +1,6 @@
 """`reproduce`: train a config on all 60,000 training images for one or more seeds, report
-test accuracy per epoch and over seeds, and write a JSON record of the whole run."""
+test accuracy per epoch and over seeds, and write a JSON record of the whole run with, per
+seed, the trained model beside it (`.safetensors` weights and an `.onnx` export)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from search.data import Split
+from search.model_files import save_model_files
 from search.train import log_line, train
 from space.config import RunConfig, config_to_dict, count_params
 
@@ -39,7 +41,8 @@ def mean_std(values: list[float]) -> str:
 
 
 def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> dict:
-    """Train `config` once per seed on `split`, print per-epoch lines and the summary, write the record to `out`."""
+    """Train `config` once per seed on `split`, print per-epoch lines and the summary, write the record to
+    `out` and each seed's model files next to it."""
     name = split.eval_name
     device = split.train_images.device
     print(f"{config.name or 'config'}: {count_params(config):,} params, {config.epochs} epochs, "
@@ -48,10 +51,13 @@ def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> d
     runs = []
     for seed in seeds:
         seeded = replace(config, seed=seed)
-        history = train(seeded, split, on_epoch=lambda m, s=seed: log_line(format_epoch(s, m, name)), progress=f"seed {seed}")
+        model, history = train(seeded, split, on_epoch=lambda m, s=seed: log_line(format_epoch(s, m, name)), progress=f"seed {seed}")
         accs = [m[f"{name}_acc"] for m in history]
-        runs.append({"seed": seed, "best_acc": max(accs), "best_epoch": accs.index(max(accs)) + 1, "final_acc": accs[-1], "epochs": history})
-        print(f"seed {seed:>3}: best {name} acc {max(accs):.2f}% (epoch {accs.index(max(accs)) + 1}), final {accs[-1]:.2f}%")
+        weights, onnx_file = save_model_files(model, seeded, out, seed)
+        runs.append({"seed": seed, "best_acc": max(accs), "best_epoch": accs.index(max(accs)) + 1, "final_acc": accs[-1],
+                     "weights": weights.name, "onnx": onnx_file.name, "epochs": history})
+        print(f"seed {seed:>3}: best {name} acc {max(accs):.2f}% (epoch {accs.index(max(accs)) + 1}), final {accs[-1]:.2f}%; "
+              f"model: {weights}, {onnx_file}")
     wall = time.perf_counter() - started
     best, final = [r["best_acc"] for r in runs], [r["final_acc"] for r in runs]
     print(f"over {len(seeds)} seed(s): best {name} acc {mean_std(best)}, final {name} acc {mean_std(final)}, wall time {wall:.0f} s")

@@ -145,8 +145,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
-def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None, progress: str | None = None) -> list[dict]:
-    """Train `config` from its seed on `split`; returns one metrics dict per epoch.
+def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None,
+          progress: str | None = None) -> tuple[nn.Module, list[dict]]:
+    """Train `config` from its seed on `split`; returns the trained model and one metrics dict per epoch.
 
     `on_epoch` sees each epoch's metrics as soon as they exist (the search reports and
     prunes there by raising). Raises DivergedError when the loss stops being finite."""
@@ -180,4 +181,4 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
-    return history
+    return model, history

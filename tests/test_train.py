@@ -77,12 +77,12 @@ def test_search_split_and_full_split(data_dir):
 def test_training_is_deterministic_on_cpu_and_learns(data_dir):
     config = replace(load_config(REFERENCE / "step3.json"), epochs=2, seed=7)
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=2000)
-    first = train(config, split)
-    second = train(config, split)
+    first = train(config, split)[1]
+    second = train(config, split)[1]
     keys = ["lr", "train_loss", "train_acc", "val_loss", "val_acc"]
     assert [[m[k] for k in keys] for m in first] == [[m[k] for k in keys] for m in second]
     assert first[-1]["val_acc"] > 50.0  # 2 epochs on 2,000 images: well above chance (10 %)
-    other_seed = train(replace(config, seed=8), split)
+    other_seed = train(replace(config, seed=8), split)[1]
     assert [m["train_loss"] for m in other_seed] != [m["train_loss"] for m in first]
 
 
@@ -90,7 +90,7 @@ def test_step_lr_schedule_is_applied(data_dir):
     config = replace(load_config(REFERENCE / "step3.json"), epochs=3)
     config = replace(config, scheduler=replace(config.scheduler, step_size=1, gamma=0.5))
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
-    assert [m["lr"] for m in train(config, split)] == pytest.approx([0.2, 0.1, 0.05])
+    assert [m["lr"] for m in train(config, split)[1]] == pytest.approx([0.2, 0.1, 0.05])
 
 
 def test_packed_bits_dropout_has_nn_dropouts_distribution():
