@@ -1,7 +1,9 @@
-"""Files the dashboard offers for download: every completed trial's config (in best.json's
-format) and learning curve, kept under OUT/trials/N/ and uploaded to Optuna's file-system
-artifact store at OUT/artifacts/. Optuna only attaches artifacts to a trial while it runs,
-so each trial attaches its own; the best trial's config.json is the study's best.json."""
+"""Files the dashboard offers for download: every completed trial's config in its export form
+(`export-config.json`: best.json's format, the study's export epochs, the step size scaled; the
+config it was trained with is its `config` user attribute) and its learning curve, kept under
+OUT/trials/N/ and uploaded to Optuna's file-system artifact store at OUT/artifacts/. Optuna
+only attaches artifacts to a trial while it runs, so each trial attaches its own; the best
+trial's export-config.json is the study's best.json."""
 
 from __future__ import annotations
 
@@ -39,11 +41,11 @@ def plot_learning_curve(title: str, epochs: list[dict], path: Path) -> None:
 
 
 def attach_trial_files(trial: optuna.Trial, export: RunConfig, n_params: int, history: list[dict], out: Path) -> None:
-    """Write trial N's config.json and learning-curve.png to OUT/trials/N/ and attach both to the running trial."""
+    """Write trial N's export-config.json and learning-curve.png to OUT/trials/N/ and attach both to the running trial."""
     folder = out / "trials" / str(trial.number)
     folder.mkdir(parents=True, exist_ok=True)
-    save_config(export, folder / "config.json")
+    save_config(export, folder / "export-config.json")
     plot_learning_curve(f"trial {trial.number}: {n_params:,} params", history, folder / "learning-curve.png")
     store = artifact_store(out)
-    upload_artifact(artifact_store=store, file_path=str(folder / "config.json"), study_or_trial=trial, mimetype="application/json")
+    upload_artifact(artifact_store=store, file_path=str(folder / "export-config.json"), study_or_trial=trial, mimetype="application/json")
     upload_artifact(artifact_store=store, file_path=str(folder / "learning-curve.png"), study_or_trial=trial, mimetype="image/png")

@@ -8,21 +8,44 @@ commands, so `summary` and `--help` answer at once.
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from pathlib import Path
+from typing import Callable
 
-from search.errors import DataError, UsageError
+from search.errors import DataError, UsageError, WorkerDied
 from space.config import DEFAULT_MAX_PARAMS, ConfigError, RunConfig, count_params, layer_rows, load_config
 
 
-def positive_int(text: str) -> int:
+def option_type(parse: Callable[[str], float], ok: Callable[[float], bool], meaning: str) -> Callable[[str], float]:
+    """An argparse `type` that parses with `parse` and accepts what `ok` says; errors say `meaning`."""
+    def convert(text: str) -> float:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {meaning}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {meaning}, got {value}")
+        return value
+    return convert
+
+
+positive_int = option_type(int, lambda v: v > 0, "a positive integer")
+non_negative_int = option_type(int, lambda v: v >= 0, "a whole number >= 0")
+positive_seconds = option_type(float, lambda v: math.isfinite(v) and v > 0, "a positive, finite number of seconds")
+port_number = option_type(int, lambda v: 1 <= v <= 65535, "a port number in 1-65535")
+
+
+def writable_folder(folder: Path, option: str) -> None:
+    """Create `folder` if needed and prove it takes a file, before any work starts."""
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{option} {folder}: cannot create or write there ({e.strerror or type(e).__name__}); pass {option} a writable folder") from None
 
 
 def check_limit(config: RunConfig, source: str, max_params: int, allow_over_limit: bool) -> None:
@@ -70,17 +93,23 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         study = load_existing_study(args.study, args.storage)
         trial = _trial(study, args.trial)
         source = f"study {args.study!r} trial {trial.number}"
-        if args.as_trained:  # exactly as the study trained it: same split, subset, seed and epochs
+        if args.as_trained:  # exactly as the study trained it: same split, subset, seed, epochs and CPU threads
             config, validation, subset = trial_config(trial), True, trial.user_attrs["subset"]
             seeds = [config.seed]
+            if "threads" in trial.user_attrs and _device(args.device).type == "cpu":
+                import torch
+
+                torch.set_num_threads(trial.user_attrs["threads"])
         else:
             config = export_config(study, trial)
         default_out = Path("studies") / args.study / (f"reproduce-trial{trial.number}" + ("-as-trained" if args.as_trained else "") + ".json")
     if args.epochs:
         config = replace(config, epochs=args.epochs)
     check_limit(config, source, args.max_params, args.allow_over_limit)
+    out = args.out or default_out
+    writable_folder(out.parent, "--out")
     split = load_split(resolve_data_dir(args.data_dir), _device(args.device), validation=validation, subset=subset)
-    record = reproduce(config, seeds, split, args.out or default_out)
+    record = reproduce(config, seeds, split, out)
     if args.as_trained:
         recorded = [m["val_acc"] for m in trial.user_attrs.get("epochs", [])]
         now = [m["val_acc"] for m in record["runs"][0]["epochs"]]
@@ -125,8 +154,6 @@ def _trial(study, number: int | None):
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    import os
-    from dataclasses import replace
 
     from search.data import load_mnist, load_split, resolve_data_dir
     from search.export import export_best
@@ -134,17 +161,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     from search.storage import default_storage, fail_stale, heartbeat_enabled, open_storage, stale_trials
     from search.study import best_trial, create_or_resume, load_study_spec, run_workers, trial_line
 
-    spec = load_study_spec(args.study_file)
-    if args.study:
-        spec = replace(spec, name=args.study)
+    options = {"name": ("--study", args.study), "trials": ("--trials", args.trials), "max_params": ("--max-params", args.max_params),
+               "seed": ("--seed", args.seed), "training.epochs": ("--epochs", args.epochs), "training.subset": ("--subset", args.subset)}
+    spec = load_study_spec(args.study_file, {field: option for field, option in options.items() if option[1] is not None})
     training = spec.training
-    if args.epochs:
-        training = replace(training, epochs=args.epochs)
-    if args.subset:
-        training = replace(training, subset=args.subset)
-    spec = replace(spec, training=training, trials=args.trials or spec.trials, max_params=args.max_params or spec.max_params,
-                   seed=spec.seed if args.seed is None else args.seed)
     out = args.out or Path("studies") / spec.name
+    writable_folder(out, "--out")
     device = _device(args.device)
     data_dir = resolve_data_dir(args.data_dir)
     if args.workers == 1:  # load the data before touching the study: a data error leaves the study as it was
@@ -154,7 +176,6 @@ def cmd_run(args: argparse.Namespace) -> None:
         load_mnist(data_dir, train=True)  # the same check; each worker then loads its own copy
         split_loader = None
     url = args.storage or default_storage(out, args.workers)
-    out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
     study, created = create_or_resume(spec, storage, url)
     stale = [] if heartbeat_enabled(storage) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
@@ -184,8 +205,13 @@ def cmd_export(args: argparse.Namespace) -> None:
     from search.export import export_best
     from search.storage import load_existing_study
 
+    from search.study import best_trial
+
     study = load_existing_study(args.study, args.storage)
-    path = export_best(study, args.out or Path("studies") / args.study)
+    best_trial(study)  # a study with nothing to export is refused before any folder is made
+    out = args.out or Path("studies") / args.study
+    writable_folder(out, "--out")
+    path = export_best(study, out)
     print(f"best config written to {path}")
 
 
@@ -194,7 +220,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     from search.storage import load_existing_study
 
     study = load_existing_study(args.study, args.storage)
-    written = write_report(study, args.out or Path("studies") / args.study / "report")
+    out = args.out or Path("studies") / args.study / "report"
+    writable_folder(out, "--out")
+    written = write_report(study, out)
     print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -272,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_file", type=Path, metavar="STUDY.toml")
     p.add_argument("--study", help="study name (default: the study file's name field)")
     p.add_argument("--trials", type=positive_int, help="run until the study holds N finished trials")
-    p.add_argument("--timeout", type=float, help="stop starting trials after S seconds")
+    p.add_argument("--timeout", type=positive_seconds, help="stop starting trials after S seconds")
     p.add_argument("--epochs", type=positive_int, help="epochs per trial")
     p.add_argument("--subset", type=positive_int, help="train each trial on the first N images of the training split")
     p.add_argument("--max-params", type=positive_int, help="hard parameter limit")
@@ -293,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("reproduce", help="train a config (or a study's best trial) on all 60,000 images; report test accuracy")
     p.add_argument("config", type=Path, nargs="?", help="a config file, or --study NAME for its best trial (or --trial N)")
     existing_study(p, required=False)
-    p.add_argument("--trial", type=int, help="with --study: this trial instead of the best")
+    p.add_argument("--trial", type=non_negative_int, help="with --study: this trial instead of the best")
     p.add_argument("--as-trained", action="store_true", help="with --trial: retrain exactly as the study did (its split, subset, seed, epochs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed (default: 1)")
     p.add_argument("--epochs", type=positive_int, help="override the config's epoch count")
@@ -318,13 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     existing_study(p)
     p.add_argument("--artifacts", type=Path, help="the study's output folder holding artifacts/ (default: studies/NAME/)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=port_number, default=8080)
     p.set_defaults(func=cmd_dashboard)
 
     p = commands.add_parser("bench", help="images/s of our pipeline against the seed's PIL DataLoader")
     p.add_argument("--steps", type=positive_int, default=40, help="training steps of 128 images per round (default: 40)")
     p.add_argument("--rounds", type=positive_int, default=15, help="timed rounds per pipeline, alternating (default: 15)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds per pipeline first (default: 2)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed rounds per pipeline first (default: 2)")
     data_and_device(p)
     p.set_defaults(func=cmd_bench)
     return parser
@@ -337,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorkerDied as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         resume = "; the running trial is marked FAIL: rerun the same command to resume" if args.command == "run" else ""
         print(f"interrupted{resume}", file=sys.stderr)

@@ -9,3 +9,7 @@ class UsageError(Exception):
 
 class DataError(Exception):
     """The data cannot be loaded; the message says where to put the files."""
+
+
+class WorkerDied(Exception):
+    """A worker process of `run --workers K` died; the study is kept and can be resumed (exit code 1)."""

@@ -59,13 +59,12 @@ def save_model_files(model: nn.Module, config: RunConfig, record: Path, seed: in
     weights, onnx_path = model_paths(record, seed)
     weights.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    config_json = json.dumps(config_to_dict(config))
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights), metadata={"config": config_json})
-    export_onnx(model, config_json, onnx_path)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights), metadata={"config": json.dumps(config_to_dict(config))})
+    export_onnx(model, config, onnx_path)
     return weights, onnx_path
 
 
-def export_onnx(model: nn.Module, config_json: str, path: Path) -> None:
+def export_onnx(model: nn.Module, config: RunConfig, path: Path) -> None:
     """ONNX with a dynamic batch dimension; the input normalisation is part of the graph."""
     import onnx
 
@@ -74,8 +73,10 @@ def export_onnx(model: nn.Module, config_json: str, path: Path) -> None:
     torch.onnx.export(deployable, (example,), str(path), input_names=["image"], output_names=["log_probs"],
                       dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
     graph = onnx.load(str(path))  # the config and the input convention travel with the file
-    for key, value in (("config", config_json), ("input", f"float pixels in [0, 1], shape (batch, 1, 28, 28); normalised inside with mean {MEAN}, std {STD}"),
-                       ("output", "log-probabilities, shape (batch, 10)"), ("n_params", str(count_params(config_from_dict(json.loads(config_json)))))):
+    metadata = {"config": json.dumps(config_to_dict(config)), "n_params": str(count_params(config)),
+                "input": f"float pixels in [0, 1], shape (batch, 1, 28, 28); normalised inside with mean {MEAN}, std {STD}",
+                "output": "log-probabilities, shape (batch, 10)"}
+    for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
 

@@ -74,7 +74,11 @@ def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRA
 
 
 def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
-    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
+    """Whether `storage` runs heartbeats; sees through Optuna's wrappers (a study's storage is a
+    _CachedStorage around the RDBStorage, which an isinstance check on RDBStorage misses)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(storage)
 
 
 def storage_of_existing(name: str, storage: str | None) -> str:
@@ -125,7 +129,7 @@ def stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if worker_is_gone(t)]
 
 
-def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> None:
+def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], by: str = "--fail-stale") -> None:
     for trial in trials:
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by --fail-stale")
+        study._storage.set_trial_user_attr(trial._trial_id, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by {by}")
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

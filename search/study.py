@@ -14,12 +14,14 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import statistics
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import tomllib
@@ -28,17 +30,22 @@ from tqdm import tqdm
 
 from search.artifacts import attach_trial_files
 from search.data import Split, load_split
-from search.errors import UsageError
-from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, heartbeat_enabled, mask_password, open_storage, worker_id, worker_is_gone
+from search.errors import UsageError, WorkerDied
+from search.storage import (GRACE_PERIOD, HEARTBEAT_INTERVAL, fail_stale, heartbeat_enabled, mask_password, open_storage, worker_id,
+                            worker_is_gone)
 from search.train import DivergedError, log_line, train
-from space.config import ConfigError, RunConfig, check, config_from_dict, config_to_dict, count_params, parse_section
+from space.config import (ConfigError, RunConfig, architecture, check, config_from_dict, config_to_dict, count_params, parse_section,
+                          read_text_file)
 from space.sampled import Space, config_from_params, reference_point, space_from_dict, suggest_params
 
 # Our own line per trial replaces Optuna's log, which would print a traceback for a trial ended by Ctrl-C.
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 OBJECTIVE_EPOCHS = 3  # objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-PRUNERS = ("median", "hyperband", "none")
+PRUNERS = ("median", "none")
+# Hyperband is not offered: its rungs compare trials at fixed epochs, but a trial may only be
+# judged after its own first learning-rate drop and before its last epoch, so a rung would
+# compare one trial's epoch 2 with another's epoch 3, and some trials would never reach one.
 
 
 # ---------------------------------------------------------------- study files
@@ -85,24 +92,43 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     for key in ("epochs", "subset", "batch_size", "export_epochs"):
         check(getattr(training, key) > 0, f"training.{key}", f"must be > 0, got {getattr(training, key)}")
     check(OBJECTIVE_EPOCHS <= training.epochs, "training.epochs", f"must be >= {OBJECTIVE_EPOCHS} (the objective averages the last {OBJECTIVE_EPOCHS} epochs)")
+    check(training.export_epochs % training.epochs == 0, "training.export_epochs",
+          f"must be a multiple of training.epochs ({training.epochs}), got {training.export_epochs}: only then does the exported "
+          f"StepLR schedule drop the learning rate as often and at the same fractions of training as the trial's")
     check(training.subset <= 50_000, "training.subset", f"the training split has 50,000 images, got {training.subset}")
+    check(pruner.kind != "hyperband", "pruner.kind", "hyperband is not supported (its rungs would compare trials at different "
+          "epochs of their schedules; see the README's pruning section); use \"median\" or \"none\"")
     check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")
     check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
     check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
     return spec
 
 
-def load_study_spec(path: Path) -> StudySpec:
-    """Read and validate a study file (raises ConfigError naming the file and the field)."""
+def load_study_spec(path: Path, overrides: dict[str, tuple[str, Any]] | None = None) -> StudySpec:
+    """Read and validate a study file (raises ConfigError naming the file and the field).
+
+    `overrides` maps a field ("training.epochs") to the command-line option that sets it and
+    its value ("--epochs", 1); they go through the same checks as the file, and an error in
+    one of them names the option."""
+    text = read_text_file(path, "study")
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such study file") from None
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: TOML nested too deeply to be a study file") from None
+    for field, (_, value) in (overrides or {}).items():
+        *parents, key = field.split(".")
+        table = raw.setdefault(parents[0], {}) if parents else raw  # fields are at most one table deep
+        if isinstance(table, dict):  # (a table that is not one is reported by the checks below)
+            table[key] = value
     try:
         return _spec_from_dict(raw)
     except ConfigError as e:
+        field, _, problem = str(e).partition(": ")
+        if field in (overrides or {}):
+            option, value = overrides[field]
+            raise ConfigError(f"{option} {value}: {field} {problem}") from None
         raise ConfigError(f"{path}: {e}") from None
 
 
@@ -125,9 +151,14 @@ def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunCo
 
 
 def export_form(config: RunConfig, training: dict, name: str) -> RunConfig:
-    """`config` as a full run: the study's export epoch count, the step size scaled to it."""
-    scale = training["export_epochs"] / training["epochs"]
-    step_size = max(1, round(config.scheduler.step_size * scale))
+    """`config` as a full run: the study's export epoch count, the step size scaled by
+    export_epochs / epochs (a whole number: the study file is refused otherwise), so the learning
+    rate drops as many times and at the same fractions of training as in the trial."""
+    factor, remainder = divmod(training["export_epochs"], training["epochs"])
+    if remainder:  # a study stored before that check existed
+        raise UsageError(f"export_epochs {training['export_epochs']} is not a multiple of the trials' {training['epochs']} epochs, "
+                         f"so the exported schedule would differ from the searched one; start a new study with a multiple")
+    step_size = config.scheduler.step_size * factor
     return replace(config, epochs=training["export_epochs"], scheduler=replace(config.scheduler, step_size=step_size), name=name)
 
 
@@ -154,6 +185,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
                                 weight_decay=t.weight_decay, seed=spec.seed, name=f"{trial.study.study_name}-trial{trial.number}")
     n_params = count_params(config)
     trial.set_user_attr("n_params", n_params)
+    trial.set_user_attr("architecture", architecture(config))
     trial.set_user_attr("config", config_to_dict(config))
     trial.set_constraint("params_over_limit", n_params - spec.max_params)  # <= 0: feasible; TPE learns the region
     if n_params > spec.max_params:
@@ -162,6 +194,8 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
     trial.set_user_attr("seed", config.seed)
     trial.set_user_attr("subset", len(split.train_images))
     trial.set_user_attr("device", str(split.train_images.device))
+    if split.train_images.device.type == "cpu":  # the CPU's numbers depend on the thread count; --as-trained uses it
+        trial.set_user_attr("threads", torch.get_num_threads())
     history: list[dict] = []
     start = time.perf_counter()
 
@@ -170,8 +204,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         trial.set_user_attr("epochs", history)
         trial.set_user_attr("seconds", time.perf_counter() - start)
         trial.report(metrics["val_acc"], metrics["epoch"])
-        # Before its first learning-rate drop a trial is not comparable: the drop is what lifts accuracy.
-        if metrics["epoch"] > config.scheduler.step_size and trial.should_prune():
+        if may_prune(metrics["epoch"], config.scheduler.step_size, config.epochs) and trial.should_prune():
             _prune(trial, f"pruned by the {spec.pruner.kind} pruner after epoch {metrics['epoch']} (val acc {metrics['val_acc']:.2f}%)")
 
     try:
@@ -185,16 +218,22 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
     return statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
 
 
+def may_prune(epoch: int, step_size: int, epochs: int) -> bool:
+    """Whether a trial may be judged after `epoch`: not before its first learning-rate drop (until
+    the drop, accuracy says little about where the schedule ends) and not after its last epoch
+    (then nothing is saved, and its finished objective would be replaced by one epoch's value)."""
+    return step_size < epoch < epochs
+
+
 def _prune(trial: optuna.Trial, reason: str) -> float:
     trial.set_user_attr("reason", reason)
     raise optuna.TrialPruned(reason)
 
 
-def make_pruner(pruner: Pruner, epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(pruner: Pruner) -> optuna.pruners.BasePruner:
+    """Median pruning after `startup_trials` completed trials (Optuna's MedianPruner counts COMPLETE ones)."""
     if pruner.kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=0)
-    if pruner.kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -218,7 +257,7 @@ class SurplusTrial(Exception):
 def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str) -> tuple[optuna.Study, bool]:
     """The study named spec.name in `storage`: (study, True) when this call created it, with the
     settings stored and the hand-made reference as first trial; (study, False) when it existed."""
-    pruner = make_pruner(spec.pruner, spec.training.epochs)
+    pruner = make_pruner(spec.pruner)
     try:
         study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize", pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
@@ -231,14 +270,16 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
             raise UsageError(f"study {spec.name!r} in {mask_password(url)} was created from different settings; "
                              f"restore the study file, or start a new study with --study NEW_NAME") from None
         return study, False
-    study.set_user_attr("spec", spec_to_dict(spec))
+    reference = reference_point(spec.space, spec.training.epochs)
+    if reference is not None and count_params(config_from_params(reference, epochs=spec.training.epochs)) <= spec.max_params:
+        # The hand-made model is trial 0, the number to beat. It is enqueued before the spec is
+        # stored: workers elsewhere wait for the spec, so none can take a trial number first.
+        study.enqueue_trial(reference)
     study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs")
     with warnings.catch_warnings():  # Optuna marks metric names experimental; the dashboard shows them
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names([f"val acc % (mean of last {OBJECTIVE_EPOCHS} epochs)"])
-    reference = reference_point(spec.space, spec.training.epochs)
-    if reference is not None:  # the hand-made model is the first trial: the number to beat
-        study.enqueue_trial(reference)
+    study.set_user_attr("spec", spec_to_dict(spec))
     return study, True
 
 
@@ -248,13 +289,15 @@ def _settings(spec: dict) -> dict:
 
 
 def seed_sampler(study: optuna.Study, spec: StudySpec, first: bool, index: int = 0) -> None:
-    """TPE, seeded. The process that created the study uses the study's seed, so a fresh run is
-    repeatable; every other worker (resumed, parallel, other machines) gets a seed of its own,
-    or it would propose the same points as the others."""
+    """TPE, seeded from the study, never from the process: the process that created the study
+    uses the study's seed, and every later start (a resumed run, worker `index` of several, a
+    worker on another machine) a seed made of the study's seed, its trial count, the worker's
+    index and the host name. So the same command on the same study continues the same way,
+    while workers running at once propose different points."""
     if first and index == 0:
         seed = spec.seed
     else:
-        key = f"{spec.seed}:{len(study.trials)}:{index}:{worker_id()}"
+        key = f"{spec.seed}:{len(study.trials)}:{index}:{socket.gethostname()}"
         seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
     study.sampler = optuna.samplers.TPESampler(seed=seed)
 
@@ -325,8 +368,21 @@ def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, o
     codes = [p.exitcode for p in processes]
     if 130 in codes:
         raise KeyboardInterrupt
-    if any(codes):
-        raise RuntimeError(f"worker processes exited with codes {codes}")
+    dead = [(i, p) for i, p in enumerate(processes) if p.exitcode]
+    for i, p in dead:
+        how = f"was killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exited with code {p.exitcode}"
+        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == f"{socket.gethostname()}:{p.pid}"]
+        orphans = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
+        fail_stale(study, orphans, by="the run that started it")
+        if orphans:
+            fate = "; ".join(f"its trial {t.number} was marked FAIL" for t in orphans)
+        elif mine and mine[-1].state == optuna.trial.TrialState.FAIL:
+            fate = f"its trial {mine[-1].number} had already been marked FAIL (heartbeat)"
+        else:
+            fate = "it held no running trial"
+        log_line(f"worker {i} (pid {p.pid}) {how}; {fate}; the other workers' trials are kept")
+    if dead:
+        raise WorkerDied(f"{len(dead)} of {workers} workers died (see above); rerun the same command to resume the study")
 
 
 def worker_main(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, timeout: float | None,
@@ -335,7 +391,7 @@ def worker_main(spec: StudySpec, url: str, out: Path, device: str, data_dir: Pat
     if threads:
         torch.set_num_threads(threads)
     storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
-    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner, spec.training.epochs))
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner))
     seed_sampler(study, spec, created, index)
     split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset)  # noqa: E731
     try:

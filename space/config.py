@@ -23,6 +23,7 @@ INPUT_SHAPE = (1, 28, 28)  # MNIST: channels, height, width
 N_CLASSES = 10
 INTERPOLATIONS = ("nearest", "bilinear")
 
+MAX_ACTIVATION = 1_000_000  # values an image, per layer: the step-3 model's largest is 15x26x26 = 10,140
 Shape = tuple[int, int, int]
 
 
@@ -153,6 +154,22 @@ def layer_rows(config: RunConfig) -> list[tuple[str, Shape, int]]:
     return rows
 
 
+def architecture(config: RunConfig) -> str:
+    """The layer list in one short line, e.g. "c3-10 c3-15 c1-10 mp2 c3-16 c3-16 c3-16 gap c1-10":
+    c{kernel}-{out} is a conv (p{n} added for padding), mp{k} a max-pool, gap the global average
+    pool; the log-softmax that ends every network is left out. BatchNorm, ReLU, bias and
+    dropout flags are in the full config."""
+    parts = []
+    for layer in config.layers:
+        if isinstance(layer, Conv):
+            parts.append(f"c{layer.kernel}" + (f"p{layer.padding}" if layer.padding else "") + f"-{layer.out}")
+        elif isinstance(layer, MaxPool):
+            parts.append(f"mp{layer.kernel}")
+        elif isinstance(layer, GlobalAvgPool):
+            parts.append("gap")
+    return " ".join(parts)
+
+
 def count_params(config: RunConfig) -> int:
     """Exact number of trainable parameters of the model `config` builds."""
     return sum(params for _, _, params in layer_rows(config))
@@ -162,7 +179,11 @@ def _check_shapes(layers: tuple[Layer, ...]) -> None:
     shape = INPUT_SHAPE
     for i, layer in enumerate(layers):
         where = f"layers[{i}]"
-        _, h, w = shape
+        c, h, w = shape
+        if c * h * w > MAX_ACTIVATION:
+            raise ConfigError(f"layers[{i - 1}]: its output {c}x{h}x{w} is {c * h * w:,} values an image "
+                              f"({c * h * w * 4 * 128 / 2**30:.1f} GiB a batch of 128); at most {MAX_ACTIVATION:,} are allowed: "
+                              f"lower its padding or width")
         if isinstance(layer, Conv):
             if layer.kernel > h + 2 * layer.padding or layer.kernel > w + 2 * layer.padding:
                 raise ConfigError(f"{where}: kernel {layer.kernel}x{layer.kernel} is larger than the {h}x{w} feature map it meets")
@@ -171,6 +192,9 @@ def _check_shapes(layers: tuple[Layer, ...]) -> None:
         elif isinstance(layer, LogSoftmax) and i != len(layers) - 1:
             raise ConfigError(f"{where}: log_softmax must be the last layer")
         shape = layer.output_shape(shape)
+    c, h, w = shape
+    if c * h * w > MAX_ACTIVATION:
+        raise ConfigError(f"layers[{len(layers) - 1}]: its output {c}x{h}x{w} is {c * h * w:,} values an image; at most {MAX_ACTIVATION:,} are allowed")
     if not layers or not isinstance(layers[-1], LogSoftmax):
         raise ConfigError("layers: the last layer must be {\"type\": \"log_softmax\"}")
     if shape != (N_CLASSES, 1, 1):
@@ -290,19 +314,30 @@ def config_to_json(config: RunConfig) -> str:
     return "{\n" + ",\n".join(items) + "\n}\n"
 
 
+def read_text_file(path: Path, kind: str) -> str:
+    """The text of a file the user handed in; one-line ConfigErrors for what cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {kind} file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a {kind} file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the {kind} file as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read and validate a config file (raises ConfigError with the file's name)."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_text_file(path, "config")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply to be a config") from None
     try:
         return config_from_dict(raw)
     except ConfigError as e:

@@ -119,3 +119,9 @@ def test_missing_file_and_broken_json_exit_2(tmp_path):
 def test_nan_in_config_is_rejected():
     with pytest.raises(ConfigError, match="finite"):
         config_from_dict(with_change("dropout", math.nan))
+
+
+def test_architecture_line_of_the_reference():
+    from space.config import architecture
+
+    assert architecture(load_config(REFERENCE / "step3.json")) == "c3-10 c3-15 c1-10 mp2 c3-16 c3-16 c3-16 gap c1-10"

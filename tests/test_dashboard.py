@@ -69,10 +69,12 @@ def dashboard(study_dir):
 def test_best_trial_carries_config_and_learning_curve_artifacts(study_dir):
     study = optuna.load_study(study_name="tiny", storage=storage_of(study_dir))
     names = {meta.filename: meta for meta in get_all_artifact_meta(study.best_trial, storage=study._storage)}
-    assert set(names) == {"config.json", "learning-curve.png"}
-    stored = study_dir / "artifacts" / names["config.json"].artifact_id
+    assert set(names) == {"export-config.json", "learning-curve.png"}
+    stored = study_dir / "artifacts" / names["export-config.json"].artifact_id
     assert stored.read_text() == (study_dir / "best.json").read_text()
     assert (study_dir / "artifacts" / names["learning-curve.png"].artifact_id).read_bytes()[:4] == b"\x89PNG"
+    # the trained config and its compact architecture line sit beside n_params
+    assert study.best_trial.user_attrs["architecture"].startswith("c3-") and study.best_trial.user_attrs["architecture"].endswith("gap c1-10")
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by .ci/run")

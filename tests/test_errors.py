@@ -1,5 +1,6 @@
 """Bad input: one line naming the problem and the fix, exit code 2, no traceback, no change to any study."""
 
+import json
 import shutil
 
 import pytest
@@ -101,3 +102,37 @@ def test_export_of_a_study_without_complete_trial(tmp_path, data_dir):
 def test_reproduce_over_the_limit_needs_allow_over_limit():
     assert_one_line_error(run_cli("reproduce", str(REFERENCE / "step1.json")), "6,969,866 parameters", "over the 8,000 limit", "--allow-over-limit")
     assert_one_line_error(run_cli("reproduce", str(REFERENCE / "step2.json")), "12,862 parameters", "--allow-over-limit")
+
+
+@pytest.mark.parametrize("kind", ["study", "config"])
+def test_unreadable_files_are_one_line(tmp_path, kind):
+    command = ["run"] if kind == "study" else ["summary"]
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("name = \"caf\xe9\"\n".encode("latin-1"))
+    assert_one_line_error(run_cli(*command, str(latin1)), "not UTF-8 text")
+    assert_one_line_error(run_cli(*command, str(tmp_path)), "is a folder")
+    deep = tmp_path / "deep.txt"
+    deep.write_text("[" * 100_000 + "]" * 100_000 if kind == "config" else "a = " + "[" * 100_000 + "]" * 100_000)
+    result = run_cli(*command, str(deep))
+    assert_one_line_error(result, str(deep))
+
+
+def test_output_folders_that_cannot_be_written_are_found_before_any_work(existing, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    storage = f"sqlite:///{existing / 'out' / 'study.db'}"
+    before = unchanged(existing)
+    for command in (["run", str(existing / "tiny.toml"), "--study", "other"], ["export", "--study", "tiny", "--storage", storage],
+                    ["report", "--study", "tiny", "--storage", storage], ["reproduce", str(REFERENCE / "step3.json")]):
+        target = blocker / "out" if command[0] != "reproduce" else blocker / "out" / "record.json"
+        result = run_cli(*command, "--out", str(target))
+        assert_one_line_error(result, "--out", "cannot create or write there", "writable folder")
+    assert unchanged(existing) == before
+
+
+def test_absurd_geometry_within_the_limit_is_refused_at_load(tmp_path):
+    config = json.loads((REFERENCE / "step3.json").read_text())
+    config["layers"][0]["padding"] = 400  # 10 channels of 826x826: few parameters, an enormous feature map
+    path = tmp_path / "wide.json"
+    path.write_text(json.dumps(config))
+    assert_one_line_error(run_cli("summary", str(path)), "layers[0]", "10x826x826", "values an image", "lower its padding")

@@ -98,11 +98,19 @@ def test_trained_trials_carry_their_record(tiny_study):
             assert trial.value == pytest.approx(sum(m["val_acc"] for m in epochs[-3:]) / 3)
 
 
-def test_first_trial_is_the_hand_made_reference_when_the_space_holds_it(tiny_study):
+def test_the_reference_is_not_enqueued_over_the_limit(tiny_study):
     _, study, _ = tiny_study
-    # widths up to 16 hold the reference (10, 15, 10, 16, 16, 16); step size 6 of 15 epochs scales to 1 of 3
-    assert study.trials[0].params["conv2_width"] == 15 and study.trials[0].params["step_size"] == 1
-    assert study.trials[0].user_attrs["n_params"] == 7944
+    # widths up to 16 hold the reference (10, 15, 10, 16, 16, 16), but its 7,944 params are over this study's 4,000
+    assert study.trials[0].user_attrs["n_params"] != 7944
+
+
+def test_first_trial_is_the_hand_made_reference_when_space_and_limit_hold_it(tmp_path, data_dir):
+    result = run_cli("run", str(write_study(tmp_path)), "--out", str(tmp_path / "out"), "--device", "cpu", "--trials", "1", "--max-params", "8000")
+    assert result.returncode == 0, result.stderr
+    (trial,) = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'out' / 'study.db'}").trials
+    # step size 6 of 15 epochs scales to 1 of 3
+    assert trial.params["conv2_width"] == 15 and trial.params["step_size"] == 1
+    assert trial.user_attrs["n_params"] == 7944 and trial.state == optuna.trial.TrialState.COMPLETE
 
 
 def test_best_json_is_a_reference_format_config(tiny_study):
@@ -148,7 +156,7 @@ def test_changed_settings_do_not_touch_an_existing_study(tiny_study):
     tmp, _, _ = tiny_study
     db = tmp / "out" / "study.db"
     before = db.read_bytes()
-    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--epochs", "4")
+    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--epochs", "6")
     assert_one_line_error(result, "created from different settings", "--study NEW_NAME")
     assert db.read_bytes() == before
 
@@ -191,6 +199,8 @@ BAD_STUDIES = [
     ("conv1 = [4, 16]", "conv1 = [16, 4]", ["space.conv1", "low must be <= high"]),
     ("conv1 = [4, 16]", "conv9 = [4, 16]", ["space.conv9", "unknown key"]),
     ('kind = "median"', 'kind = "asha"', ["pruner.kind", "must be one of"]),
+    ('kind = "median"', 'kind = "hyperband"', ["pruner.kind", "hyperband is not supported", "use \"median\""]),
+    ("export_epochs = 6", "export_epochs = 10", ["training.export_epochs", "must be a multiple of training.epochs (3)"]),
     ("[training]", "[training", ["not valid TOML"]),
 ]
 

@@ -155,3 +155,26 @@ def test_two_local_workers_share_a_journal_study(tmp_path, data_dir):
     assert len([t for t in study.trials if t.state in FINISHED]) == 6
     assert "[worker 0]" in result.stdout and "[worker 1]" in result.stdout
     assert (tmp_path / "out" / "best.json").exists()
+
+
+def test_waiting_run_requeues_a_stale_trial_of_another_host(tmp_path, data_dir):
+    """A worker on another machine dies while the last trial is in flight: the run still here
+    must fail it once its heartbeat is stale, retry it, and finish well before its timeout."""
+    study_file = write_study(tmp_path, TINY.replace("seed = 3", HEARTBEAT))
+    out, url = tmp_path / "out", f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+    first = start_run(study_file, "--out", str(out), "--trials", "3")
+    assert first.communicate(timeout=600) and first.returncode == 0
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=3)
+    remote = optuna.load_study(study_name="tiny", storage=storage).ask()  # RUNNING, owned by a machine we cannot see
+    storage.set_trial_user_attr(remote._trial_id, "worker", "another-host:4242")
+    storage.record_heartbeat(remote._trial_id)  # ... which then dies: its heartbeat stops here
+    started = time.monotonic()
+    survivor = start_run(study_file, "--out", str(out), "--trials", "4", "--timeout", "120")
+    stdout, stderr = survivor.communicate(timeout=600)
+    assert survivor.returncode == 0, stderr
+    assert time.monotonic() - started < 60  # it did not sleep until --timeout
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert study.trials[remote.number].state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == remote.number]
+    assert len(retries) == 1 and retries[0].state in FINISHED
+    assert len([t for t in study.trials if t.state in FINISHED]) == 4
