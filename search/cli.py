@@ -33,7 +33,7 @@ def option_type(parse: Callable[[str], float], ok: Callable[[float], bool], mean
 
 positive_int = option_type(int, lambda v: v > 0, "a positive integer")
 non_negative_int = option_type(int, lambda v: v >= 0, "a whole number >= 0")
-positive_seconds = option_type(float, lambda v: math.isfinite(v) and v > 0, "a positive, finite number of seconds")
+seconds = option_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number of seconds >= 0")
 port_number = option_type(int, lambda v: 1 <= v <= 65535, "a port number in 1-65535")
 
 
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_file", type=Path, metavar="STUDY.toml")
     p.add_argument("--study", help="study name (default: the study file's name field)")
     p.add_argument("--trials", type=positive_int, help="run until the study holds N finished trials")
-    p.add_argument("--timeout", type=positive_seconds, help="stop starting trials after S seconds")
+    p.add_argument("--timeout", type=seconds, help="stop starting trials after S seconds (0: start none, only report)")
     p.add_argument("--epochs", type=positive_int, help="epochs per trial")
     p.add_argument("--subset", type=positive_int, help="train each trial on the first N images of the training split")
     p.add_argument("--max-params", type=positive_int, help="hard parameter limit")

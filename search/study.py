@@ -356,8 +356,8 @@ def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, o
     for p in processes:
         p.start()
     try:
-        for p in processes:
-            p.join()
+        while any(p.is_alive() for p in processes):  # is_alive() reaps a dead worker at once, so the
+            time.sleep(0.5)                          # others see its pid gone (not a zombie) and take over
     except KeyboardInterrupt:  # Ctrl-C reaches the workers too; a plain `kill -INT` of this process must as well
         for p in processes:
             if p.is_alive():

@@ -102,10 +102,10 @@ def _write(text: str):
     (["--epochs", "1"], ["--epochs 1", "training.epochs", "must be >= 3"]),
     (["--subset", "999999"], ["--subset 999999", "50,000 images"]),
     (["--study", "a b"], ["--study a b", "letters, digits"]),
-    (["--timeout", "0"], ["--timeout", "positive, finite"]),
-    (["--timeout", "nan"], ["--timeout", "positive, finite"]),
-    (["--timeout", "inf"], ["--timeout", "positive, finite"]),
-], ids=["epochs", "subset", "name", "timeout0", "timeoutnan", "timeoutinf"])
+    (["--timeout", "-1"], ["--timeout", "finite number of seconds >= 0"]),
+    (["--timeout", "nan"], ["--timeout", "finite number of seconds >= 0"]),
+    (["--timeout", "inf"], ["--timeout", "finite number of seconds >= 0"]),
+], ids=["epochs", "subset", "name", "timeout-negative", "timeoutnan", "timeoutinf"])
 def test_overrides_get_the_study_files_checks(tmp_path, args, words):
     result = run_cli("run", str(write_study(tmp_path)), "--out", str(tmp_path / "out"), *args)
     assert_one_line_error(result, *words)
