@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from search.errors import UsageError
-from search.train import MEAN, STD
+from search.train import MEAN, STD, evaluate
 from space.config import RunConfig, config_from_dict, config_to_dict, count_params
 from space.model import build_model
 
@@ -139,10 +139,7 @@ def recorded_accuracy(model_file: Path) -> float | None:
 
 def evaluate_model_file(model_file: Path, config: RunConfig | None, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Test accuracy (%) of a saved model on uint8 `images`: ONNX through onnxruntime, safetensors through torch."""
-    if model_file.suffix == ".onnx":
-        log_probs = onnx_log_probs(model_file, images)
-    else:
-        model = load_weights(model_file, config).to(images.device)
-        with torch.inference_mode():
-            log_probs = torch.cat([Deployable(model)(images[i : i + 1000].unsqueeze(1).float() / 255.0) for i in range(0, len(images), 1000)])
-    return 100.0 * (log_probs.argmax(1).cpu() == labels.cpu()).sum().item() / len(labels)
+    if model_file.suffix == ".safetensors":  # the trainer's own evaluation, as `reproduce` recorded it
+        return evaluate(load_weights(model_file, config).to(images.device), images, labels.to(images.device))[1]
+    log_probs = onnx_log_probs(model_file, images)
+    return 100.0 * (log_probs.argmax(1) == labels.cpu()).sum().item() / len(labels)
