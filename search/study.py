@@ -17,6 +17,7 @@ import signal
 import socket
 import statistics
 import sys
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -356,8 +357,10 @@ def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, o
     for p in processes:
         p.start()
     try:
-        while any(p.is_alive() for p in processes):  # is_alive() reaps a dead worker at once, so the
-            time.sleep(0.5)                          # others see its pid gone (not a zombie) and take over
+        # is_alive() reaps a dead worker, so the others see its pid gone (not a zombie) and take
+        # over its trial; a list, not any(), so that every worker is polled on every round
+        while any([p.is_alive() for p in processes]):
+            time.sleep(0.5)
     except KeyboardInterrupt:  # Ctrl-C reaches the workers too; a plain `kill -INT` of this process must as well
         for p in processes:
             if p.is_alive():
@@ -390,6 +393,9 @@ def worker_main(spec: StudySpec, url: str, out: Path, device: str, data_dir: Pat
     """One of several worker processes: open the shared storage and run trials until the count is reached."""
     if threads:
         torch.set_num_threads(threads)
+    # tqdm's default lock is a multiprocessing semaphore; a worker killed while holding one
+    # makes the parent's resource tracker print warnings at exit. A thread lock is enough here.
+    tqdm.set_lock(threading.RLock())
     storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
     study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner))
     seed_sampler(study, spec, created, index)

@@ -3,8 +3,10 @@ deterministic resume, thread counts, a dead local worker."""
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -149,3 +151,36 @@ def test_worker_trials_record_their_threads_and_reproduce_exactly(tmp_path, data
                     "--max-params", "4000", "--device", "cpu", "--out", str(tmp_path / "as-trained.json"))
     assert again.returncode == 0, again.stderr
     assert "matches the study's record exactly: yes" in again.stdout
+
+
+def test_a_killed_local_worker_is_reported_and_the_study_kept(tmp_path, data_dir):
+    study_file = write_study(tmp_path, TINY.replace("subset = 256", "subset = 2000"))
+    log = tmp_path / "out" / "journal.log"
+    run = subprocess.Popen([sys.executable, "-m", "search", "run", str(study_file), "--device", "cpu", "--out", str(tmp_path / "out"),
+                            "--workers", "2", "--trials", "5"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = None
+    deadline = time.monotonic() + 300
+    while victim is None and time.monotonic() < deadline and run.poll() is None:
+        time.sleep(0.3)
+        if not log.exists():
+            continue
+        try:
+            trials = optuna.load_study(study_name="tiny", storage=journal(log)).trials
+        except KeyError:
+            continue
+        victim = next((t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values), None)
+    assert victim is not None, "no trial started training"
+    pid = int(victim.user_attrs["worker"].rpartition(":")[2])
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = run.communicate(timeout=600)
+    assert run.returncode == 1
+    assert "Traceback" not in stdout + stderr
+    assert f"(pid {pid}) was killed by signal 9; its trial {victim.number} was marked FAIL" in stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "rerun the same command to resume" in lines[0]
+    study = optuna.load_study(study_name="tiny", storage=journal(log))
+    assert study.trials[victim.number].state == optuna.trial.TrialState.FAIL
+    assert len([t for t in study.trials if t.state in FINISHED]) == 5  # the survivor finished the count
+    resumed = subprocess.run([sys.executable, "-m", "search", "run", str(study_file), "--device", "cpu", "--out", str(tmp_path / "out"),
+                              "--trials", "5"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "already holds 5 finished trials" in resumed.stdout
