@@ -15,35 +15,48 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from search.study import best_trial, export_config  # noqa: E402
-from space.sampled import WIDTHS  # noqa: E402
+from space.config import RunConfig, architecture  # noqa: E402
+
+
+def recipe(config: RunConfig) -> str:
+    """The training recipe of `config` in one line."""
+    o, s, a = config.optimizer, config.scheduler, config.augment
+    name = {"sgd": "SGD", "nesterov": "SGD (Nesterov)", "adam": "Adam", "adamw": "AdamW"}[o.kind]
+    optimizer = f"{name} lr {o.lr:.4g}" + ("" if o.kind.startswith("adam") else f", momentum {o.momentum:.3g}")
+    if o.weight_decay:
+        optimizer += f", weight decay {o.weight_decay:.2g}"
+    schedule = f"StepLR step {s.step_size}, gamma {s.gamma:.3f}" if s.kind == "step" else f"OneCycleLR, warm-up {s.warmup:.2f}"
+    smoothing = f"; label smoothing {config.label_smoothing:.3f}" if config.label_smoothing else ""
+    augment = ", ".join(f"{name} {value:.3g}" for name, value in (("rotation", a.rotation), ("translate", a.translate), ("scale", a.scale),
+                                                                 ("brightness", a.brightness), ("contrast", a.contrast)) if value)
+    return f"{optimizer}; {schedule}; batch {config.batch_size}{smoothing}; dropout {config.dropout:.3f}; augmentation: {augment or 'none'}"
 
 
 def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
     """Markdown for the dashboard's study note: the best trial and how to rerun it."""
-    p, name = best.params, study.study_name
+    name = study.study_name
     trials = study.get_trials(deepcopy=False)
     count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
     over = sum("over the parameter limit" in t.user_attrs.get("reason", "") for t in trials)
-    epochs = export_config(study, best).epochs
+    invalid = sum("invalid shape" in t.user_attrs.get("reason", "") for t in trials)
+    config = export_config(study, best)
     return "\n".join([
         f"## Best trial: {best.number}",
         "",
         "| | |", "|---|---|",
         f"| parameters | {best.user_attrs['n_params']:,} (limit {study.user_attrs['spec']['max_params']:,}) |",
         f"| objective | {best.value:.3f} % ({study.user_attrs.get('objective', 'validation accuracy')}) |",
-        f"| channel widths | {' - '.join(str(p[f'{w}_width']) for w in WIDTHS)} ({', '.join(WIDTHS)}) |",
-        f"| dropout | {p['dropout']:.3f} |",
-        f"| SGD lr, StepLR | {p['lr']:.4f}; step {p['step_size']}, gamma {p['gamma']:.3f} |",
-        f"| augmentation | rotation {p['rotation']:.1f} deg, brightness {p['brightness']:.3f}, contrast {p['contrast']:.3f} |",
+        f"| architecture | `{architecture(config)}` |",
+        f"| recipe ({config.epochs} epochs) | {recipe(config)} |",
         "",
-        f"Rerun it on all 60,000 training images ({epochs} epochs) and report test accuracy:",
+        f"Rerun it on all 60,000 training images ({config.epochs} epochs) and report test accuracy:",
         "",
         f"    python -m search reproduce --study {name} --seeds 1 2 3",
         "",
         f"Trial {best.number}'s artifacts (Trials tab) are its config, `config.json` (the same as this study's `best.json`), and its learning curve.",
         "",
         f"{len(trials)} trials: {count(TrialState.COMPLETE)} complete, {count(TrialState.PRUNED)} pruned "
-        f"({over} of them over the parameter limit, never trained), {count(TrialState.FAIL)} failed. "
+        f"({over} of them over the parameter limit and {invalid} of invalid shape, never trained), {count(TrialState.FAIL)} failed. "
         f"Note updated {datetime.now():%Y-%m-%d %H:%M}.",
     ])
 

@@ -35,15 +35,16 @@ from search.errors import UsageError, WorkerDied
 from search.storage import (GRACE_PERIOD, HEARTBEAT_INTERVAL, fail_stale, heartbeat_enabled, mask_password, open_storage, worker_id,
                             worker_is_gone)
 from search.train import DivergedError, log_line, train
-from space.config import (ConfigError, RunConfig, architecture, check, config_from_dict, config_to_dict, count_params, parse_section,
-                          read_text_file)
-from space.sampled import Space, config_from_params, reference_point, space_from_dict, suggest_params
+from space.config import (ConfigError, RunConfig, architecture, check, check_shapes, config_from_dict, config_to_dict, count_params,
+                          parse_section, read_text_file)
+from space import blocks, step3
 
 # Our own line per trial replaces Optuna's log, which would print a traceback for a trial ended by Ctrl-C.
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 OBJECTIVE_EPOCHS = 3  # objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PRUNERS = ("median", "none")
+FAMILIES = {"step3": step3, "blocks": blocks}  # one module per model family under space/
 # Hyperband is not offered: its rungs compare trials at fixed epochs, but a trial may only be
 # judged after its own first learning-rate drop and before its last epoch, so a rung would
 # compare one trial's epoch 2 with another's epoch 3, and some trials would never reach one.
@@ -76,16 +77,23 @@ class StudySpec:
     seed: int
     training: Training
     pruner: Pruner
-    space: Space
+    space: Any  # the family's Space
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # RDB storage: seconds between a worker's heartbeats
     grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
+    family: str = "step3"
+    tpe_group: bool = False  # TPESampler(group=True): multivariate TPE per group of parameters that occur together
 
 
 def _spec_from_dict(raw: dict) -> StudySpec:
     top = parse_section(raw, StudySpec, "")
+    family = top.get("family", "step3")
+    check(family in FAMILIES, "family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
     training = Training(**parse_section(top["training"], Training, "training"))
+    if family == "blocks":
+        for key in ("batch_size", "momentum", "weight_decay"):
+            check(key not in top["training"], f"training.{key}", f"the blocks family searches it: give its range or choices in [space] instead")
     pruner = Pruner(**parse_section(top.get("pruner", {}), Pruner, "pruner"))
-    space = space_from_dict(top.get("space", {}))
+    space = FAMILIES[family].space_from_dict(top.get("space", {}))
     spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space})
     check(re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name) is not None, "name", f"letters, digits, '_', '.' and '-' only, got {spec.name!r}")
     for key in ("trials", "max_params", "heartbeat_interval"):
@@ -159,8 +167,10 @@ def export_form(config: RunConfig, training: dict, name: str) -> RunConfig:
     if remainder:  # a study stored before that check existed
         raise UsageError(f"export_epochs {training['export_epochs']} is not a multiple of the trials' {training['epochs']} epochs, "
                          f"so the exported schedule would differ from the searched one; start a new study with a multiple")
-    step_size = config.scheduler.step_size * factor
-    return replace(config, epochs=training["export_epochs"], scheduler=replace(config.scheduler, step_size=step_size), name=name)
+    scheduler = config.scheduler  # OneCycleLR spans all of training by itself: its fractions stay
+    if scheduler.kind == "step":
+        scheduler = replace(scheduler, step_size=scheduler.step_size * factor)
+    return replace(config, epochs=training["export_epochs"], scheduler=scheduler, name=name)
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -180,14 +190,17 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         reason = f"surplus: {len(ahead)} trials were already finished or running"
         trial.set_user_attr("reason", reason)
         raise SurplusTrial(reason)
-    params = suggest_params(trial, spec.space, spec.training.epochs)
-    t = spec.training
-    config = config_from_params(params, epochs=t.epochs, batch_size=t.batch_size, momentum=t.momentum,
-                                weight_decay=t.weight_decay, seed=spec.seed, name=f"{trial.study.study_name}-trial{trial.number}")
-    n_params = count_params(config)
+    params = FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
+    config = config_from_point(spec, params, f"{trial.study.study_name}-trial{trial.number}")
+    n_params = count_params(config)  # exact, and needs only the channel counts: valid or not
     trial.set_user_attr("n_params", n_params)
     trial.set_user_attr("architecture", architecture(config))
     trial.set_user_attr("config", config_to_dict(config))
+    try:
+        check_shapes(config.layers)
+    except ConfigError as e:  # infeasible however small: the sampler learns the region from the constraint
+        trial.set_constraint("params_over_limit", max(n_params - spec.max_params, 1))
+        return _prune(trial, f"invalid shape: {e}")
     trial.set_constraint("params_over_limit", n_params - spec.max_params)  # <= 0: feasible; TPE learns the region
     if n_params > spec.max_params:
         return _prune(trial, f"over the parameter limit: {n_params:,} > {spec.max_params:,}")
@@ -205,7 +218,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         trial.set_user_attr("epochs", history)
         trial.set_user_attr("seconds", time.perf_counter() - start)
         trial.report(metrics["val_acc"], metrics["epoch"])
-        if may_prune(metrics["epoch"], config.scheduler.step_size, config.epochs) and trial.should_prune():
+        if may_prune(metrics["epoch"], settled_after(config), config.epochs) and trial.should_prune():
             _prune(trial, f"pruned by the {spec.pruner.kind} pruner after epoch {metrics['epoch']} (val acc {metrics['val_acc']:.2f}%)")
 
     try:
@@ -219,11 +232,29 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
     return statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
 
 
-def may_prune(epoch: int, step_size: int, epochs: int) -> bool:
-    """Whether a trial may be judged after `epoch`: not before its first learning-rate drop (until
-    the drop, accuracy says little about where the schedule ends) and not after its last epoch
-    (then nothing is saved, and its finished objective would be replaced by one epoch's value)."""
-    return step_size < epoch < epochs
+def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
+    """The config of a point of the study's space: the blocks family samples its whole recipe,
+    the step-3 family takes batch size, momentum and weight decay from [training]."""
+    t = spec.training
+    if spec.family == "blocks":
+        return blocks.config_from_params(params, epochs=t.epochs, seed=spec.seed, name=name)
+    return step3.config_from_params(params, epochs=t.epochs, batch_size=t.batch_size, momentum=t.momentum,
+                                    weight_decay=t.weight_decay, seed=spec.seed, name=name)
+
+
+def settled_after(config: RunConfig) -> int:
+    """The epoch after which a trial's accuracy says something about where its schedule ends:
+    its first StepLR drop, or the end of OneCycleLR's warm-up."""
+    s = config.scheduler
+    return s.step_size if s.kind == "step" else math.ceil(s.warmup * config.epochs)
+
+
+def may_prune(epoch: int, settled: int, epochs: int) -> bool:
+    """Whether a trial may be judged after `epoch`: not before `settled` (its first learning-rate
+    drop or the end of its warm-up; until then accuracy says little about where the schedule
+    ends) and not after its last epoch (then nothing is saved, and its finished objective would
+    be replaced by one epoch's value)."""
+    return settled < epoch < epochs
 
 
 def _prune(trial: optuna.Trial, reason: str) -> float:
@@ -271,8 +302,8 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
             raise UsageError(f"study {spec.name!r} in {mask_password(url)} was created from different settings; "
                              f"restore the study file, or start a new study with --study NEW_NAME") from None
         return study, False
-    reference = reference_point(spec.space, spec.training.epochs)
-    if reference is not None and count_params(config_from_params(reference, epochs=spec.training.epochs)) <= spec.max_params:
+    reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
+    if reference is not None and count_params(config_from_point(spec, reference, "reference")) <= spec.max_params:
         # The hand-made model is trial 0, the number to beat. It is enqueued before the spec is
         # stored: workers elsewhere wait for the spec, so none can take a trial number first.
         study.enqueue_trial(reference)
@@ -285,8 +316,9 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
 
 
 def _settings(spec: dict) -> dict:
-    """What must not change when a study resumes: all but its name, trial count and heartbeat timing."""
-    return {k: v for k, v in spec.items() if k not in ("name", "trials", "heartbeat_interval", "grace_period")}
+    """What must not change when a study resumes: all but its name, trial count, heartbeat timing
+    and sampler options (a study stored before the family existed is a step-3 study)."""
+    return {"family": "step3", **{k: v for k, v in spec.items() if k not in ("name", "trials", "heartbeat_interval", "grace_period", "tpe_group")}}
 
 
 def seed_sampler(study: optuna.Study, spec: StudySpec, first: bool, index: int = 0) -> None:
@@ -300,7 +332,9 @@ def seed_sampler(study: optuna.Study, spec: StudySpec, first: bool, index: int =
     else:
         key = f"{spec.seed}:{len(study.trials)}:{index}:{socket.gethostname()}"
         seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
-    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    # Optuna 5's TPE is multivariate for one objective; parameters that exist only in some
+    # trials (the blocks family's) are then sampled independently unless group=True
+    study.sampler = optuna.samplers.TPESampler(seed=seed, group=spec.tpe_group)
 
 
 def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, timeout: float | None,

@@ -84,10 +84,11 @@ def _uniform(n: int, half_width: float, generator: torch.Generator, device: torc
 def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
     """uint8 (B, 28, 28) -> augmented, normalised float (B, 1, 28, 28).
 
-    Same semantics as the seed's torchvision pipeline, batched: ColorJitter's brightness
-    scales towards black and its contrast blends with each image's mean (factors in
-    [1 - x, 1 + x], result clamped to [0, 1]); then RandomRotation about the centre with
-    nearest-neighbour interpolation (torchvision's default) and black fill."""
+    Same semantics as torchvision's transforms, batched: ColorJitter's brightness scales
+    towards black and its contrast blends with each image's mean (factors in [1 - x, 1 + x],
+    result clamped to [0, 1]); then one warp with RandomAffine's semantics (RandomRotation's
+    when only `rotation` is set): rotation about the centre, a shift of whole pixels, a zoom,
+    the chosen interpolation (nearest is torchvision's default) and black fill."""
     x = images.unsqueeze(1).float() / 255.0
     n, device = x.shape[0], x.device
     if augment.brightness > 0:
@@ -97,13 +98,29 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
         factor = (1 + _uniform(n, augment.contrast, generator, device)).view(n, 1, 1, 1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (factor * x + (1 - factor) * mean).clamp_(0, 1)
-    if augment.rotation > 0:
-        angle = _uniform(n, math.radians(augment.rotation), generator, device)
-        cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    if augment.rotation > 0 or augment.translate > 0 or augment.scale > 0:
+        theta = _affine_theta(n, augment, x.shape[-1], generator, device)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode=augment.interpolation, padding_mode="zeros", align_corners=False)
     return (x - MEAN) / STD
+
+
+def _affine_theta(n: int, augment: Augment, size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(n, 2, 3) matrices mapping each output position to where it samples the input, in
+    affine_grid's coordinates ([-1, 1] across the image, y down): input = R (output - t) / s for
+    a rotation R by an angle drawn per image, a shift t of whole pixels and a zoom s. Draws are
+    made only for the augmentations that are on, so a rotation-only config draws as before."""
+    zero = torch.zeros(n, device=device)
+    angle = _uniform(n, math.radians(augment.rotation), generator, device) if augment.rotation > 0 else zero
+    if augment.translate > 0:  # RandomAffine: round(U(-translate * size, translate * size)) pixels
+        shift = _uniform(2 * n, augment.translate * size, generator, device).round().view(2, n) * (2 / size)
+    else:
+        shift = torch.zeros(2, n, device=device)
+    zoom = 1 + _uniform(n, augment.scale, generator, device) if augment.scale > 0 else torch.ones(n, device=device)
+    cos, sin = angle.cos() / zoom, angle.sin() / zoom
+    tx, ty = shift
+    return torch.stack([torch.stack([cos, -sin, -(cos * tx - sin * ty)], 1),
+                        torch.stack([sin, cos, -(sin * tx + cos * ty)], 1)], 1)
 
 
 @torch.inference_mode()
@@ -120,9 +137,39 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tu
     return loss_sum.item() / len(images), 100.0 * correct.item() / len(images)
 
 
+def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    if opt.kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    if opt.kind == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay,
+                           nesterov=opt.kind == "nesterov")
+
+
+def make_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """StepLR (stepped once an epoch) or OneCycleLR (stepped once a batch), as config.scheduler says."""
+    s = config.scheduler
+    if s.kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.optimizer.lr, total_steps=config.epochs * steps_per_epoch,
+                                                   pct_start=s.warmup, cycle_momentum=False)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=s.step_size, gamma=s.gamma)
+
+
+def loss_fn(log_probs: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """NLL of the log-softmax output; with label smoothing ε, torch's definition:
+    (1 - ε) · NLL + ε · (mean over classes of -log p)."""
+    loss = F.nll_loss(log_probs, target)
+    if label_smoothing == 0:
+        return loss
+    return (1 - label_smoothing) * loss - label_smoothing * log_probs.mean(1).mean()
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig, split: Split,
-                generator: torch.Generator, progress: str | None = None) -> tuple[float, float]:
-    """One pass over the training images in a seeded random order: (mean loss, accuracy in %)."""
+                generator: torch.Generator, progress: str | None = None,
+                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+    """One pass over the training images in a seeded random order: (mean loss, accuracy in %).
+    `batch_scheduler` is stepped after every batch (OneCycleLR)."""
     model.train()
     images, labels = split.train_images, split.train_labels
     n, device = len(images), images.device
@@ -136,10 +183,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
         x = augment_batch(images[idx], config.augment, generator)
         y = labels[idx]
         out = model(x)
-        loss = F.nll_loss(out, y)
+        loss = loss_fn(out, y, config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         loss_sum += loss.detach() * len(idx)
         correct += (out.argmax(1) == y).sum()
     return loss_sum.item() / n, 100.0 * correct.item() / n
@@ -157,20 +206,21 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model = build_model(config).to(device)
-    opt = config.optimizer
-    optimizer = torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.scheduler.step_size, gamma=config.scheduler.gamma)
+    optimizer = make_optimizer(config, model)
+    scheduler = make_scheduler(config, optimizer, math.ceil(len(split.train_images) / config.batch_size))
+    per_batch = config.scheduler.kind == "onecycle"
     history: list[dict] = []
     n_epochs = config.epochs
     for epoch in range(1, n_epochs + 1):
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         label = f"{progress} epoch {epoch}/{n_epochs}" if progress else None
-        train_loss, train_acc = train_epoch(model, optimizer, config, split, generator, label)
+        train_loss, train_acc = train_epoch(model, optimizer, config, split, generator, label, scheduler if per_batch else None)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch}")
-        scheduler.step()
+        if not per_batch:
+            scheduler.step()
         eval_loss, eval_acc = evaluate(model, split.eval_images, split.eval_labels)
         seconds = time.perf_counter() - start
         metrics = {

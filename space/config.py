@@ -102,30 +102,42 @@ LAYER_TYPES: dict[str, type] = {"conv": Conv, "maxpool": MaxPool, "gap": GlobalA
 
 @dataclass(frozen=True)
 class Optimizer:
-    """SGD."""
+    """`kind` "sgd" (with `momentum`), "nesterov" (SGD with Nesterov momentum), "adam" or "adamw"
+    (torch's default betas; they have no momentum setting). `weight_decay` is L2 for SGD and
+    Adam, decoupled for AdamW, as in torch."""
 
     lr: float
     momentum: float = 0.9
     weight_decay: float = 0.0
+    kind: str = "sgd"
 
 
 @dataclass(frozen=True)
 class Scheduler:
-    """StepLR: multiply the learning rate by `gamma` every `step_size` epochs."""
+    """`kind` "step": StepLR, the learning rate times `gamma` every `step_size` epochs.
+    "onecycle": OneCycleLR stepped every batch, rising from lr/25 to the optimizer's lr (the
+    peak) over the first `warmup` fraction of training, then annealed (cosine) to lr/25e4;
+    momentum is not cycled."""
 
-    step_size: int
-    gamma: float
+    step_size: int = 0  # step: required
+    gamma: float = 0.0  # step: required
+    kind: str = "step"
+    warmup: float = 0.3  # onecycle only
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-image random rotation in [-rotation, rotation] degrees, then brightness and
-    contrast factors drawn from [1 - x, 1 + x] (as torchvision's ColorJitter)."""
+    """Per-image brightness and contrast factors drawn from [1 - x, 1 + x] (as torchvision's
+    ColorJitter), then one affine warp with torchvision's RandomAffine semantics: rotation in
+    [-rotation, rotation] degrees, a shift of up to `translate` of the image size (whole
+    pixels) each way, a zoom factor in [1 - scale, 1 + scale]; black fill."""
 
     rotation: float = 0.0
     interpolation: str = "nearest"
     brightness: float = 0.0
     contrast: float = 0.0
+    translate: float = 0.0
+    scale: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -139,6 +151,13 @@ class RunConfig:
     augment: Augment
     seed: int = 1
     name: str = ""
+    label_smoothing: float = 0.0
+
+
+OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
+SCHEDULES = ("step", "onecycle")
+RECIPE_DEFAULTS = (("optimizer", "kind", "sgd"), ("scheduler", "kind", "step"), ("", "label_smoothing", 0.0),
+                   ("augment", "translate", 0.0), ("augment", "scale", 0.0))
 
 
 # ---------------------------------------------------------------- layer arithmetic
@@ -175,7 +194,9 @@ def count_params(config: RunConfig) -> int:
     return sum(params for _, _, params in layer_rows(config))
 
 
-def _check_shapes(layers: tuple[Layer, ...]) -> None:
+def check_shapes(layers: tuple[Layer, ...]) -> None:
+    """Raise a one-line ConfigError when the layers do not fit the MNIST input: a kernel or pool
+    larger than its feature map, a huge activation, or an output other than 10x1x1."""
     shape = INPUT_SHAPE
     for i, layer in enumerate(layers):
         where = f"layers[{i}]"
@@ -276,6 +297,17 @@ def config_from_dict(raw: Any) -> RunConfig:
     layers = tuple(_layer(item, f"layers[{i}]") for i, item in enumerate(layers_raw))
     optimizer = Optimizer(**parse_section(top["optimizer"], Optimizer, "optimizer"))
     scheduler = Scheduler(**parse_section(top["scheduler"], Scheduler, "scheduler"))
+    check(optimizer.kind in OPTIMIZERS, "optimizer.kind", f"must be one of {', '.join(OPTIMIZERS)}, got {json.dumps(optimizer.kind)}")
+    if optimizer.kind.startswith("adam"):
+        check("momentum" not in top["optimizer"], "optimizer.momentum", f"only SGD has it ({optimizer.kind} uses torch's default betas); remove it")
+    check(scheduler.kind in SCHEDULES, "scheduler.kind", f"must be one of {', '.join(SCHEDULES)}, got {json.dumps(scheduler.kind)}")
+    for key in ("step_size", "gamma"):
+        if scheduler.kind == "step":
+            check(key in top["scheduler"], f"scheduler.{key}", "missing (a step schedule needs step_size and gamma)")
+        else:
+            check(key not in top["scheduler"], f"scheduler.{key}", f"a {scheduler.kind} schedule has no {key}; remove it")
+    if scheduler.kind == "step":
+        check("warmup" not in top["scheduler"], "scheduler.warmup", "only a onecycle schedule has a warm-up; remove it")
     augment = Augment(**parse_section(top["augment"], Augment, "augment"))
     config = RunConfig(**{**top, "layers": layers, "optimizer": optimizer, "scheduler": scheduler, "augment": augment})
 
@@ -285,19 +317,38 @@ def config_from_dict(raw: Any) -> RunConfig:
     check(optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {optimizer.lr}")
     check(0.0 <= optimizer.momentum < 1.0, "optimizer.momentum", f"must be in [0, 1), got {optimizer.momentum}")
     check(optimizer.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {optimizer.weight_decay}")
-    check(scheduler.step_size > 0, "scheduler.step_size", f"must be > 0, got {scheduler.step_size}")
-    check(0.0 < scheduler.gamma <= 1.0, "scheduler.gamma", f"must be in (0, 1], got {scheduler.gamma}")
+    check(optimizer.kind != "nesterov" or optimizer.momentum > 0, "optimizer.momentum", "Nesterov needs a momentum > 0")
+    if scheduler.kind == "step":
+        check(scheduler.step_size > 0, "scheduler.step_size", f"must be > 0, got {scheduler.step_size}")
+        check(0.0 < scheduler.gamma <= 1.0, "scheduler.gamma", f"must be in (0, 1], got {scheduler.gamma}")
+    else:
+        check(0.0 < scheduler.warmup < 1.0, "scheduler.warmup", f"must be in (0, 1) (a fraction of training), got {scheduler.warmup}")
+    check(0.0 <= config.label_smoothing < 1.0, "label_smoothing", f"must be in [0, 1), got {config.label_smoothing}")
+    check(0.0 <= augment.translate <= 0.5, "augment.translate", f"must be in [0, 0.5] (a fraction of the image size), got {augment.translate}")
+    check(0.0 <= augment.scale < 1.0, "augment.scale", f"must be in [0, 1), got {augment.scale}")
     check(0.0 <= augment.rotation <= 180.0, "augment.rotation", f"must be in [0, 180] degrees, got {augment.rotation}")
     check(augment.interpolation in INTERPOLATIONS, "augment.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {json.dumps(augment.interpolation)}")
     check(0.0 <= augment.brightness < 1.0, "augment.brightness", f"must be in [0, 1), got {augment.brightness}")
     check(0.0 <= augment.contrast < 1.0, "augment.contrast", f"must be in [0, 1), got {augment.contrast}")
-    _check_shapes(layers)
+    check_shapes(layers)
     return config
 
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
-    """The JSON form of `config`, every field written out, the name first."""
+    """The JSON form of `config`, the name first; every field is written but the newer recipe fields at today's values."""
     out = {"name": config.name, **asdict(config)}
+    if config.optimizer.kind.startswith("adam"):  # only the fields that apply to the kind are written
+        del out["optimizer"]["momentum"]
+    if config.scheduler.kind == "step":
+        del out["scheduler"]["warmup"]
+    else:
+        del out["scheduler"]["step_size"], out["scheduler"]["gamma"]
+    # The recipe fields added with the blocks family are written only where they differ from
+    # today's recipe, so that a config of that recipe reads (and diffs) as it always has.
+    for section, key, default in RECIPE_DEFAULTS:
+        table = out[section] if section else out
+        if table[key] == default:
+            del table[key]
     out["layers"] = [{"type": next(k for k, cls in LAYER_TYPES.items() if isinstance(layer, cls)), **asdict(layer)} for layer in config.layers]
     return out
 

@@ -84,7 +84,48 @@ BAD_CONFIGS = [
     (("layers.3.type", "avgpool"), ["layers[3].type", "must be one of"]),
     (("layers.8.out", 12), ["layers", "must end in 10x1x1"]),
     (("augment.interpolation", "cubic"), ["augment.interpolation", "nearest, bilinear"]),
+    (("optimizer.kind", "rmsprop"), ["optimizer.kind", "sgd, nesterov, adam, adamw"]),
+    (("scheduler.kind", "cosine"), ["scheduler.kind", "step, onecycle"]),
+    (("scheduler.warmup", 0.3), ["scheduler.warmup", "only a onecycle schedule"]),
+    (("label_smoothing", 1.0), ["label_smoothing", "[0, 1)"]),
+    (("augment.translate", 0.7), ["augment.translate", "[0, 0.5]"]),
+    (("augment.scale", -0.1), ["augment.scale", "[0, 1)"]),
 ]
+
+
+RECIPE_CONFIGS = [
+    # (changes to step3.json, words the message must contain, or None when the config is valid)
+    ({"optimizer": {"kind": "adam", "lr": 0.003}}, None),
+    ({"optimizer": {"kind": "nesterov", "lr": 0.1, "momentum": 0.9}}, None),
+    ({"scheduler": {"kind": "onecycle", "warmup": 0.25}}, None),
+    ({"optimizer": {"kind": "adamw", "lr": 0.003, "momentum": 0.9}}, ["optimizer.momentum", "only SGD has it"]),
+    ({"optimizer": {"kind": "nesterov", "lr": 0.1, "momentum": 0.0}}, ["optimizer.momentum", "Nesterov needs"]),
+    ({"scheduler": {"kind": "onecycle", "step_size": 6}}, ["scheduler.step_size", "a onecycle schedule has no step_size"]),
+    ({"scheduler": {"kind": "onecycle", "warmup": 1.0}}, ["scheduler.warmup", "(0, 1)"]),
+    ({"scheduler": {"kind": "step", "gamma": 0.1}}, ["scheduler.step_size", "missing"]),
+]
+
+
+@pytest.mark.parametrize("changes,words", RECIPE_CONFIGS, ids=[json.dumps(c) for c, _ in RECIPE_CONFIGS])
+def test_recipe_fields_are_checked_and_written_back_as_read(tmp_path, changes, words):
+    raw = {**json.loads((REFERENCE / "step3.json").read_text()), **changes}
+    if words is None:
+        config = config_from_dict(raw)
+        assert config_from_dict(json.loads(config_to_json(config))) == config
+        written = json.loads(config_to_json(config))
+        assert ("momentum" in written["optimizer"]) == (not config.optimizer.kind.startswith("adam"))
+        assert ("step_size" in written["scheduler"]) == (config.scheduler.kind == "step")
+        return
+    with pytest.raises(ConfigError) as excinfo:
+        config_from_dict(raw)
+    for word in words:
+        assert word in str(excinfo.value)
+
+
+def test_an_old_config_loads_with_todays_recipe_as_defaults():
+    config = load_config(REFERENCE / "step3.json")
+    assert (config.optimizer.kind, config.scheduler.kind, config.label_smoothing, config.augment.translate, config.augment.scale) == \
+        ("sgd", "step", 0.0, 0.0, 0.0)
 
 
 @pytest.mark.parametrize("change,words", BAD_CONFIGS, ids=[f"{c[0]}={c[1]}" for c, _ in BAD_CONFIGS])

@@ -11,7 +11,7 @@ from conftest import assert_one_line_error, run_cli
 from search.data import load_mnist
 from search.model_files import Deployable, load_weights
 from space.config import config_from_dict, save_config
-from space.sampled import REFERENCE_PARAMS, config_from_params
+from space.step3 import REFERENCE_PARAMS, config_from_params
 
 # The step-3 topology at a quarter of its size: one epoch on 60,000 images stays short on 2 cores.
 SMALL = {**REFERENCE_PARAMS, **{k: 4 for k in REFERENCE_PARAMS if k.endswith("_width")}}

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, assert_one_line_error, run_cli
 from search.study import export_form, load_study_spec, may_prune
 from space.config import ConfigError
-from space.sampled import REFERENCE_PARAMS, config_from_params
+from space.step3 import REFERENCE_PARAMS, config_from_params
 from test_study import TINY, write_study
 from test_workers import FINISHED, journal
 

@@ -1,14 +1,16 @@
+import math
 from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from conftest import REFERENCE
 from search.data import load_mnist, load_split, validation_indices
-from search.train import MEAN, STD, _uniform, augment_batch, normalize, train
-from space.config import Augment, load_config
+from search.train import MEAN, STD, _uniform, augment_batch, loss_fn, normalize, train
+from space.config import Augment, Optimizer, Scheduler, load_config
 from space.model import PackedBitsDropout
 
 N = 64
@@ -58,6 +60,34 @@ def test_rotation_matches_torchvision_rotate(images, interpolation):
     assert not torch.allclose(out, normalize(images))  # it did rotate
 
 
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_affine_matches_torchvision_random_affine(images, interpolation):
+    augment = Augment(rotation=10.0, translate=0.1, scale=0.15, interpolation=interpolation)
+    out = augment_batch(images, augment, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)  # the draws augment_batch makes, in its order
+    angles = _uniform(N, 10.0, generator, torch.device("cpu"))
+    shifts = _uniform(2 * N, 0.1 * 28, generator, torch.device("cpu")).round().view(2, N)
+    zooms = 1 + _uniform(N, 0.15, generator, torch.device("cpu"))
+    mode = InterpolationMode(interpolation)
+    # RandomAffine's angle turns clockwise, RandomRotation's (and ours) counter-clockwise
+    expected = torch.stack([TF.affine(x, angle=-angles[i].item(), translate=[int(shifts[0, i]), int(shifts[1, i])],
+                                      scale=zooms[i].item(), shear=[0.0], interpolation=mode)
+                            for i, x in enumerate(as_float(images))])
+    assert shifts.abs().max() > 0 and (zooms - 1).abs().max() > 0.1
+    assert torch.allclose(out, (expected - MEAN) / STD, atol=1e-4)
+
+
+def test_a_rotation_only_config_draws_and_warps_as_before(images):
+    """translate = scale = 0 (the defaults) keeps rotation-only configs' numbers: only the angle is drawn."""
+    out = augment_batch(images, Augment(rotation=7.0), torch.Generator().manual_seed(3))
+    angle = _uniform(N, math.radians(7.0), torch.Generator().manual_seed(3), torch.device("cpu"))
+    cos, sin, zero = angle.cos(), angle.sin(), torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    x = as_float(images)
+    before = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="nearest", align_corners=False)
+    assert torch.equal(out, (before - MEAN) / STD)
+
+
 def test_split_is_fixed_disjoint_and_complete():
     train_a, val_a = validation_indices()
     train_b, val_b = validation_indices()
@@ -91,6 +121,51 @@ def test_step_lr_schedule_is_applied(data_dir):
     config = replace(config, scheduler=replace(config.scheduler, step_size=1, gamma=0.5))
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
     assert [m["lr"] for m in train(config, split)[1]] == pytest.approx([0.2, 0.1, 0.05])
+
+
+def test_an_existing_config_trains_exactly_as_before_the_recipe_options(data_dir):
+    """The new config fields (optimizer kind, Nesterov, schedule kind, label smoothing, translate,
+    scale) default to the old behaviour: these numbers were printed by the code before they existed
+    (commit 4eb087d, 2 threads). A tolerance, not equality: another CPU's kernels may round differently."""
+    torch.set_num_threads(2)
+    config = replace(load_config(REFERENCE / "step3.json"), epochs=2, seed=5)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)
+    history = train(config, split)[1]
+    assert [m["train_loss"] for m in history] == pytest.approx([2.2851717472076416, 2.112572193145752], rel=1e-5)
+    assert [m["val_acc"] for m in history] == pytest.approx([10.87, 24.6], abs=0.02)
+
+
+def test_label_smoothing_is_torchs():
+    log_probs = torch.randn(32, 10).log_softmax(1)
+    target = torch.randint(0, 10, (32,))
+    assert torch.equal(loss_fn(log_probs, target, 0.0), F.nll_loss(log_probs, target))
+    assert loss_fn(log_probs, target, 0.1).item() == pytest.approx(F.cross_entropy(log_probs, target, label_smoothing=0.1).item(), rel=1e-6)
+
+
+def test_onecycle_is_stepped_every_batch(data_dir):
+    config = replace(load_config(REFERENCE / "step3.json"), epochs=3, scheduler=Scheduler(kind="onecycle", warmup=0.3))
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)  # 4 batches an epoch
+    lrs = [m["lr"] for m in train(config, split)[1]]
+    reference = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([torch.zeros(1)], lr=0.2), max_lr=0.2, total_steps=12,
+                                                    pct_start=0.3, cycle_momentum=False)
+    expected = []
+    for step in range(12):
+        if step % 4 == 0:
+            expected.append(reference.get_last_lr()[0])
+        reference.optimizer.step()
+        reference.step()
+    assert lrs == pytest.approx(expected) and lrs[0] == pytest.approx(0.2 / 25)
+
+
+@pytest.mark.parametrize("optimizer", [Optimizer(lr=0.01, kind="adam"), Optimizer(lr=0.01, kind="adamw", weight_decay=0.01),
+                                       Optimizer(lr=0.1, momentum=0.9, kind="nesterov")])
+def test_every_optimizer_learns(data_dir, optimizer):
+    config = replace(load_config(REFERENCE / "step3.json"), epochs=2, optimizer=optimizer, label_smoothing=0.1,
+                     augment=Augment(rotation=5.0, translate=0.05, scale=0.05))
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000)
+    history = train(config, split)[1]
+    assert history[1]["train_loss"] < history[0]["train_loss"] - 0.1
+    assert history[1]["val_acc"] > 25.0  # 2 epochs on 1,000 images (SGD as today: 31 %): well above chance (10 %)
 
 
 def test_packed_bits_dropout_has_nn_dropouts_distribution():

@@ -1,0 +1,269 @@
+"""The blocks family: stages of 3x3 convolutions, max-pooling between stages, a choice of
+heads, and the training recipe (optimizer, schedule, label smoothing, batch size,
+augmentation), all searched.
+
+A network has 2-4 stages. Stage s has 1-3 convs (`s{s}_c{j}_width`, kernel `s{s}_c{j}_kernel`
+when more than one kernel size is offered), each followed by BatchNorm and ReLU, with the
+stage's padding (`s{s}_padding`, 0 or 1). Every stage but the last may end in a plain 1x1
+transition conv (`s{s}_transition`, `s{s}_transition_width`) and is followed by a 2x2
+max-pool. The head (`head`) is "gap_conv" (global average pool, then a 1x1 conv to 10),
+"conv_gap" (a 1x1 conv to 10, then global average pool) or "conv_reduce" (one conv whose
+kernel is the whole remaining map, to 10). Dropout (`dropout`) follows every stage conv
+(`dropout_at` = "every_conv") or the last conv of each stage ("stage_end"). `bias` puts a
+bias on every conv (off by default: BatchNorm follows). Widths share one range.
+
+A point is a plain dict of parameter values named as the dashboard shows them;
+`config_from_params` turns it into a RunConfig in the usual layer-list format, so summary,
+reproduce, export and the dashboard work unchanged. Conditional parameters exist only
+where they apply (define-by-run): `s3_c2_width` only in a net with 3 stages of which the
+third has 2 convs or more; `sgd_lr` and `momentum` only with SGD (plain or Nesterov);
+`adam_lr` only with Adam/AdamW; `step_size`, `gamma` only with the step schedule, `warmup` only with onecycle.
+A point's geometry may be invalid (a 4-stage net without padding shrinks below a 3x3 kernel):
+`check_shapes` finds that before anything is built.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+import optuna
+
+from space.config import (OPTIMIZERS, SCHEDULES, Augment, ConfigError, Conv, GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer,
+                          RunConfig, Scheduler, check)
+
+HEADS = ("gap_conv", "conv_gap", "conv_reduce")
+DROPOUT_PLACES = ("every_conv", "stage_end")
+MAX_STAGES, MAX_CONVS = 4, 3
+N_CLASSES = 10
+
+# Ranges are inclusive [low, high]; the keys in CHOICES are lists of the values offered.
+INT_RANGES = ("stages", "convs", "width", "step_size_max")
+LOG_RANGES = ("sgd_lr", "adam_lr", "gamma")
+CHOICES = {"kernel": int, "padding": int, "transition": bool, "head": str, "bias": bool, "dropout_at": str,
+           "optimizer": str, "schedule": str, "batch_size": int}
+
+
+@dataclass(frozen=True)
+class Space:
+    stages: tuple[int, int] = (2, 4)
+    convs: tuple[int, int] = (1, 3)  # per stage
+    width: tuple[int, int] = (4, 32)  # every conv of a stage, and the transitions
+    kernel: tuple[int, ...] = (3,)
+    padding: tuple[int, ...] = (0, 1)  # per stage
+    transition: tuple[bool, ...] = (False, True)  # per stage but the last
+    head: tuple[str, ...] = HEADS
+    bias: tuple[bool, ...] = (False,)
+    dropout: tuple[float, float] = (0.0, 0.2)
+    dropout_at: tuple[str, ...] = DROPOUT_PLACES
+    optimizer: tuple[str, ...] = OPTIMIZERS
+    sgd_lr: tuple[float, float] = (0.01, 0.5)
+    adam_lr: tuple[float, float] = (0.0005, 0.02)
+    momentum: tuple[float, float] = (0.8, 0.95)
+    weight_decay: tuple[float, float] = (0.0, 0.0005)
+    schedule: tuple[str, ...] = SCHEDULES
+    gamma: tuple[float, float] = (0.05, 0.5)
+    warmup: tuple[float, float] = (0.1, 0.5)
+    label_smoothing: tuple[float, float] = (0.0, 0.1)
+    batch_size: tuple[int, ...] = (64, 128, 256)
+    rotation: tuple[float, float] = (0.0, 15.0)
+    translate: tuple[float, float] = (0.0, 0.1)
+    scale: tuple[float, float] = (0.0, 0.1)
+    brightness: tuple[float, float] = (0.0, 0.3)
+    contrast: tuple[float, float] = (0.0, 0.3)
+
+
+ALLOWED = {"kernel": lambda v: v in (1, 3, 5, 7), "padding": lambda v: v in (0, 1, 2, 3), "head": lambda v: v in HEADS,
+           "dropout_at": lambda v: v in DROPOUT_PLACES, "optimizer": lambda v: v in OPTIMIZERS, "schedule": lambda v: v in SCHEDULES,
+           "batch_size": lambda v: v >= 1}
+BOUNDS = {"stages": (1, MAX_STAGES), "convs": (1, MAX_CONVS), "width": (1, 1024), "dropout": (0.0, 0.99), "momentum": (0.0, 0.99),
+          "gamma": (0.0, 1.0), "warmup": (0.01, 0.99), "label_smoothing": (0.0, 0.5), "rotation": (0.0, 180.0),
+          "translate": (0.0, 0.5), "scale": (0.0, 0.99), "brightness": (0.0, 0.99), "contrast": (0.0, 0.99),
+          "sgd_lr": (0.0, 10.0), "adam_lr": (0.0, 1.0), "weight_decay": (0.0, 1.0)}
+
+
+def space_from_dict(raw: Any, where: str = "space") -> Space:
+    """Validate the [space] table of a blocks study file (raises ConfigError)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table, got {json.dumps(raw)}")
+    known = [f.name for f in fields(Space)]
+    values: dict[str, tuple] = {}
+    for key, value in raw.items():
+        name = f"{where}.{key}"
+        check(key in known, name, f"unknown key (expected one of: {', '.join(known)})")
+        if key in CHOICES:
+            t = CHOICES[key]
+            ok = isinstance(value, list) and len(value) >= 1 and all(isinstance(v, t) and (t is bool or not isinstance(v, bool)) for v in value)
+            check(ok, name, f"must be a non-empty list of the {t.__name__} values to try, got {json.dumps(value)}")
+            bad = [v for v in value if key in ALLOWED and not ALLOWED[key](v)]
+            check(not bad, name, f"{json.dumps(bad[0]) if bad else ''} is not allowed here")
+            values[key] = tuple(dict.fromkeys(value))
+            continue
+        integer = key in INT_RANGES
+        ok = isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, int if integer else (int, float)) and not isinstance(v, bool) for v in value)
+        check(ok, name, f"must be [low, high] with two {'integers' if integer else 'numbers'}, got {json.dumps(value)}")
+        low, high = value
+        check(low <= high, name, f"low must be <= high, got [{low}, {high}]")
+        lo, hi = BOUNDS[key]
+        check(lo <= low and high <= hi, name, f"must lie within [{lo}, {hi}], got [{low}, {high}]")
+        check(key not in LOG_RANGES or low > 0, name, f"low must be > 0 (log scale), got {low}")
+        values[key] = (low, high) if integer else (float(low), float(high))
+    return Space(**values)
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _choose(trial: optuna.Trial, name: str, choices: tuple) -> Any:
+    """A categorical parameter, suggested only when there is a choice (a fixed value is not a parameter)."""
+    return trial.suggest_categorical(name, list(choices)) if len(choices) > 1 else choices[0]
+
+
+def _float(trial: optuna.Trial, name: str, bounds: tuple[float, float], log: bool = False) -> float:
+    low, high = bounds
+    return trial.suggest_float(name, low, high, log=log) if low < high else low
+
+
+def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, Any]:
+    """Sample one point of `space`, define-by-run: a parameter is suggested only where it applies."""
+    p: dict[str, Any] = {"stages": trial.suggest_int("stages", *space.stages)}
+    for s in range(1, p["stages"] + 1):
+        p[f"s{s}_convs"] = trial.suggest_int(f"s{s}_convs", *space.convs)
+        for j in range(1, p[f"s{s}_convs"] + 1):
+            p[f"s{s}_c{j}_width"] = trial.suggest_int(f"s{s}_c{j}_width", *space.width)
+            p[f"s{s}_c{j}_kernel"] = _choose(trial, f"s{s}_c{j}_kernel", space.kernel)
+        p[f"s{s}_padding"] = _choose(trial, f"s{s}_padding", space.padding)
+        if s < p["stages"]:
+            p[f"s{s}_transition"] = _choose(trial, f"s{s}_transition", space.transition)
+            if p[f"s{s}_transition"]:
+                p[f"s{s}_transition_width"] = trial.suggest_int(f"s{s}_transition_width", *space.width)
+    p["head"] = _choose(trial, "head", space.head)
+    p["bias"] = _choose(trial, "bias", space.bias)
+    p["dropout"] = _float(trial, "dropout", space.dropout)
+    p["dropout_at"] = _choose(trial, "dropout_at", space.dropout_at)
+    p["optimizer"] = _choose(trial, "optimizer", space.optimizer)
+    if p["optimizer"] in ("sgd", "nesterov"):
+        p["sgd_lr"] = _float(trial, "sgd_lr", space.sgd_lr, log=True)
+        p["momentum"] = _float(trial, "momentum", space.momentum)
+    else:
+        p["adam_lr"] = _float(trial, "adam_lr", space.adam_lr, log=True)
+    p["weight_decay"] = _float(trial, "weight_decay", space.weight_decay)
+    p["schedule"] = _choose(trial, "schedule", space.schedule)
+    if p["schedule"] == "step":
+        p["step_size"] = trial.suggest_int("step_size", 1, epochs)
+        p["gamma"] = _float(trial, "gamma", space.gamma, log=True)
+    else:
+        p["warmup"] = _float(trial, "warmup", space.warmup)
+    p["label_smoothing"] = _float(trial, "label_smoothing", space.label_smoothing)
+    p["batch_size"] = _choose(trial, "batch_size", space.batch_size)
+    for name in ("rotation", "translate", "scale", "brightness", "contrast"):
+        p[name] = _float(trial, name, getattr(space, name))
+    return p
+
+
+# ---------------------------------------------------------------- points as configs
+
+
+def layers_from_params(p: dict[str, Any]) -> tuple[Layer, ...]:
+    """The layer list of point `p`, in the config format (no shape check: see check_shapes)."""
+    layers: list[Layer] = []
+    bias = p["bias"]
+    for s in range(1, p["stages"] + 1):
+        n = p[f"s{s}_convs"]
+        for j in range(1, n + 1):
+            dropout = p["dropout_at"] == "every_conv" or j == n
+            layers.append(Conv(p[f"s{s}_c{j}_width"], kernel=p[f"s{s}_c{j}_kernel"], padding=p[f"s{s}_padding"], bias=bias,
+                               bn=True, relu=True, dropout=dropout))
+        if s < p["stages"]:
+            if p[f"s{s}_transition"]:
+                layers.append(Conv(p[f"s{s}_transition_width"], kernel=1, bias=bias))
+            layers.append(MaxPool(2))
+    if p["head"] == "gap_conv":
+        layers += [GlobalAvgPool(), Conv(N_CLASSES, kernel=1, bias=bias)]
+    elif p["head"] == "conv_gap":
+        layers += [Conv(N_CLASSES, kernel=1, bias=bias), GlobalAvgPool()]
+    else:
+        layers.append(Conv(N_CLASSES, kernel=_map_size(layers), bias=bias))
+    return tuple(layers) + (LogSoftmax(),)
+
+
+def _map_size(layers: list[Layer]) -> int:
+    """Height of the (square) feature map after `layers` (at least 1: check_shapes reports the rest)."""
+    size = 28
+    for layer in layers:
+        if isinstance(layer, Conv):
+            size = size + 2 * layer.padding - layer.kernel + 1
+        elif isinstance(layer, MaxPool):
+            size //= layer.kernel
+    return max(size, 1)
+
+
+def config_from_params(params: dict[str, Any], *, epochs: int, seed: int = 1, name: str = "") -> RunConfig:
+    """The network and recipe of point `params` (a dict from `suggest_params`, or written by hand)."""
+    p = params
+    if p["optimizer"] in ("sgd", "nesterov"):
+        optimizer = Optimizer(lr=p["sgd_lr"], momentum=p["momentum"], weight_decay=p["weight_decay"], kind=p["optimizer"])
+    else:
+        optimizer = Optimizer(lr=p["adam_lr"], weight_decay=p["weight_decay"], kind=p["optimizer"])
+    if p["schedule"] == "step":
+        scheduler = Scheduler(step_size=p["step_size"], gamma=p["gamma"])
+    else:
+        scheduler = Scheduler(kind="onecycle", warmup=p["warmup"])
+    augment = Augment(rotation=p["rotation"], translate=p["translate"], scale=p["scale"], brightness=p["brightness"], contrast=p["contrast"])
+    return RunConfig(layers=layers_from_params(p), dropout=p["dropout"], optimizer=optimizer, scheduler=scheduler, epochs=epochs,
+                     batch_size=p["batch_size"], augment=augment, seed=seed, name=name, label_smoothing=p["label_smoothing"])
+
+
+# ---------------------------------------------------------------- hand-made nets as points
+
+# The hand-made step-3 model (studies/reference/step3.json, 7,944 parameters) with its recipe.
+STEP3_PARAMS: dict[str, Any] = {
+    "stages": 2,
+    "s1_convs": 2, "s1_c1_width": 10, "s1_c1_kernel": 3, "s1_c2_width": 15, "s1_c2_kernel": 3, "s1_padding": 0,
+    "s1_transition": True, "s1_transition_width": 10,
+    "s2_convs": 3, "s2_c1_width": 16, "s2_c1_kernel": 3, "s2_c2_width": 16, "s2_c2_kernel": 3, "s2_c3_width": 16, "s2_c3_kernel": 3,
+    "s2_padding": 0,
+    "head": "gap_conv", "bias": False, "dropout": 0.05, "dropout_at": "every_conv",
+    "optimizer": "sgd", "sgd_lr": 0.2, "momentum": 0.9, "weight_decay": 0.0,
+    "schedule": "step", "step_size": 6, "gamma": 0.1, "label_smoothing": 0.0, "batch_size": 128,
+    "rotation": 7.0, "translate": 0.0, "scale": 0.0, "brightness": 0.1, "contrast": 0.1,
+}
+
+# A public hand-made 4,838-parameter net: per stage two 3x3 convs with padding 1 (widths 4, 8,
+# 16), conv biases, max-pool between stages, a 1x1 conv to 10 then global average pooling.
+# Its layers with our step-3 recipe; its author's recipe was Adam with a one-cycle schedule.
+NET4838_PARAMS: dict[str, Any] = {
+    **{k: v for k, v in STEP3_PARAMS.items() if not k.startswith(("s1_", "s2_"))},
+    "stages": 3, "head": "conv_gap", "bias": True,
+    **{f"s{s}_{key}": value for s, width in ((1, 4), (2, 8), (3, 16))
+       for key, value in (("convs", 2), ("c1_width", width), ("c1_kernel", 3), ("c2_width", width), ("c2_kernel", 3), ("padding", 1))},
+    "s1_transition": False, "s2_transition": False,
+}
+
+
+def reference_point(space: Space, epochs: int) -> dict[str, Any] | None:
+    """The hand-made step-3 model as a point of `space` (its step size scaled from 15 epochs to
+    `epochs`), or None when the space does not contain it. (Enqueued as a whole: Optuna ignores
+    the values of parameters a trial never suggests, such as a kernel size with one choice.)"""
+    point = {**STEP3_PARAMS, "step_size": max(1, round(STEP3_PARAMS["step_size"] * epochs / 15))}
+    ranges = {"stages": space.stages, "width": space.width, "dropout": space.dropout, "sgd_lr": space.sgd_lr, "momentum": space.momentum,
+              "weight_decay": space.weight_decay, "gamma": space.gamma, "label_smoothing": space.label_smoothing,
+              **{k: getattr(space, k) for k in ("rotation", "translate", "scale", "brightness", "contrast")}}
+    for key, value in point.items():
+        family = "width" if key.endswith("_width") else "kernel" if key.endswith("_kernel") else "convs" if key.endswith("_convs") else \
+            "padding" if key.endswith("_padding") else "transition" if key.endswith("_transition") else key
+        if family == "convs":
+            low, high = space.convs
+            ok = low <= value <= high
+        elif family in ranges:
+            low, high = ranges[family]
+            ok = low <= value <= high
+        elif family in CHOICES:
+            ok = value in getattr(space, family)
+        else:  # step_size: always 1..epochs
+            ok = True
+        if not ok:
+            return None
+    return point

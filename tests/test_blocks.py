@@ -1,0 +1,179 @@
+"""The blocks family: the hand-made nets are points of it, every sampled point is a config in
+the usual format, invalid and over-limit points are refused before anything is built, and a
+blocks study runs end to end."""
+
+import re
+import time
+from dataclasses import replace
+
+import optuna
+import pytest
+
+from conftest import REFERENCE, assert_one_line_error, run_cli
+from search.study import export_form, load_study_spec, may_prune, settled_after
+from space.blocks import NET4838_PARAMS, STEP3_PARAMS, Space, config_from_params, reference_point, space_from_dict, suggest_params
+from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
+                          config_to_dict, count_params, load_config)
+from space.model import build_model
+
+ROOT_STUDIES = REFERENCE.parent
+
+
+def test_the_hand_made_step3_model_is_a_point_of_the_family():
+    config = config_from_params(STEP3_PARAMS, epochs=15, name="step3")
+    reference = load_config(REFERENCE / "step3.json")
+    assert config == replace(reference, name="step3")  # layers and the whole recipe
+    assert count_params(config) == 7944 == sum(p.numel() for p in build_model(config).parameters())
+
+
+def test_the_public_4838_parameter_net_is_a_point_of_the_family():
+    config = config_from_params(NET4838_PARAMS, epochs=15)
+    stage = lambda width: [Conv(width, 3, padding=1, bias=True, bn=True, relu=True, dropout=True)] * 2  # noqa: E731
+    assert config.layers == (*stage(4), MaxPool(2), *stage(8), MaxPool(2), *stage(16),
+                             Conv(10, 1, bias=True), GlobalAvgPool(), LogSoftmax())
+    assert len(config.layers) == 11
+    assert count_params(config) == 4838 == sum(p.numel() for p in build_model(config).parameters())
+    assert architecture(config) == "c3p1-4 c3p1-4 mp2 c3p1-8 c3p1-8 mp2 c3p1-16 c3p1-16 c1-10 gap"
+
+
+NAME = re.compile(r"stages|s[1-4]_(convs|padding|transition|transition_width|c[1-3]_(width|kernel))|head|bias|dropout|dropout_at|optimizer|"
+                  r"sgd_lr|adam_lr|momentum|weight_decay|schedule|step_size|gamma|warmup|label_smoothing|batch_size|"
+                  r"rotation|translate|scale|brightness|contrast")
+
+
+def sampled_points(n: int, space: Space = Space()) -> list[tuple[dict, dict]]:
+    """(Optuna's params, the full point) for n random points of `space`."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    points = []
+    for _ in range(n):
+        trial = study.ask()
+        point = suggest_params(trial, space, 3)
+        points.append((dict(trial.params), point))
+        study.tell(trial, 0.0)
+    return points
+
+
+def test_every_sampled_point_is_a_config_and_its_parameters_are_conditional():
+    invalid = 0
+    for params, point in sampled_points(300):
+        assert all(NAME.fullmatch(name) for name in params), params
+        stages = point["stages"]
+        assert all(int(name[1]) <= stages for name in params if re.match(r"s\d_", name))
+        for s in range(1, stages + 1):
+            assert all(int(name[4]) <= point[f"s{s}_convs"] for name in params if name.startswith(f"s{s}_c") and name[4].isdigit())
+        assert ("sgd_lr" in params) == (point["optimizer"] in ("sgd", "nesterov")) != ("adam_lr" in params)
+        assert ("step_size" in params) == (point["schedule"] == "step") != ("warmup" in params)
+        assert "s1_c1_kernel" not in params and "bias" not in params  # one choice: fixed, not a parameter
+        config = config_from_params(point, epochs=3)
+        as_dict = config_to_dict(config)
+        try:
+            check_shapes(config.layers)
+        except ConfigError:
+            invalid += 1
+            continue
+        assert config_from_dict(as_dict) == config  # the usual format, round trip
+    assert 0 < invalid < 300
+
+
+def test_an_invalid_or_over_limit_point_is_refused_before_anything_is_built():
+    points = [point for _, point in sampled_points(100)]
+    start = time.perf_counter()
+    for point in points:
+        config = config_from_params(point, epochs=3)
+        count_params(config)
+        try:
+            check_shapes(config.layers)
+        except ConfigError:
+            pass
+    per_point = (time.perf_counter() - start) / len(points)
+    assert per_point < 0.01  # the refusal itself; Optuna's sampling and storage writes come on top (README)
+
+
+def test_the_reference_is_in_the_default_space_and_out_of_a_narrower_one():
+    assert reference_point(Space(), 3) == {**STEP3_PARAMS, "step_size": 1}
+    assert reference_point(Space(), 15) == STEP3_PARAMS
+    assert reference_point(replace(Space(), width=(4, 12)), 3) is None
+    assert reference_point(replace(Space(), optimizer=("adam",)), 3) is None
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ('padding = [0, 1]', None),
+    ('bogus = [1, 2]', ["space.bogus", "unknown key"]),
+    ('head = ["gap_conv", "mlp"]', ["space.head", '"mlp" is not allowed']),
+    ('optimizer = []', ["space.optimizer", "non-empty list"]),
+    ('width = [32, 4]', ["space.width", "low must be <= high"]),
+    ('stages = [1, 6]', ["space.stages", "within [1, 4]"]),
+    ('adam_lr = [0.0, 0.01]', ["space.adam_lr", "log scale"]),
+])
+def test_space_table_errors_are_one_line(text, fragments):
+    key, _, value = text.partition(" = ")
+    import tomllib
+    raw = tomllib.loads(text)
+    if fragments is None:
+        space_from_dict(raw)
+        return
+    with pytest.raises(ConfigError) as e:
+        space_from_dict(raw)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+def test_a_blocks_study_file_refuses_recipe_keys_in_training(tmp_path):
+    text = (ROOT_STUDIES / "blocks-quick.toml").read_text().replace("export_epochs = 15", "export_epochs = 15\nmomentum = 0.9")
+    path = tmp_path / "b.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="training.momentum: the blocks family searches it"):
+        load_study_spec(path)
+    path.write_text(text.replace('family = "blocks"', 'family = "resnet"'))
+    with pytest.raises(ConfigError, match="family: must be one of step3, blocks"):
+        load_study_spec(path)
+
+
+def test_both_study_files_load_and_share_one_space():
+    full, quick = load_study_spec(ROOT_STUDIES / "blocks.toml"), load_study_spec(ROOT_STUDIES / "blocks-quick.toml")
+    assert full.family == quick.family == "blocks" and full.space == quick.space
+    assert full.training.epochs == 15 and quick.training.epochs == 3 and quick.training.subset < full.training.subset
+    assert load_study_spec(ROOT_STUDIES / "quick.toml").family == "step3"
+
+
+def test_onecycle_exports_unscaled_and_is_judged_after_its_warm_up():
+    config = config_from_params({**STEP3_PARAMS, "schedule": "onecycle", "warmup": 0.3}, epochs=3)
+    assert config.scheduler == Scheduler(kind="onecycle", warmup=0.3)
+    exported = export_form(config, {"epochs": 3, "export_epochs": 15}, "x")
+    assert exported.epochs == 15 and exported.scheduler == config.scheduler
+    assert settled_after(config) == 1 and [may_prune(e, settled_after(config), 3) for e in (1, 2, 3)] == [False, True, False]
+
+
+def test_a_tiny_blocks_study_runs_records_refusals_and_exports(tmp_path, data_dir):
+    text = (ROOT_STUDIES / "blocks-quick.toml").read_text()
+    path = tmp_path / "b.toml"
+    path.write_text(text.replace('name = "blocks-quick"', 'name = "bt"').replace("trials = 60 ", "trials = 12 ")
+                    .replace("subset = 5000 ", "subset = 256 ").replace("width = [4, 32]", "width = [4, 12]"))
+    out = tmp_path / "out"
+    result = run_cli("run", str(path), "--out", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="bt", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 12
+    refused = [t for t in study.trials if t.user_attrs.get("reason", "").startswith(("invalid shape", "over the parameter limit"))]
+    assert refused, "the space must produce refused points in 12 trials"
+    for trial in study.trials:
+        n_params = trial.user_attrs["n_params"]
+        if trial.user_attrs.get("reason", "").startswith("invalid shape"):  # its config is recorded, but is no valid config
+            with pytest.raises(ConfigError):
+                config_from_dict(trial.user_attrs["config"])
+        else:
+            assert count_params(config_from_dict(trial.user_attrs["config"])) == n_params
+        if trial in refused:
+            assert trial.state == optuna.trial.TrialState.PRUNED and not trial.intermediate_values
+            assert trial.constraints["params_over_limit"] > 0
+        else:
+            assert trial.constraints == {"params_over_limit": n_params - 8000}
+    best = load_config(out / "best.json")
+    assert best.epochs == 15 and count_params(best) <= 8000
+    summary = run_cli("summary", str(out / "best.json"))
+    assert summary.returncode == 0 and f"{count_params(best):,}" in summary.stdout
+
+
+def test_blocks_overrides_go_through_the_checks(tmp_path):
+    result = run_cli("run", str(ROOT_STUDIES / "blocks-quick.toml"), "--out", str(tmp_path / "o"), "--epochs", "2")
+    assert_one_line_error(result, "--epochs 2", "training.epochs")
