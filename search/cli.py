@@ -185,7 +185,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if stale and args.fail_stale:
         fail_stale(study, stale)
     threads = max(1, (os.cpu_count() or 1) // args.workers) if device.type == "cpu" else None
-    print(f"study {spec.name!r}: {spec.trials} trials, {training.epochs} epochs on {training.subset:,} training images a trial, "
+    print(f"study {spec.name!r} ({spec.family} family): {spec.trials} trials, {training.epochs} epochs on {training.subset:,} training images a trial, "
           f"limit {spec.max_params:,} params, device {device}, {args.workers} worker(s), storage {mask(url)}", flush=True)
     run_workers(spec, study, created, url, out, device, data_dir, split_loader, args.timeout, args.workers, threads)
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
