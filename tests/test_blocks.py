@@ -34,6 +34,7 @@ def test_the_public_4838_parameter_net_is_a_point_of_the_family():
     assert len(config.layers) == 11
     assert count_params(config) == 4838 == sum(p.numel() for p in build_model(config).parameters())
     assert architecture(config) == "c3p1-4 c3p1-4 mp2 c3p1-8 c3p1-8 mp2 c3p1-16 c3p1-16 c1-10 gap"
+    assert load_config(REFERENCE / "net4838.json") == replace(config, name="net4838")  # the committed reference config
 
 
 NAME = re.compile(r"stages|s[1-4]_(convs|padding|transition|transition_width|c[1-3]_(width|kernel))|head|bias|dropout|dropout_at|optimizer|"
