@@ -159,7 +159,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from search.export import export_best
     from search.report import publish_best
     from search.storage import default_storage, fail_stale, heartbeat_enabled, open_storage, stale_trials
-    from search.study import best_trial, create_or_resume, load_study_spec, run_workers, trial_line
+    from search.runner import create_or_resume, run_workers, trial_line
+    from search.study import best_trial, load_study_spec
 
     options = {"name": ("--study", args.study), "trials": ("--trials", args.trials), "max_params": ("--max-params", args.max_params),
                "seed": ("--seed", args.seed), "training.epochs": ("--epochs", args.epochs), "training.subset": ("--subset", args.subset)}
