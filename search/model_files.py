@@ -71,7 +71,8 @@ def export_onnx(model: nn.Module, config: RunConfig, path: Path) -> None:
     deployable = Deployable(model).eval()
     example = torch.rand(2, 1, 28, 28)
     torch.onnx.export(deployable, (example,), str(path), input_names=["image"], output_names=["log_probs"],
-                      dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
+                      dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
+                      external_data=False)  # one self-contained file (the weights are a few KB)
     graph = onnx.load(str(path))  # the config and the input convention travel with the file
     metadata = {"config": json.dumps(config_to_dict(config)), "n_params": str(count_params(config)),
                 "input": f"float pixels in [0, 1], shape (batch, 1, 28, 28); normalised inside with mean {MEAN}, std {STD}",

@@ -38,6 +38,7 @@ def test_reproduce_writes_weights_and_onnx_named_after_the_record(reproduced):
     run = data["runs"][0]
     assert (run["weights"], run["onnx"]) == ("run-seed5.safetensors", "run-seed5.onnx")
     assert (record.parent / run["weights"]).is_file() and (record.parent / run["onnx"]).is_file()
+    assert sorted(p.name for p in record.parent.iterdir() if p.name.startswith("run-seed5")) == ["run-seed5.onnx", "run-seed5.safetensors"]
 
 
 def test_onnx_matches_pytorch_and_the_recorded_accuracy(reproduced, test_set):
