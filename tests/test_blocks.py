@@ -148,7 +148,7 @@ def test_onecycle_exports_unscaled_and_is_judged_after_its_warm_up():
 def test_a_tiny_blocks_study_runs_records_refusals_and_exports(tmp_path, data_dir):
     text = (ROOT_STUDIES / "blocks-quick.toml").read_text()
     path = tmp_path / "b.toml"
-    path.write_text(text.replace('name = "blocks-quick"', 'name = "bt"').replace("trials = 60 ", "trials = 12 ")
+    path.write_text(text.replace('name = "blocks-quick"', 'name = "bt"').replace("trials = 80 ", "trials = 12 ")
                     .replace("subset = 8000 ", "subset = 256 ").replace("width = [4, 32]", "width = [4, 12]"))
     out = tmp_path / "out"
     result = run_cli("run", str(path), "--out", str(out), "--device", "cpu")
