@@ -39,7 +39,7 @@ MAX_STAGES, MAX_CONVS = 4, 3
 N_CLASSES = 10
 
 # Ranges are inclusive [low, high]; the keys in CHOICES are lists of the values offered.
-INT_RANGES = ("stages", "convs", "width", "step_size_max")
+INT_RANGES = ("stages", "convs", "width")
 LOG_RANGES = ("sgd_lr", "adam_lr", "gamma")
 CHOICES = {"kernel": int, "padding": int, "transition": bool, "head": str, "bias": bool, "dropout_at": str,
            "optimizer": str, "schedule": str, "batch_size": int}
