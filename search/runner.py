@@ -14,6 +14,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -77,20 +78,37 @@ def _settings(spec: dict) -> dict:
     return {"family": "step3", **{k: v for k, v in spec.items() if k not in ("name", "trials", "heartbeat_interval", "grace_period", "tpe_group")}}
 
 
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random draws for trial N come from (the study's seed, N). No two trials share a
+    number, so processes that start trials at the same moment (several `run` commands on one
+    storage, here or on other machines) never share a random state, and the same study resumed
+    samples the same way every time."""
+
+    def __init__(self, study_seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=study_seed, **kwargs)
+        self._study_seed = study_seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        seed = int(hashlib.sha256(f"{self._study_seed}:{trial.number}".encode()).hexdigest()[:8], 16)
+        # Optuna's random states, reseeded per trial (it offers no public way to seed them so)
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
 def seed_sampler(study: optuna.Study, spec: StudySpec, first: bool, index: int = 0) -> None:
     """TPE, seeded from the study, never from the process: the process that created the study
-    uses the study's seed, and every later start (a resumed run, worker `index` of several, a
-    worker on another machine) a seed made of the study's seed, its trial count, the worker's
-    index and the host name. So the same command on the same study continues the same way,
-    while workers running at once propose different points."""
-    if first and index == 0:
-        seed = spec.seed
-    else:
-        key = f"{spec.seed}:{len(study.trials)}:{index}:{socket.gethostname()}"
-        seed = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    uses the study's seed as a plain TPESampler seed; every later start (a resumed run, worker
+    `index` of several, a run on another machine) reseeds TPE at each trial from the study's
+    seed and the trial's number (TrialSeededTPE). So the same command on the same study
+    continues the same way, while processes running at once propose different points, even
+    when they start at the same moment and see the same trials."""
     # Optuna 5's TPE is multivariate for one objective; parameters that exist only in some
     # trials (the blocks family's) are then sampled independently unless group=True
-    study.sampler = optuna.samplers.TPESampler(seed=seed, group=spec.tpe_group)
+    if first and index == 0:
+        study.sampler = optuna.samplers.TPESampler(seed=spec.seed, group=spec.tpe_group)
+    else:
+        study.sampler = TrialSeededTPE(spec.seed, group=spec.tpe_group)
 
 
 def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, timeout: float | None,
