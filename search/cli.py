@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from search.errors import DataError, UsageError, WorkerDied
+from search.errors import DataError, TargetMissed, UsageError, WorkerDied
 from space.config import DEFAULT_MAX_PARAMS, ConfigError, RunConfig, count_params, layer_rows, load_config
 
 
@@ -192,10 +192,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         print("no trial has completed yet, so there is no best.json; rerun to go on")
         return
+    if spec.confirm.after_run:
+        _confirm(study, url, spec.confirm.top, spec.confirm.seeds, device, data_dir, args.workers, spec.confirm.subset)
     best = best_trial(study)
     path = export_best(study, out)
     publish_best(study)
-    print(f"best: {trial_line(best)}")
+    print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if study.user_attrs.get("confirmed") else ""))
     print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3)")
     default_place = not args.storage and out == Path("studies") / spec.name
     ours = f"python -m search dashboard --study {spec.name}" + ("" if default_place else f" --storage {mask(url)} --artifacts {out}")
@@ -203,7 +205,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from search.export import export_best
+    from search.confirm import format_row
+    from search.export import export_best, export_target
     from search.storage import load_existing_study
 
     from search.study import best_trial
@@ -212,8 +215,47 @@ def cmd_export(args: argparse.Namespace) -> None:
     best_trial(study)  # a study with nothing to export is refused before any folder is made
     out = args.out or Path("studies") / args.study
     writable_folder(out, "--out")
+    if args.target_acc is not None:
+        path, row = export_target(study, out, args.target_acc)
+        print(f"smallest confirmed config reaching {args.target_acc:g} %: {format_row(row)}; written to {path}")
+        return
     path = export_best(study, out)
     print(f"best config written to {path}")
+
+
+def cmd_confirm(args: argparse.Namespace) -> None:
+    from search.data import load_mnist, resolve_data_dir
+    from search.export import export_best
+    from search.report import publish_best
+    from search.storage import load_existing_study, storage_of_existing
+
+    study = load_existing_study(args.study, args.storage)
+    url = storage_of_existing(args.study, args.storage)
+    defaults = study.user_attrs["spec"].get("confirm", {})
+    top, seeds = args.top or defaults.get("top", 3), args.seeds or defaults.get("seeds", 2)
+    data_dir = resolve_data_dir(args.data_dir)
+    load_mnist(data_dir, train=True)  # a data error before any run is enqueued
+    _confirm(study, url, top, seeds, _device(args.device), data_dir, args.workers, defaults.get("subset", 50_000))
+    path = export_best(study, args.out or Path("studies") / args.study)
+    publish_best(study)
+    print(f"best config (best confirmed mean) written to {path}")
+
+
+def _confirm(study, url: str, top: int, seeds: int, device, data_dir: Path, workers: int, subset: int) -> None:
+    """Confirm `study`'s candidates and print the table of mean ± std per candidate."""
+    from search.confirm import candidates, confirmed_rows, format_row
+    from search.runner import confirm
+
+    if workers > 1 and url.startswith("sqlite"):
+        raise UsageError(f"{mask(url)} is SQLite, which is not safe for several workers; rerun with --workers 1 or use a journal file or PostgreSQL")
+    if not candidates(study, top):
+        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
+    threads = max(1, (os.cpu_count() or 1) // workers) if device.type == "cpu" else None
+    confirm(study, url, top, seeds, device, data_dir, workers, threads, subset)
+    rows = confirmed_rows(study)
+    print(f"confirmed {len(rows)} candidate(s), smallest first:")
+    for row in rows:
+        print("  " + format_row(row))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -316,8 +358,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="write a study's best trial as best.json")
     existing_study(p)
+    p.add_argument("--target-acc", type=option_type(float, lambda v: 0 < v <= 100, "a percentage in (0, 100]"),
+                   help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json")
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
     p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("confirm", help="retrain a study's candidates at the export budget with more seeds (validation split)")
+    existing_study(p)
+    p.add_argument("--top", type=positive_int, help="candidates: the K most accurate of the Pareto front, or the top K trials (default: the study file's)")
+    p.add_argument("--seeds", type=positive_int, help="seeds per candidate, after the study's own (default: the study file's, else 2)")
+    p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")
+    p.add_argument("--out", type=Path, help="where best.json goes (default: studies/NAME/)")
+    data_and_device(p)
+    p.set_defaults(func=cmd_confirm)
 
     p = commands.add_parser("reproduce", help="train a config (or a study's best trial) on all 60,000 images; report test accuracy")
     p.add_argument("config", type=Path, nargs="?", help="a config file, or --study NAME for its best trial (or --trial N)")
@@ -366,11 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except WorkerDied as e:
+    except (WorkerDied, TargetMissed) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        resume = "; the running trial is marked FAIL: rerun the same command to resume" if args.command == "run" else ""
+        resume = "; the running trial is marked FAIL: rerun the same command to resume" if args.command in ("run", "confirm") else ""
         print(f"interrupted{resume}", file=sys.stderr)
         return 130
     return 0

@@ -13,3 +13,7 @@ class DataError(Exception):
 
 class WorkerDied(Exception):
     """A worker process of `run --workers K` died; the study is kept and can be resumed (exit code 1)."""
+
+
+class TargetMissed(Exception):
+    """`export --target-acc`: no confirmed config reaches the target (exit code 1; the message names the closest)."""

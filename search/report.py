@@ -14,8 +14,14 @@ import optuna_dashboard  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from search.confirm import confirmed_rows  # noqa: E402
+from search.pareto import front_indices  # noqa: E402
 from search.study import best_trial, export_config  # noqa: E402
-from space.config import RunConfig, architecture  # noqa: E402
+from space import blocks  # noqa: E402
+from space.config import RunConfig, architecture, count_params  # noqa: E402
+
+# the hand-made step-3 model's size (7,944), marked on the plot
+STEP3_SIZE = count_params(blocks.config_from_params(blocks.STEP3_PARAMS, epochs=15, seed=1, name="step3"))
 
 
 def recipe(config: RunConfig) -> str:
@@ -40,12 +46,19 @@ def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
     over = sum("over the parameter limit" in t.user_attrs.get("reason", "") for t in trials)
     invalid = sum("invalid shape" in t.user_attrs.get("reason", "") for t in trials)
     config = export_config(study, best)
+    rows = confirmed_rows(study)
+    confirmed = ["", "## Confirmed candidates", "",
+                 f"Retrained at the export budget ({config.epochs} epochs, 50,000 training images) on seeds the search never used; "
+                 f"final validation accuracy, mean ± std over the seeds. Every run is a trial of the study `{name}.confirm`.", "",
+                 "| trial | parameters | mean ± std (%) | seeds |", "|---|---|---|---|"]
+    confirmed += [f"| {r['trial']} | {r['n_params']:,} | {r['mean']:.2f} ± {r['std']:.2f} | {', '.join(map(str, r['seeds']))} |" for r in rows]
+    heading = "Best confirmed trial" if rows else "Best trial" if len(study.directions) == 1 else "Most accurate trial of the front"
     return "\n".join([
-        f"## Best trial: {best.number}",
+        f"## {heading}: {best.number}",
         "",
         "| | |", "|---|---|",
         f"| parameters | {best.user_attrs['n_params']:,} (limit {study.user_attrs['spec']['max_params']:,}) |",
-        f"| objective | {best.value:.3f} % ({study.user_attrs.get('objective', 'validation accuracy')}) |",
+        f"| objective | {best.values[0]:.3f} % ({study.user_attrs.get('objective', 'validation accuracy')}) |",
         f"| architecture | `{architecture(config)}` |",
         f"| recipe ({config.epochs} epochs) | {recipe(config)} |",
         "",
@@ -58,6 +71,7 @@ def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
         f"{len(trials)} trials: {count(TrialState.COMPLETE)} complete, {count(TrialState.PRUNED)} pruned "
         f"({over} of them over the parameter limit and {invalid} of invalid shape, never trained), {count(TrialState.FAIL)} failed. "
         f"Note updated {datetime.now():%Y-%m-%d %H:%M}.",
+        *(confirmed if rows else []),
     ])
 
 
@@ -74,28 +88,38 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({"number": t.number, "state": t.state.name, "objective": t.value if t.state == TrialState.COMPLETE else None,
+        rows.append({"number": t.number, "state": t.state.name, "objective": t.values[0] if t.state == TrialState.COMPLETE else None,
                      "n_params": t.user_attrs.get("n_params"), **t.params, "seconds": seconds, "reason": t.user_attrs.get("reason", "")})
     return pd.DataFrame(rows)
 
 
 def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:
+    """Accuracy against parameters: every trained trial, the front of the COMPLETE ones, the
+    confirmed means (± std), the limit and the hand-made reference's size."""
     limit = study.user_attrs["spec"]["max_params"]
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    points = [(t.values[0], t.user_attrs["n_params"]) for t in complete]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([t.user_attrs["n_params"] for t in complete], [t.value for t in complete], label="complete (objective)", zorder=3)
+    ax.scatter([p[1] for p in points], [p[0] for p in points], label="complete (objective)", zorder=3, s=14)
     ax.scatter([t.user_attrs["n_params"] for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
                marker="x", color="grey", label="pruned (last val acc)")
+    front = [points[i] for i in front_indices(points)]
+    ax.step([p[1] for p in front], [p[0] for p in front], where="post", color="tab:orange", label="front (search)", zorder=4)
+    rows = confirmed_rows(study)
+    if rows:
+        ax.errorbar([r["n_params"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="D", color="tab:green",
+                    label="confirmed mean ± std (export budget)", zorder=5)
     ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit:,}")
+    ax.axvline(STEP3_SIZE, color="black", linestyle=":", label=f"hand-made step 3 ({STEP3_SIZE:,})")
     best = best_trial(study)
-    ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.value), textcoords="offset points", xytext=(-90, -18))
-    values = [t.value for t in complete] + [t.intermediate_values[max(t.intermediate_values)] for t in pruned]
+    ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.values[0]), textcoords="offset points", xytext=(-90, -18))
+    values = [p[0] for p in points] + [t.intermediate_values[max(t.intermediate_values)] for t in pruned] + [r["mean"] for r in rows]
     ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))
     ax.set(xlabel="parameters", ylabel="validation accuracy (%)", title=f"{study.study_name}: parameters vs objective")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -128,8 +152,16 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
     written = [out / "trials.csv"]
     table.to_csv(written[0], index=False)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
-    plots = {"optimization_history.png": vis.plot_optimization_history, "param_importances.png": vis.plot_param_importances,
-             "intermediate_values.png": vis.plot_intermediate_values}
+    if len(study.directions) > 1:  # Optuna's plots of one objective take a target; the front is its own plot
+        accuracy = {"target": lambda t: t.values[0], "target_name": "val acc %"}
+        plots = {"pareto_front.png": vis.plot_pareto_front,
+                 "optimization_history.png": lambda s: vis.plot_optimization_history(s, **accuracy),
+                 # fANOVA: PED-ANOVA, Optuna's default, reads a target as one to minimise
+                 "param_importances.png": lambda s: vis.plot_param_importances(s, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                                                                               **accuracy)}
+    else:
+        plots = {"optimization_history.png": vis.plot_optimization_history, "param_importances.png": vis.plot_param_importances,
+                 "intermediate_values.png": vis.plot_intermediate_values}
     for name, plot in plots.items():
         problem = _save_optuna_plot(plot, study, out / name)
         if problem:
@@ -141,4 +173,11 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
     top = table[table["state"] == "COMPLETE"].sort_values("objective", ascending=False).head(5)
     print(f"top 5 of {len(table)} trials in {study.study_name!r} (objective: {study.user_attrs.get('objective', '')}):")
     print(top.drop(columns=["reason", "state"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    rows = confirmed_rows(study)
+    if rows:
+        written.append(out / "confirmed.csv")
+        confirmed = pd.DataFrame(rows)
+        confirmed.to_csv(written[-1], index=False)
+        print("confirmed candidates (final validation accuracy at the export budget, mean ± std over seeds), smallest first:")
+        print(confirmed.drop(columns=["complete"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return written

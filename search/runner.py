@@ -20,6 +20,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
+from search.confirm import companion_name, open_companion, plan, run_confirmations, summarize
 from search.data import load_split
 from search.errors import UsageError, WorkerDied
 from search.objective import SurplusTrial, objective
@@ -37,7 +38,7 @@ def trial_line(trial: optuna.trial.FrozenTrial) -> str:
     n_params = trial.user_attrs.get("n_params")
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else math.nan
     complete = trial.state == optuna.trial.TrialState.COMPLETE  # (a PRUNED trial's value is its last report)
-    outcome = f"val {trial.value:.3f}%" if complete else trial.user_attrs.get("reason", "")
+    outcome = f"val {trial.values[0]:.3f}%" if complete else trial.user_attrs.get("reason", "")
     params = f"{n_params:>6,}" if n_params is not None else "     ?"
     return f"trial {trial.number:>4}  params {params}  {trial.state.name:<8}  {outcome}  ({seconds:.2f} s)"
 
@@ -48,7 +49,7 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
     settings stored and the hand-made reference as first trial; (study, False) when it existed."""
     pruner = make_pruner(spec.pruner)
     try:
-        study = optuna.create_study(study_name=spec.name, storage=storage, direction="maximize", pruner=pruner)
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions(spec), pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=spec.name, storage=storage, pruner=pruner)
         deadline = time.monotonic() + 30
@@ -64,18 +65,25 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
         # The hand-made model is trial 0, the number to beat. It is enqueued before the spec is
         # stored: workers elsewhere wait for the spec, so none can take a trial number first.
         study.enqueue_trial(reference)
-    study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs")
+    study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs"
+                        + (", and the parameter count" if spec.objective == "pareto" else ""))
     with warnings.catch_warnings():  # Optuna marks metric names experimental; the dashboard shows them
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([f"val acc % (mean of last {OBJECTIVE_EPOCHS} epochs)"])
+        study.set_metric_names([f"val acc % (mean of last {OBJECTIVE_EPOCHS} epochs)"] + (["params"] if spec.objective == "pareto" else []))
     study.set_user_attr("spec", spec_to_dict(spec))
     return study, True
 
 
+def directions(spec: StudySpec) -> list[str]:
+    return ["maximize", "minimize"] if spec.objective == "pareto" else ["maximize"]
+
+
 def _settings(spec: dict) -> dict:
     """What must not change when a study resumes: all but its name, trial count, heartbeat timing
-    and sampler options (a study stored before the family existed is a step-3 study)."""
-    return {"family": "step3", **{k: v for k, v in spec.items() if k not in ("name", "trials", "heartbeat_interval", "grace_period", "tpe_group")}}
+    sampler options and confirmation settings (a study stored before the family, objective and
+    fidelity fields existed has their defaults)."""
+    kept = {k: v for k, v in spec.items() if k not in ("name", "trials", "heartbeat_interval", "grace_period", "tpe_group", "confirm")}
+    return {"family": "step3", "objective": "accuracy", "fidelity": {"rungs": 1, "eta": 3}, **kept}
 
 
 class TrialSeededTPE(optuna.samplers.TPESampler):
@@ -131,7 +139,9 @@ def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, ti
             log_line(label + trial_line(trial))
             now = states()
             bar.n = sum(s in FINISHED for s in now)
-            if optuna.trial.TrialState.COMPLETE in now:
+            if optuna.trial.TrialState.COMPLETE in now and spec.objective == "pareto":
+                bar.set_postfix_str(f"front: {len(study.best_trials)} trials")
+            elif optuna.trial.TrialState.COMPLETE in now:
                 bar.set_postfix_str(f"best {study.best_value:.3f}% (trial {study.best_trial.number})")
             bar.refresh()
 
@@ -160,8 +170,13 @@ def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, o
         run_worker(spec, study, split_loader, out, timeout)
         return
     context = multiprocessing.get_context("spawn")  # CUDA and a clean torch in every worker
-    processes = [context.Process(target=worker_main, args=(spec, url, out, str(device), data_dir, timeout, i, created, threads))
-                 for i in range(workers)]
+    supervise([context.Process(target=worker_main, args=(spec, url, out, str(device), data_dir, timeout, i, created, threads))
+               for i in range(workers)], study)
+
+
+def supervise(processes: list, study: optuna.Study) -> None:
+    """Start worker processes of `study` and wait for them; pass Ctrl-C on; a worker that died
+    is reported with the fate of its trial (marked FAIL), and WorkerDied raised at the end."""
     for p in processes:
         p.start()
     try:
@@ -193,7 +208,38 @@ def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, o
             fate = "it held no running trial"
         log_line(f"worker {i} (pid {p.pid}) {how}; {fate}; the other workers' trials are kept")
     if dead:
-        raise WorkerDied(f"{len(dead)} of {workers} workers died (see above); rerun the same command to resume the study")
+        raise WorkerDied(f"{len(dead)} of {len(processes)} workers died (see above); rerun the same command to resume")
+
+
+def confirm(study: optuna.Study, url: str, top: int, seeds: int, device, data_dir: Path, workers: int,
+            threads: int | None, subset: int = 50_000) -> dict[str, dict]:
+    """Confirm the study's candidates (search/confirm.py) in this process or in `workers` processes
+    sharing `url`; store and return the mean ± std per candidate."""
+    companion = open_companion(study)
+    runs = plan(study, companion, top, seeds)
+    left = len(companion.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
+    log_line(f"confirming {len(runs) // seeds} candidate(s) of {study.study_name!r} with {seeds} seed(s) each at the export budget "
+             f"({subset:,} training images) on the validation split: {left} of {len(runs)} run(s) to train (study {companion.study_name!r})")
+    if workers == 1:
+        run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=subset))
+    else:
+        context = multiprocessing.get_context("spawn")
+        supervise([context.Process(target=confirm_worker_main, args=(study.study_name, url, str(device), data_dir, i, threads, subset))
+                   for i in range(workers)], companion)
+    return summarize(study, companion)
+
+
+def confirm_worker_main(name: str, url: str, device: str, data_dir: Path, index: int, threads: int | None, subset: int) -> None:
+    """One of several confirmation worker processes."""
+    if threads:
+        torch.set_num_threads(threads)
+    tqdm.set_lock(threading.RLock())  # see worker_main
+    companion = optuna.load_study(study_name=companion_name(name), storage=open_storage(url))
+    try:
+        run_confirmations(companion, lambda: load_split(data_dir, torch.device(device), validation=True, subset=subset),
+                          label=f"[worker {index}] ")
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def worker_main(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, timeout: float | None,

@@ -26,6 +26,7 @@ from space.config import ConfigError, RunConfig, check, config_from_dict, parse_
 OBJECTIVE_EPOCHS = 3  # objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 PRUNERS = ("median", "none")
+OBJECTIVES = ("accuracy", "pareto")
 FAMILIES = {"step3": step3, "blocks": blocks}  # one module per model family under space/
 # Hyperband is not offered: its rungs compare trials at fixed epochs, but a trial may only be
 # judged after its own first learning-rate drop and before its last epoch, so a rung would
@@ -52,18 +53,40 @@ class Pruner:
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """Successive halving (Pareto studies): rung k of `rungs` trains on subset / eta^(rungs-1-k)
+    images, and a trial goes on to the next rung only when it ranks in the top 1/eta there."""
+    rungs: int = 1
+    eta: int = 3
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Confirmation: the candidates (the Pareto front, or the top trials) retrained at the export
+    budget on the validation split with `seeds` more seeds; `after_run`: at the end of `run`.
+    `subset` below the split's 50,000 images is for quick checks only."""
+    top: int = 3
+    seeds: int = 2
+    after_run: bool = False
+    subset: int = 50_000
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     trials: int
     max_params: int
     seed: int
     training: Training
-    pruner: Pruner
     space: Any  # the family's Space
+    pruner: Pruner = Pruner()  # a Pareto study's default is "none" (see _spec_from_dict)
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # RDB storage: seconds between a worker's heartbeats
     grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
     family: str = "step3"
     tpe_group: bool = False  # TPESampler(group=True): multivariate TPE per group of parameters that occur together
+    objective: str = "accuracy"  # or "pareto": maximise accuracy and minimise n_params
+    fidelity: Fidelity = Fidelity()
+    confirm: Confirm = Confirm()
 
 
 def _spec_from_dict(raw: dict) -> StudySpec:
@@ -74,9 +97,14 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     if family == "blocks":
         for key in ("batch_size", "momentum", "weight_decay"):
             check(key not in top["training"], f"training.{key}", "the blocks family searches it: give its range or choices in [space] instead")
-    pruner = Pruner(**parse_section(top.get("pruner", {}), Pruner, "pruner"))
+    objective = top.get("objective", "accuracy")
+    check(objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    # Optuna's report/should_prune raise in a multi-objective study: a Pareto study prunes by its rungs
+    pruner = Pruner(**({"kind": "none"} if objective == "pareto" else {}) | parse_section(top.get("pruner", {}), Pruner, "pruner"))
+    fidelity = Fidelity(**parse_section(top.get("fidelity", {}), Fidelity, "fidelity"))
+    confirm = Confirm(**parse_section(top.get("confirm", {}), Confirm, "confirm"))
     space = FAMILIES[family].space_from_dict(top.get("space", {}))
-    spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space})
+    spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space, "fidelity": fidelity, "confirm": confirm})
     check(re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name) is not None, "name", f"letters, digits, '_', '.' and '-' only, got {spec.name!r}")
     for key in ("trials", "max_params", "heartbeat_interval"):
         check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
@@ -92,6 +120,14 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")
     check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
     check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
+    check(objective == "accuracy" or pruner.kind == "none", "pruner.kind", "a Pareto study cannot use Optuna's pruners (they need "
+          "one objective); leave [pruner] out and set [fidelity] rungs for successive halving")
+    check(fidelity.rungs >= 1 and fidelity.eta >= 2, "fidelity", f"needs rungs >= 1 and eta >= 2, got {fidelity.rungs} and {fidelity.eta}")
+    check(fidelity.rungs == 1 or objective == "pareto", "fidelity.rungs", "rungs > 1 need objective = \"pareto\" (an accuracy study prunes with [pruner])")
+    check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
+          f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
+    check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")
+    check(0 < confirm.subset <= 50_000, "confirm.subset", f"must be in 1..50,000 (the training split), got {confirm.subset}")
     return spec
 
 
@@ -121,6 +157,12 @@ def load_study_spec(path: Path, overrides: dict[str, tuple[str, Any]] | None = N
             option, value = overrides[field]
             raise ConfigError(f"{option} {value}: {field} {problem}") from None
         raise ConfigError(f"{path}: {e}") from None
+
+
+def rung_subsets(spec: StudySpec) -> list[int]:
+    """Training images of each rung, smallest first; the last is the study's subset."""
+    f = spec.fidelity
+    return [spec.training.subset // f.eta ** (f.rungs - 1 - k) for k in range(f.rungs)]
 
 
 def spec_to_dict(spec: StudySpec) -> dict:
@@ -156,8 +198,15 @@ def export_form(config: RunConfig, training: dict, name: str) -> RunConfig:
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The candidate with the best confirmed mean (every planned seed done) when there is one; else
+    the best trial of the search (of a Pareto study: the most accurate point of its front)."""
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run it longer (python -m search run ...)")
+    confirmed = {int(n): e["mean"] for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]}
+    if confirmed:
+        return study.get_trials(deepcopy=False)[max(confirmed, key=confirmed.get)]
+    if len(study.directions) > 1:
+        return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
     return study.best_trial
 
 

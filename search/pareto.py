@@ -1,0 +1,50 @@
+"""Accuracy against size: non-dominated sorting, the front, its hypervolume, and the rank by
+which successive halving promotes a trial from one rung to the next (as in Syne Tune's MOASHA:
+non-dominated sorting, then, within a front, the more accurate first).
+
+A point is (accuracy in %, parameters): higher accuracy and fewer parameters are better.
+"""
+
+from __future__ import annotations
+
+Point = tuple[float, int]
+
+
+def dominates(a: Point, b: Point) -> bool:
+    """a is at least as good as b on both axes and better on one."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def front_indices(points: list[Point]) -> list[int]:
+    """Indices of the non-dominated points, smallest first."""
+    front = [i for i, p in enumerate(points) if not any(dominates(q, p) for q in points)]
+    return sorted(front, key=lambda i: (points[i][1], -points[i][0]))
+
+
+def promotion_order(points: list[Point]) -> list[int]:
+    """All indices, best first: front by front (non-dominated sorting), the more accurate first within one."""
+    left, order = list(range(len(points))), []
+    while left:
+        front = [left[i] for i in front_indices([points[j] for j in left])]
+        order += sorted(front, key=lambda i: (-points[i][0], points[i][1]))
+        left = [i for i in left if i not in front]
+    return order
+
+
+def promoted(points: list[Point], index: int, eta: int) -> bool:
+    """ASHA's rule: the point at `index` goes on when it is among the best len(points) // eta of
+    the results at its rung so far (the first eta - 1 results of a rung never go on)."""
+    return promotion_order(points).index(index) < len(points) // eta
+
+
+def hypervolume(points: list[Point], reference: Point) -> float:
+    """Area (accuracy points x parameters) dominated by `points` and bounded by `reference`
+    (the worst accuracy and the largest size that count)."""
+    area, best_acc = 0.0, reference[0]
+    ref_acc, ref_size = reference
+    kept = sorted((p for p in points if p[0] > ref_acc and p[1] < ref_size), key=lambda p: p[1])
+    for i, (acc, size) in enumerate(kept):  # sweep by size: each point adds the strip up to the next size
+        best_acc = max(best_acc, acc)
+        right = kept[i + 1][1] if i + 1 < len(kept) else ref_size
+        area += (best_acc - ref_acc) * (right - size)
+    return area

@@ -1,0 +1,181 @@
+"""Pareto mode on a tiny budget: two objectives, the hard limit kept off the front, successive
+halving over rungs, confirmation with more seeds (resuming after Ctrl-C), best.json from the
+best confirmed mean and `export --target-acc`."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
+from search.study import load_study_spec
+from space.config import ConfigError, count_params, load_config
+
+PARETO = """
+name = "tinypareto"
+objective = "pareto"
+trials = 8
+max_params = 4000
+seed = 3
+
+[training]
+epochs = 3
+subset = 512
+export_epochs = 3
+
+[fidelity]
+rungs = 2
+eta = 2
+
+[confirm]
+top = 2
+seeds = 2
+after_run = true
+subset = 512
+
+[space]
+conv1 = [4, 16]
+conv2 = [4, 16]
+transition = [4, 16]
+conv3 = [4, 16]
+conv4 = [4, 16]
+conv5 = [4, 16]
+"""
+
+
+def test_front_promotion_and_hypervolume_by_hand():
+    points = [(99.0, 5000), (98.0, 3000), (99.5, 7000), (97.0, 6000), (98.5, 3000)]
+    assert dominates((98.5, 3000), (98.0, 3000)) and not dominates((99.0, 5000), (98.5, 3000))
+    assert front_indices(points) == [4, 0, 2]  # smallest first
+    assert promotion_order(points) == [2, 0, 4, 1, 3]  # front by front, the more accurate first within one
+    assert promoted(points, 2, eta=2) and promoted(points, 0, eta=2) and not promoted(points, 4, eta=2)
+    assert not promoted(points[:1], 0, eta=2)  # ASHA: the first result of a rung never goes on
+    # strips up to the next size: 8.5 * 2000 + 9 * 2000 + 9.5 * 1000
+    assert hypervolume(points, (90.0, 8000)) == pytest.approx(44_500)
+    assert hypervolume([(89.0, 100)], (90.0, 8000)) == 0
+
+
+def test_pareto_study_files_are_checked(tmp_path):
+    def spec(text):
+        path = tmp_path / "s.toml"
+        path.write_text(text)
+        return load_study_spec(path)
+
+    assert spec(PARETO).pruner.kind == "none"  # Optuna's pruners need one objective
+    with pytest.raises(ConfigError, match="pruner.kind: a Pareto study cannot use Optuna's pruners"):
+        spec(PARETO + '\n[pruner]\nkind = "median"\n')
+    with pytest.raises(ConfigError, match=r"fidelity.rungs: rungs > 1 need objective = \"pareto\""):
+        spec(PARETO.replace('objective = "pareto"', ""))
+    with pytest.raises(ConfigError, match="objective: must be one of accuracy, pareto"):
+        spec(PARETO.replace('"pareto"', '"size"'))
+    with pytest.raises(ConfigError, match="the first rung would train on 56 images"):
+        spec(PARETO.replace("rungs = 2", "rungs = 3").replace("eta = 2", "eta = 3"))
+
+
+@pytest.fixture(scope="module")
+def pareto_study(tmp_path_factory, data_dir):
+    tmp = tmp_path_factory.mktemp("pareto")
+    (tmp / "tiny.toml").write_text(PARETO)
+    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    storage = f"sqlite:///{tmp / 'out' / 'study.db'}"
+    return tmp, storage, result.stdout
+
+
+def load(storage, name="tinypareto"):
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def test_a_pareto_study_has_two_objectives_and_no_over_limit_point_on_its_front(pareto_study):
+    _, storage, stdout = pareto_study
+    study = load(storage)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val acc % (mean of last 3 epochs)", "params"]
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete, stdout
+    for t in complete:  # values: the last rung's accuracy and the exact size; both rungs recorded
+        assert t.values[1] == t.user_attrs["n_params"] <= 4000
+        assert [r["images"] for r in t.user_attrs["rungs"]] == [256, 512]
+        assert t.values[0] == pytest.approx(t.user_attrs["rungs"][-1]["val_acc"])
+        assert t.system_attrs["constraints:params_over_limit"] <= 0
+    over = [t for t in study.trials if "over the parameter limit" in t.user_attrs.get("reason", "")]
+    assert over, "the tiny space should draw some over-limit points"
+    for t in over:  # no values: neither Optuna's front nor the dashboard's (which ignores constraints) can show them
+        assert t.state == TrialState.PRUNED and t.values is None and t.system_attrs["constraints:params_over_limit"] > 0
+    stopped = [t for t in study.trials if "stopped at rung 0" in t.user_attrs.get("reason", "")]
+    assert stopped and all(t.values is None and len(t.user_attrs["rungs"]) == 1 for t in stopped)
+    assert {t.number for t in study.best_trials} <= {t.number for t in complete}
+
+
+def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_mean(pareto_study):
+    tmp, storage, stdout = pareto_study
+    study = load(storage)
+    companion = load(storage, "tinypareto.confirm")
+    runs = [t for t in companion.trials if t.state == TrialState.COMPLETE]
+    front = sorted(study.best_trials, key=lambda t: -t.values[0])[:2]
+    assert sorted((t.user_attrs["candidate"], t.user_attrs["seed"]) for t in runs) == sorted((c.number, s) for c in front for s in (4, 5))
+    for run in runs:  # trained at the confirmation budget on the validation split, from the export config with its own seed
+        config = run.user_attrs["config"]
+        assert config["seed"] == run.user_attrs["seed"] and config["epochs"] == 3 and len(run.user_attrs["epochs"]) == 3
+        assert run.values[0] == run.user_attrs["epochs"][-1]["val_acc"]
+    confirmed = study.user_attrs["confirmed"]
+    for c in front:
+        accs = [r.values[0] for r in runs if r.user_attrs["candidate"] == c.number]
+        entry = confirmed[str(c.number)]
+        assert entry["mean"] == pytest.approx(sum(accs) / 2) and entry["seeds"] == [4, 5] and entry["complete"]
+    best = max(confirmed, key=lambda n: confirmed[n]["mean"])
+    assert load_config(tmp / "out" / "best.json").name == f"tinypareto-trial{best}"
+    assert "(best confirmed mean)" in stdout and "mean final validation accuracy over seeds 4, 5" in stdout
+
+
+def test_export_target_acc_writes_the_smallest_confirmed_config_or_names_the_closest(pareto_study):
+    tmp, storage, _ = pareto_study
+    confirmed = load(storage).user_attrs["confirmed"]
+    lowest = min(e["mean"] for e in confirmed.values())
+    reaching = min((e["n_params"], n) for n, e in confirmed.items() if e["mean"] >= lowest)
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp"), "--target-acc", f"{lowest - 0.001:.3f}")
+    assert result.returncode == 0, result.stderr
+    written = tmp / "exp" / f"target-{lowest - 0.001:.3f}".rstrip("0").rstrip(".")
+    path = next((tmp / "exp").glob("target-*.json"))
+    assert path.stem == written.name
+    assert count_params(load_config(path)) == reaching[0] and load_config(path).name == f"tinypareto-trial{reaching[1]}"
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp2"), "--target-acc", "100")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    best = max(confirmed.values(), key=lambda e: e["mean"])
+    assert lines[0].startswith("error: no confirmed config of 'tinypareto' reaches 100 %; closest: trial ")
+    assert f"({best['n_params']:,} params): {best['mean']:.2f} ±" in lines[0]
+    assert not (tmp / "exp2").exists() or not list((tmp / "exp2").glob("target-*.json"))
+
+
+def test_confirm_resumes_after_ctrl_c(pareto_study):
+    tmp, storage, _ = pareto_study
+    command = [sys.executable, "-m", "search", "confirm", "--study", "tinypareto", "--storage", storage, "--seeds", "3",
+               "--top", "1", "--out", str(tmp / "conf"), "--device", "cpu"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    companion = load(storage, "tinypareto.confirm")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the new run (seed 6) trains: its data are loaded before it starts
+        running = [t for t in companion.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        if running:
+            break
+        time.sleep(0.2)
+    assert running, process.communicate()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1].startswith("interrupted; the running trial is marked FAIL"), stderr
+    failed = [t for t in companion.get_trials(deepcopy=False) if t.state == TrialState.FAIL]
+    assert [t.user_attrs["seed"] for t in failed] == [6]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "1 of 3 run(s) to train" in result.stdout  # seeds 4 and 5 were kept
+    study = load(storage)
+    top = max(study.best_trials, key=lambda t: t.values[0]).number
+    assert study.user_attrs["confirmed"][str(top)]["seeds"] == [4, 5, 6]
+    assert json.loads((tmp / "conf" / "best.json").read_text())["name"].startswith("tinypareto-trial")
