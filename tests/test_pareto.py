@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, run_cli
+from test_dashboard import CHROMIUM, CHROMIUM_FLAGS, free_port, wait_for_http
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
 from search.study import load_study_spec
 from space.config import ConfigError, count_params, load_config
@@ -179,3 +181,41 @@ def test_confirm_resumes_after_ctrl_c(pareto_study):
     top = max(study.best_trials, key=lambda t: t.values[0]).number
     assert study.user_attrs["confirmed"][str(top)]["seeds"] == [4, 5, 6]
     assert json.loads((tmp / "conf" / "best.json").read_text())["name"].startswith("tinypareto-trial")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is installed by .ci/run")
+def test_dashboard_shows_the_front_without_over_limit_points_and_the_confirmed_table(pareto_study, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _, storage, _ = pareto_study
+    study = load(storage)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--study", "tinypareto", "--storage", storage, "--port", str(port)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{base}/dashboard", process)
+        study_id = study._storage.get_study_id_from_name("tinypareto")
+        # the dashboard computes its own front (it reads no Optuna 5 constraints): only COMPLETE, feasible trials
+        shown = json.loads(wait_for_http(f"{base}/api/studies/{study_id}?after=0", process))
+        front = {t["number"] for t in shown["best_trials"]}
+        feasible = {t.number for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["n_params"] <= 4000}
+        over = {t.number for t in study.trials if t.user_attrs.get("n_params", 0) > 4000}
+        assert front and front <= feasible and not front & over
+        assert front == {t.number for t in study.best_trials}
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/dashboard/studies/{study_id}")
+            page.get_by_text("Pareto Front").first.wait_for(timeout=30_000)
+            page.screenshot(path=str(tmp_path / "dashboard-pareto.png"), full_page=True)
+            page.goto(f"{base}/dashboard/studies/{study_id}/note")
+            page.get_by_text("Confirmed candidates").wait_for(timeout=30_000)
+            confirmed = study.user_attrs["confirmed"]
+            text = page.inner_text("body")
+            for number, entry in confirmed.items():
+                assert f"{entry['mean']:.2f} ± {entry['std']:.2f}" in text
+            browser.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
