@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,9 +48,9 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         try:
             check_shapes(layers)
         except ConfigError as e:  # infeasible however small: the sampler learns the region from the constraint
-            trial.set_constraint("params_over_limit", max(n_params - spec.max_params, 1))
+            _constrain(trial, max(n_params - spec.max_params, 1))
             _prune(trial, f"invalid shape: {e}")
-        trial.set_constraint("params_over_limit", n_params - spec.max_params)  # <= 0: feasible; TPE learns the region
+        _constrain(trial, n_params - spec.max_params)  # <= 0: feasible; TPE learns the region
         if n_params > spec.max_params:
             _prune(trial, f"over the parameter limit: {n_params:,} > {spec.max_params:,}")
 
@@ -107,6 +108,14 @@ def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, star
         trial.set_user_attr("reason", "interrupted (Ctrl-C)")
         raise
     return history
+
+
+def _constrain(trial: optuna.Trial, over_limit: int) -> None:
+    """trial.set_constraint("params_over_limit", ...); a trial re-queued after its worker died
+    already holds the same value (Optuna copies it), and Optuna's warning about it is noise."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The constraint value is ignored")
+        trial.set_constraint("params_over_limit", over_limit)
 
 
 def _prune(trial: optuna.Trial, reason: str) -> float:

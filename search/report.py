@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from search.confirm import confirmed_rows  # noqa: E402
-from search.pareto import front_indices  # noqa: E402
+from search.pareto import front_indices, hypervolume  # noqa: E402
 from search.study import best_trial, export_config  # noqa: E402
 from space import blocks  # noqa: E402
 from space.config import RunConfig, architecture, count_params  # noqa: E402
@@ -81,6 +81,15 @@ def publish_best(study: optuna.Study) -> None:
 
 
 # ---------------------------------------------------------------- report: table and plots
+
+HYPERVOLUME_FLOOR = 90.0  # accuracy (%) below which a point adds nothing to the front's hypervolume
+
+
+def front_hypervolume(study: optuna.Study) -> float:
+    """Area (accuracy points x parameters) the COMPLETE trials dominate above HYPERVOLUME_FLOOR and below the limit."""
+    points = [(t.values[0], t.user_attrs["n_params"]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    return hypervolume(points, (HYPERVOLUME_FLOOR, study.user_attrs["spec"]["max_params"]))
+
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -152,13 +161,14 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
     written = [out / "trials.csv"]
     table.to_csv(written[0], index=False)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
+    warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # the target above is negated for it
     if len(study.directions) > 1:  # Optuna's plots of one objective take a target; the front is its own plot
         accuracy = {"target": lambda t: t.values[0], "target_name": "val acc %"}
         plots = {"pareto_front.png": vis.plot_pareto_front,
                  "optimization_history.png": lambda s: vis.plot_optimization_history(s, **accuracy),
-                 # fANOVA: PED-ANOVA, Optuna's default, reads a target as one to minimise
-                 "param_importances.png": lambda s: vis.plot_param_importances(s, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
-                                                                               **accuracy)}
+                 # PED-ANOVA, Optuna's default evaluator, ranks parameters by how they reach *low* target values
+                 "param_importances.png": lambda s: vis.plot_param_importances(s, target=lambda t: -t.values[0],
+                                                                               target_name="val acc % (negated)")}
     else:
         plots = {"optimization_history.png": vis.plot_optimization_history, "param_importances.png": vis.plot_param_importances,
                  "intermediate_values.png": vis.plot_intermediate_values}
@@ -170,6 +180,10 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
             written.append(out / name)
     plot_params_vs_objective(study, out / "params_vs_objective.png")
     written.append(out / "params_vs_objective.png")
+    if len(study.directions) > 1:
+        limit = study.user_attrs["spec"]["max_params"]
+        print(f"front hypervolume: {front_hypervolume(study):,.0f} (accuracy points x parameters above {HYPERVOLUME_FLOOR:g} % "
+              f"and below {limit:,} parameters)")
     top = table[table["state"] == "COMPLETE"].sort_values("objective", ascending=False).head(5)
     print(f"top 5 of {len(table)} trials in {study.study_name!r} (objective: {study.user_attrs.get('objective', '')}):")
     print(top.drop(columns=["reason", "state"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -219,3 +219,17 @@ def test_dashboard_shows_the_front_without_over_limit_points_and_the_confirmed_t
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_report_of_a_pareto_study_draws_the_front_and_lists_the_confirmed(pareto_study, tmp_path):
+    import pandas as pd
+
+    _, storage, _ = pareto_study
+    result = run_cli("report", "--study", "tinypareto", "--storage", storage, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    assert {"pareto_front.png", "params_vs_objective.png", "param_importances.png"} <= {p.name for p in tmp_path.glob("*.png")}
+    assert "front hypervolume: " in result.stdout
+    confirmed = pd.read_csv(tmp_path / "confirmed.csv")
+    stored = load(storage).user_attrs["confirmed"]
+    assert sorted(confirmed["trial"]) == sorted(int(n) for n, e in stored.items() if e["complete"])
