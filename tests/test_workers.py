@@ -178,3 +178,18 @@ def test_waiting_run_requeues_a_stale_trial_of_another_host(tmp_path, data_dir):
     retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == remote.number]
     assert len(retries) == 1 and retries[0].state in FINISHED
     assert len([t for t in study.trials if t.state in FINISHED]) == 4
+
+
+def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(tmp_path, postgres_url, data_dir):
+    from test_pareto import PARETO
+
+    study_file = tmp_path / "p.toml"
+    study_file.write_text(PARETO.replace('name = "tinypareto"', 'name = "pg-pareto"').replace("trials = 8", "trials = 6"))
+    process = start_run(study_file, "--storage", postgres_url, "--workers", "2", "--out", str(tmp_path / "out"))
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    assert "[worker 0] confirm trial" in stdout or "[worker 1] confirm trial" in stdout
+    companion = optuna.load_study(study_name="pg-pareto.confirm", storage=postgres_url)
+    runs = [(t.user_attrs["candidate"], t.user_attrs["seed"]) for t in companion.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(runs) == len(set(runs)) == len(optuna.load_study(study_name="pg-pareto", storage=postgres_url).user_attrs["confirm_plan"])
+    assert not [t for t in companion.trials if t.state == optuna.trial.TrialState.WAITING]
