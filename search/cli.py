@@ -233,10 +233,12 @@ def cmd_confirm(args: argparse.Namespace) -> None:
     url = storage_of_existing(args.study, args.storage)
     defaults = study.user_attrs["spec"].get("confirm", {})
     top, seeds = args.top or defaults.get("top", 3), args.seeds or defaults.get("seeds", 2)
+    out = args.out or Path("studies") / args.study
+    writable_folder(out, "--out")  # before hours of training, not after
     data_dir = resolve_data_dir(args.data_dir)
     load_mnist(data_dir, train=True)  # a data error before any run is enqueued
     _confirm(study, url, top, seeds, _device(args.device), data_dir, args.workers, defaults.get("subset", 50_000))
-    path = export_best(study, args.out or Path("studies") / args.study)
+    path = export_best(study, out)
     publish_best(study)
     print(f"best config (best confirmed mean) written to {path}")
 
