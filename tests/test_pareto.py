@@ -13,7 +13,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 from test_dashboard import CHROMIUM, CHROMIUM_FLAGS, free_port, wait_for_http
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
 from search.study import load_study_spec
@@ -233,3 +233,10 @@ def test_report_of_a_pareto_study_draws_the_front_and_lists_the_confirmed(pareto
     confirmed = pd.read_csv(tmp_path / "confirmed.csv")
     stored = load(storage).user_attrs["confirmed"]
     assert sorted(confirmed["trial"]) == sorted(int(n) for n, e in stored.items() if e["complete"])
+
+
+def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
+    _, storage, _ = pareto_study
+    assert_one_line_error(run_cli("confirm", "--study", "nope", "--storage", storage), "no study named 'nope'", "tinypareto")
+    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "101"), "--target-acc", "(0, 100]")
+    assert_one_line_error(run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--workers", "2"), "SQLite", "--workers 1")
