@@ -28,7 +28,7 @@ from search.pareto import promoted
 from search.study import (FAMILIES, FINISHED, OBJECTIVE_EPOCHS, StudySpec, config_from_point, export_form, may_prune, rung_subsets,
                           settled_after, spec_to_dict)
 from search.train import DivergedError, train
-from space.config import ConfigError, Layer, architecture, check_shapes, config_to_dict, count_params
+from space.config import ConfigError, architecture, check_shapes, config_to_dict, count_params
 
 
 def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> float | tuple[float, int]:
@@ -40,24 +40,20 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         trial.set_user_attr("reason", reason)
         raise SurplusTrial(reason)
 
-    def refuse_if_infeasible(layers: tuple[Layer, ...]) -> None:
-        """Called as soon as the network is drawn: a refused trial never draws its recipe."""
-        n_params = count_params(layers)  # exact, and needs only the channel counts: valid or not
-        trial.set_user_attr("n_params", n_params)
-        trial.set_user_attr("architecture", architecture(layers))
-        try:
-            check_shapes(layers)
-        except ConfigError as e:  # infeasible however small: the sampler learns the region from the constraint
-            _constrain(trial, max(n_params - spec.max_params, 1))
-            _prune(trial, f"invalid shape: {e}")
-        _constrain(trial, n_params - spec.max_params)  # <= 0: feasible; TPE learns the region
-        if n_params > spec.max_params:
-            _prune(trial, f"over the parameter limit: {n_params:,} > {spec.max_params:,}")
-
-    params = FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs, refuse_if_infeasible)
+    params = FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
     config = config_from_point(spec, params, f"{trial.study.study_name}-trial{trial.number}")
-    n_params = count_params(config)
+    n_params = count_params(config)  # exact, and needs only the channel counts: valid or not
+    trial.set_user_attr("n_params", n_params)
+    trial.set_user_attr("architecture", architecture(config))
     trial.set_user_attr("config", config_to_dict(config))
+    try:
+        check_shapes(config.layers)
+    except ConfigError as e:  # infeasible however small: the sampler learns the region from the constraint
+        _constrain(trial, max(n_params - spec.max_params, 1))
+        return _prune(trial, f"invalid shape: {e}")
+    _constrain(trial, n_params - spec.max_params)  # <= 0: feasible; TPE learns the region
+    if n_params > spec.max_params:
+        return _prune(trial, f"over the parameter limit: {n_params:,} > {spec.max_params:,}")
 
     trial.set_user_attr("seed", config.seed)
     trial.set_user_attr("subset", len(split.train_images))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
@@ -126,11 +126,8 @@ def _float(trial: optuna.Trial, name: str, bounds: tuple[float, float], log: boo
     return trial.suggest_float(name, low, high, log=log) if low < high else low
 
 
-def suggest_params(trial: optuna.Trial, space: Space, epochs: int,
-                   check_layers: Callable[[tuple[Layer, ...]], None] | None = None) -> dict[str, Any]:
-    """Sample one point of `space`, define-by-run: a parameter is suggested only where it applies.
-    `check_layers` sees the network as soon as it is drawn and may raise (an over-limit or
-    invalid network is refused before its recipe is drawn: each draw costs a storage write)."""
+def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, Any]:
+    """Sample one point of `space`, define-by-run: a parameter is suggested only where it applies."""
     p: dict[str, Any] = {"stages": trial.suggest_int("stages", *space.stages)}
     for s in range(1, p["stages"] + 1):
         p[f"s{s}_convs"] = trial.suggest_int(f"s{s}_convs", *space.convs)
@@ -144,10 +141,8 @@ def suggest_params(trial: optuna.Trial, space: Space, epochs: int,
                 p[f"s{s}_transition_width"] = trial.suggest_int(f"s{s}_transition_width", *space.width)
     p["head"] = _choose(trial, "head", space.head)
     p["bias"] = _choose(trial, "bias", space.bias)
-    p["dropout_at"] = _choose(trial, "dropout_at", space.dropout_at)
-    if check_layers is not None:
-        check_layers(layers_from_params(p))
     p["dropout"] = _float(trial, "dropout", space.dropout)
+    p["dropout_at"] = _choose(trial, "dropout_at", space.dropout_at)
     p["optimizer"] = _choose(trial, "optimizer", space.optimizer)
     if p["optimizer"] in ("sgd", "nesterov"):
         p["sgd_lr"] = _float(trial, "sgd_lr", space.sgd_lr, log=True)

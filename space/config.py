@@ -163,27 +163,23 @@ RECIPE_DEFAULTS = (("optimizer", "kind", "sgd"), ("scheduler", "kind", "step"), 
 # ---------------------------------------------------------------- layer arithmetic
 
 
-def layer_rows(config: RunConfig | tuple[Layer, ...]) -> list[tuple[str, Shape, int]]:
-    """(description, output shape, params) for each layer (of a config, or a bare layer list), from the MNIST input on."""
+def layer_rows(config: RunConfig) -> list[tuple[str, Shape, int]]:
+    """(description, output shape, params) for each layer, from the MNIST input on."""
     rows, shape = [], INPUT_SHAPE
-    for layer in _layers(config):
+    for layer in config.layers:
         description, params = layer.describe(shape[0]), layer.n_params(shape[0])
         shape = layer.output_shape(shape)
         rows.append((description, shape, params))
     return rows
 
 
-def _layers(config: RunConfig | tuple[Layer, ...]) -> tuple[Layer, ...]:
-    return config.layers if isinstance(config, RunConfig) else config
-
-
-def architecture(config: RunConfig | tuple[Layer, ...]) -> str:
+def architecture(config: RunConfig) -> str:
     """The layer list in one short line, e.g. "c3-10 c3-15 c1-10 mp2 c3-16 c3-16 c3-16 gap c1-10":
     c{kernel}-{out} is a conv (p{n} added for padding), mp{k} a max-pool, gap the global average
     pool; the log-softmax that ends every network is left out. BatchNorm, ReLU, bias and
     dropout flags are in the full config."""
     parts = []
-    for layer in _layers(config):
+    for layer in config.layers:
         if isinstance(layer, Conv):
             parts.append(f"c{layer.kernel}" + (f"p{layer.padding}" if layer.padding else "") + f"-{layer.out}")
         elif isinstance(layer, MaxPool):
@@ -193,8 +189,8 @@ def architecture(config: RunConfig | tuple[Layer, ...]) -> str:
     return " ".join(parts)
 
 
-def count_params(config: RunConfig | tuple[Layer, ...]) -> int:
-    """Exact number of trainable parameters of the model `config` (or a bare layer list) builds."""
+def count_params(config: RunConfig) -> int:
+    """Exact number of trainable parameters of the model `config` builds."""
     return sum(params for _, _, params in layer_rows(config))
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
-from space.config import Augment, ConfigError, Conv, GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler, check
+from space.config import Augment, ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler, check
 
 WIDTHS = ("conv1", "conv2", "transition", "conv3", "conv4", "conv5")
 FLOAT_RANGES = ("dropout", "lr", "gamma", "rotation", "brightness", "contrast")
@@ -85,13 +85,9 @@ def reference_point(space: Space, epochs: int) -> dict[str, Any] | None:
     return point
 
 
-def suggest_params(trial: optuna.Trial, space: Space, epochs: int,
-                   check_layers: Callable[[tuple[Layer, ...]], None] | None = None) -> dict[str, Any]:
-    """Sample one point of `space`; parameter names are stable (the dashboard shows them).
-    `check_layers` sees the network as soon as its widths are drawn and may raise."""
+def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, Any]:
+    """Sample one point of `space`; parameter names are stable (the dashboard shows them)."""
     params: dict[str, Any] = {f"{w}_width": trial.suggest_int(f"{w}_width", *getattr(space, w)) for w in WIDTHS}
-    if check_layers is not None:
-        check_layers(layers_from_widths(params))
     params["dropout"] = trial.suggest_float("dropout", *space.dropout)
     params["lr"] = trial.suggest_float("lr", *space.lr, log=True)
     params["step_size"] = trial.suggest_int("step_size", 1, epochs)
@@ -101,22 +97,18 @@ def suggest_params(trial: optuna.Trial, space: Space, epochs: int,
     return params
 
 
-def layers_from_widths(params: dict[str, Any]) -> tuple[Layer, ...]:
-    """The step-3 topology with the widths of `params`."""
+def config_from_params(params: dict[str, Any], *, epochs: int, batch_size: int = 128, momentum: float = 0.9,
+                       weight_decay: float = 0.0, seed: int = 1, name: str = "") -> RunConfig:
+    """The step-3 topology with the widths and hyper-parameters of `params`."""
     w = {name: params[f"{name}_width"] for name in WIDTHS}
     block = dict(kernel=3, bn=True, relu=True, dropout=True)
-    return (
+    layers = (
         Conv(w["conv1"], **block), Conv(w["conv2"], **block), Conv(w["transition"], kernel=1), MaxPool(2),
         Conv(w["conv3"], **block), Conv(w["conv4"], **block), Conv(w["conv5"], **block),
         GlobalAvgPool(), Conv(10, kernel=1), LogSoftmax(),
     )
-
-
-def config_from_params(params: dict[str, Any], *, epochs: int, batch_size: int = 128, momentum: float = 0.9,
-                       weight_decay: float = 0.0, seed: int = 1, name: str = "") -> RunConfig:
-    """The step-3 topology with the widths and hyper-parameters of `params`."""
     return RunConfig(
-        layers=layers_from_widths(params), dropout=params["dropout"],
+        layers=layers, dropout=params["dropout"],
         optimizer=Optimizer(lr=params["lr"], momentum=momentum, weight_decay=weight_decay),
         scheduler=Scheduler(step_size=params["step_size"], gamma=params["gamma"]),
         epochs=epochs, batch_size=batch_size,
