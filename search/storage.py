@@ -59,12 +59,9 @@ def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRA
         interval, grace = heartbeat
         for attempt in range(3):  # workers started together race to create the tables; the losers just retry
             try:
-                storage = RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
-                                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
-                                     engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
-                if url.startswith("sqlite"):
-                    commit_without_waiting_for_the_disk(storage.engine)
-                return storage
+                return RDBStorage(url, heartbeat_interval=interval, grace_period=grace,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                                  engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
             except Exception as e:
                 if attempt == 2 or "duplicate key" not in str(e) and "already exists" not in str(e):
                     raise
@@ -74,23 +71,6 @@ def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRA
     except Exception as e:  # SQLAlchemy's errors: bad URL, refused connection, bad password, missing database
         reason = mask_password(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         raise UsageError(f"cannot open storage {mask_password(url)} ({reason[:200]}); check the URL and that the server is up") from None
-
-
-def commit_without_waiting_for_the_disk(engine) -> None:
-    """SQLite in WAL mode with synchronous=NORMAL: a commit no longer waits for the disk. Every
-    suggested parameter is a commit, so a refused trial of the blocks family (about 30 of them)
-    spent most of its time in fsync. Still safe for several processes; a power loss (not a
-    crash of the process) can lose the last commits but not damage the file."""
-    from sqlalchemy import event
-
-    def pragmas(connection, _record) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    event.listen(engine, "connect", pragmas)
-    engine.dispose()  # connections opened before the listener get the pragmas too
 
 
 def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
