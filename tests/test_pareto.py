@@ -14,6 +14,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import ROOT, assert_one_line_error, run_cli
+from test_study import TINY
 from test_dashboard import CHROMIUM, CHROMIUM_FLAGS, free_port, wait_for_http
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
 from search.study import load_study_spec
@@ -41,14 +42,7 @@ seeds = 2
 after_run = true
 subset = 512
 
-[space]
-conv1 = [4, 16]
-conv2 = [4, 16]
-transition = [4, 16]
-conv3 = [4, 16]
-conv4 = [4, 16]
-conv5 = [4, 16]
-"""
+""" + TINY[TINY.index("[space]"):]  # the step-3 space of the tiny accuracy study
 
 
 def test_front_promotion_and_hypervolume_by_hand():
