@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import replace
 
 import optuna
@@ -52,15 +53,13 @@ def confirmation_seeds(study: optuna.Study, count: int) -> list[int]:
 
 def open_companion(study: optuna.Study) -> optuna.Study:
     """The study holding `study`'s confirmation runs, created on first use."""
-    with_metrics = optuna.create_study(study_name=companion_name(study.study_name), storage=study._storage,
-                                       directions=["maximize", "minimize"], load_if_exists=True)
-    if not with_metrics.metric_names:
-        import warnings
-
+    companion = optuna.create_study(study_name=companion_name(study.study_name), storage=study._storage,
+                                    directions=["maximize", "minimize"], load_if_exists=True)
+    if not companion.metric_names:
         with warnings.catch_warnings():  # Optuna marks metric names experimental; the dashboard shows them
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            with_metrics.set_metric_names(["final val acc %", "params"])
-    return with_metrics
+            companion.set_metric_names(["final val acc %", "params"])
+    return companion
 
 
 def plan(study: optuna.Study, companion: optuna.Study, top: int, seeds: int) -> list[tuple[int, int]]:
