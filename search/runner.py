@@ -104,7 +104,7 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
         super().before_trial(study, trial)
 
 
-def seed_sampler(study: optuna.Study, spec: StudySpec, first: bool, index: int = 0) -> None:
+def seed_sampler(study: optuna.Study, spec: StudySpec, url: str, first: bool, index: int = 0) -> None:
     """TPE, seeded from the study, never from the process: the process that created the study
     uses the study's seed as a plain TPESampler seed; every later start (a resumed run, worker
     `index` of several, a run on another machine) reseeds TPE at each trial from the study's
@@ -113,10 +113,15 @@ def seed_sampler(study: optuna.Study, spec: StudySpec, first: bool, index: int =
     when they start at the same moment and see the same trials."""
     # Optuna 5's TPE is multivariate for one objective; parameters that exist only in some
     # trials (the blocks family's) are then sampled independently unless group=True
+    # TPE's constant liar (Optuna's default) counts other processes' running trials as bad
+    # ones; it re-reads every trial for every parameter, which made most of a refused trial's
+    # cost. Only a journal file or an RDB server lets several processes run trials at once; on
+    # SQLite this process's own trial is the only one running, so the liar would change nothing.
+    options = {"group": spec.tpe_group, "constant_liar": not url.startswith("sqlite")}
     if first and index == 0:
-        study.sampler = optuna.samplers.TPESampler(seed=spec.seed, group=spec.tpe_group)
+        study.sampler = optuna.samplers.TPESampler(seed=spec.seed, **options)
     else:
-        study.sampler = TrialSeededTPE(spec.seed, group=spec.tpe_group)
+        study.sampler = TrialSeededTPE(spec.seed, **options)
 
 
 def run_worker(spec: StudySpec, study: optuna.Study, split_loader, out: Path, timeout: float | None,
@@ -166,7 +171,7 @@ def run_workers(spec: StudySpec, study: optuna.Study, created: bool, url: str, o
     """Run the study in this process (with `split_loader`'s data), or in `workers` processes that
     share it through `url` and load their own data."""
     if workers == 1:
-        seed_sampler(study, spec, created)
+        seed_sampler(study, spec, url, created)
         run_worker(spec, study, split_loader, out, timeout)
         return
     context = multiprocessing.get_context("spawn")  # CUDA and a clean torch in every worker
@@ -252,7 +257,7 @@ def worker_main(spec: StudySpec, url: str, out: Path, device: str, data_dir: Pat
     tqdm.set_lock(threading.RLock())
     storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
     study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner))
-    seed_sampler(study, spec, created, index)
+    seed_sampler(study, spec, url, created, index)
     split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset)  # noqa: E731
     try:
         run_worker(spec, study, split_loader, out, timeout, show_bar=False, label=f"[worker {index}] ")
