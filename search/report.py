@@ -102,6 +102,24 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def refused_summary(table: pd.DataFrame) -> str | None:
+    """How fast the sampler learns the feasible region: the share of trials refused before
+    training (over the limit, invalid shape) among the first and the last 50 (or halves of a
+    shorter study), and what a refused trial cost."""
+    over = table["reason"].str.startswith("over the parameter limit")
+    invalid = table["reason"].str.startswith("invalid shape")
+    if len(table) < 2 or not (over | invalid).any():
+        return None
+    k = min(50, len(table) // 2)
+
+    def shares(rows: slice) -> str:
+        return f"{over[rows].mean():.0%} over the limit, {invalid[rows].mean():.0%} invalid"
+
+    seconds = table.loc[over | invalid, "seconds"]
+    return (f"refused before training: {shares(slice(0, k))} in the first {k} trials; {shares(slice(len(table) - k, None))} "
+            f"in the last {k}; a refused trial took {seconds.median():.3f} s (median of {len(seconds)})")
+
+
 def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:
     """Accuracy against parameters: every trained trial, the front of the COMPLETE ones, the
     confirmed means (± std), the limit and the hand-made reference's size."""
@@ -162,6 +180,7 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
     table.to_csv(written[0], index=False)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
     warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # the target above is negated for it
+    warnings.filterwarnings("ignore", message="Some regimes for parameter")  # conditional parameters are rare in some regimes
     if len(study.directions) > 1:  # Optuna's plots of one objective take a target; the front is its own plot
         accuracy = {"target": lambda t: t.values[0], "target_name": "val acc %"}
         plots = {"pareto_front.png": vis.plot_pareto_front,
@@ -184,6 +203,9 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
         limit = study.user_attrs["spec"]["max_params"]
         print(f"front hypervolume: {front_hypervolume(study):,.0f} (accuracy points x parameters above {HYPERVOLUME_FLOOR:g} % "
               f"and below {limit:,} parameters)")
+    refused = refused_summary(table)
+    if refused:
+        print(refused)
     top = table[table["state"] == "COMPLETE"].sort_values("objective", ascending=False).head(5)
     print(f"top 5 of {len(table)} trials in {study.study_name!r} (objective: {study.user_attrs.get('objective', '')}):")
     print(top.drop(columns=["reason", "state"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

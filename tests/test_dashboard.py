@@ -145,3 +145,8 @@ def test_report_writes_csv_plots_and_top5(study_dir, tmp_path):
     assert len(pngs) >= 4, result.stdout
     assert all((tmp_path / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     assert "top 5" in result.stdout and str(study.best_trial.number) in result.stdout
+    over = [t.user_attrs.get("reason", "").startswith("over the parameter limit") for t in study.trials]
+    assert any(over)  # the tiny study's limit refuses some of its points
+    half = len(over) // 2
+    assert (f"refused before training: {sum(over[:half]) / half:.0%} over the limit, 0% invalid in the first {half} trials; "
+            f"{sum(over[-half:]) / half:.0%} over the limit, 0% invalid in the last {half}; a refused trial took") in result.stdout
