@@ -83,8 +83,8 @@ def _commit_without_waiting_for_the_disk(storage: RDBStorage) -> None:
     SQLite's defaults each commit waits for the disk: a refused trial of the blocks family (about
     30 parameters) spent most of its time there. In WAL mode a crash of the process loses
     nothing committed and a power loss can lose the last commits but not damage the file.
-    The engine is closed at exit: the last connection to close folds the -wal file back into
-    study.db and deletes it, so a finished command leaves one file, as before."""
+    At exit the -wal file is folded back into study.db (a checkpoint), even while another
+    process still has the study open, so a finished command leaves its work in study.db."""
 
     def pragmas(connection, _record) -> None:
         cursor = connection.cursor()
@@ -92,9 +92,17 @@ def _commit_without_waiting_for_the_disk(storage: RDBStorage) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    def checkpoint() -> None:
+        try:
+            with storage.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception:  # a reader elsewhere holds the WAL: the next command folds it in
+            pass
+        storage.engine.dispose()
+
     event.listen(storage.engine, "connect", pragmas)
     storage.engine.dispose()  # connections opened before the listener get the pragmas too
-    atexit.register(storage.engine.dispose)
+    atexit.register(checkpoint)
 
 
 def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
