@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -416,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # `kill -INT` acts as Ctrl-C even in a process started in the background (nohup, `cmd &` in a
+    # script), which inherits SIGINT ignored; the workers (search/runner.py) do the same
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args.func(args)
     except (ConfigError, DataError, UsageError) as e:

@@ -236,6 +236,7 @@ def confirm(study: optuna.Study, url: str, top: int, seeds: int, device, data_di
 
 def confirm_worker_main(name: str, url: str, device: str, data_dir: Path, index: int, threads: int | None, subset: int) -> None:
     """One of several confirmation worker processes."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see search/cli.py main
     if threads:
         torch.set_num_threads(threads)
     tqdm.set_lock(threading.RLock())  # see worker_main
@@ -250,6 +251,7 @@ def confirm_worker_main(name: str, url: str, device: str, data_dir: Path, index:
 def worker_main(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, timeout: float | None,
                 index: int, created: bool, threads: int | None) -> None:
     """One of several worker processes: open the shared storage and run trials until the count is reached."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see search/cli.py main
     if threads:
         torch.set_num_threads(threads)
     # tqdm's default lock is a multiprocessing semaphore; a worker killed while holding one
