@@ -111,12 +111,12 @@ def seed_sampler(study: optuna.Study, spec: StudySpec, url: str, first: bool, in
     seed and the trial's number (TrialSeededTPE). So the same command on the same study
     continues the same way, while processes running at once propose different points, even
     when they start at the same moment and see the same trials."""
-    # Optuna 5's TPE is multivariate for one objective; parameters that exist only in some
-    # trials (the blocks family's) are then sampled independently unless group=True
-    # TPE's constant liar (Optuna's default) counts other processes' running trials as bad
-    # ones; it re-reads every trial for every parameter, which made most of a refused trial's
-    # cost. Only a journal file or an RDB server lets several processes run trials at once; on
-    # SQLite this process's own trial is the only one running, so the liar would change nothing.
+    # group: Optuna 5's TPE is multivariate for one objective; parameters that exist only in
+    # some trials (the blocks family's) are then sampled independently unless group=True.
+    # constant_liar (Optuna's default) counts other processes' running trials as bad ones and
+    # re-reads every trial for every parameter, most of a refused trial's cost. Only a journal
+    # file or an RDB server lets several processes run trials at once; on SQLite this process's
+    # own trial is the only one running, so the liar would change nothing there.
     options = {"group": spec.tpe_group, "constant_liar": not url.startswith("sqlite")}
     if first and index == 0:
         study.sampler = optuna.samplers.TPESampler(seed=spec.seed, **options)

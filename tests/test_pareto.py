@@ -154,9 +154,7 @@ def test_confirm_resumes_after_ctrl_c(pareto_study):
     tmp, storage, _ = pareto_study
     command = [sys.executable, "-m", "search", "confirm", "--study", "tinypareto", "--storage", storage, "--seeds", "3",
                "--top", "1", "--out", str(tmp / "conf"), "--device", "cpu"]
-    # Ctrl-C's default action even when the tests run as a background job (which ignores SIGINT)
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     companion = load(storage, "tinypareto.confirm")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until the new run (seed 6) trains: its data are loaded before it starts
