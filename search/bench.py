@@ -1,8 +1,9 @@
 """`bench`: our training pipeline against the seed's, side by side, in one process.
 
 The seed's pipeline is its own code: PIL transforms per sample in a 2-worker DataLoader,
-feeding the step-3 model built with torch's nn.Dropout. Ours is `train_epoch`: the data on
-the device as one tensor, whole batches augmented at once, the packed-bits dropout. Both
+feeding the step-3 model built with torch's nn.Dropout and nn.Conv2d. Ours is `train_epoch`:
+the data on the device as one tensor, whole batches augmented at once, the packed-bits
+dropout and our Conv2d's weight gradient. Both
 train for the same number of steps of 128 images. Rounds alternate (seed's, ours, seed's,
 ours, ...) so that both see the same machine state, and each pair of rounds gives one
 ratio; the median over many pairs is what a noisy shared machine cannot move much. The
@@ -60,7 +61,7 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
     batches = forever()
 
     def seed_style_round(n_steps: int) -> float:
-        model = build_model(config, dropout=nn.Dropout).to(device)
+        model = build_model(config, dropout=nn.Dropout, conv=nn.Conv2d).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         model.train()
         start = time.perf_counter()
@@ -97,7 +98,7 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
         ratios.append(our_rates[-1] / seed_rates[-1])
         print(f"round {r:>2}: seed's {seed_rates[-1]:7.0f} img/s   ours {our_rates[-1]:7.0f} img/s   ratio {ratios[-1]:.2f}", flush=True)
     ratio = statistics.median(ratios)
-    print(f"seed's (PIL + DataLoader with 2 workers, nn.Dropout): {statistics.median(seed_rates):.0f} img/s (median of {rounds})")
+    print(f"seed's (PIL + DataLoader with 2 workers, nn.Dropout, nn.Conv2d): {statistics.median(seed_rates):.0f} img/s (median of {rounds})")
     our_rate = statistics.median(our_rates)
     print(f"ours (device-resident data, batched augmentation, packed-bits dropout): {our_rate:.0f} img/s (median of {rounds}), "
           f"{1000 * config.batch_size / our_rate:.1f} ms a training step")
