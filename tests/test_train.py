@@ -234,7 +234,6 @@ def test_conv2d_has_nn_conv2ds_output_and_gradients(in_channels, kernel, padding
         assert torch.allclose(ours.bias.grad, theirs.bias.grad, rtol=0, atol=1e-12)
 
 
-
 @pytest.mark.parametrize("input_needs_grad", [False, True])  # False: the first layer, whose input is the images
 def test_conv2d_gradients_pass_gradcheck(input_needs_grad):
     torch.manual_seed(0)
