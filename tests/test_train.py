@@ -223,11 +223,11 @@ def test_conv2d_has_nn_conv2ds_output_and_gradients(in_channels, kernel, padding
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(5, in_channels, 9, 9, dtype=torch.double)
     x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out = ours(x_ours)
-    assert torch.equal(out, theirs(x_theirs))
+    out, out_theirs = ours(x_ours), theirs(x_theirs)
+    assert torch.equal(out, out_theirs)
     grad = torch.randn_like(out)
     out.backward(grad)
-    theirs(x_theirs).backward(grad)
+    out_theirs.backward(grad)
     assert torch.equal(x_ours.grad, x_theirs.grad)
     assert torch.allclose(ours.weight.grad, theirs.weight.grad, rtol=0, atol=1e-12)  # summed in another order
     if bias:
