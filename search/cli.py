@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from search.errors import DataError, TargetMissed, UsageError, WorkerDied
+from search.errors import DataError, Diverged, TargetMissed, UsageError, WorkerDied
 from space.config import DEFAULT_MAX_PARAMS, ConfigError, RunConfig, count_params, layer_rows, load_config
 
 
@@ -95,8 +95,12 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         trial = _trial(study, args.trial)
         source = f"study {args.study!r} trial {trial.number}"
         if args.as_trained:  # exactly as the study trained it: same split, subset, seed, epochs and CPU threads
-            config, validation, subset = trial_config(trial), True, trial.user_attrs["subset"]
-            seeds = [config.seed]
+            if "subset" not in trial.user_attrs:
+                raise UsageError(f"trial {trial.number} of {args.study!r} was never trained ({trial.user_attrs.get('reason', trial.state.name)}); "
+                                 f"--as-trained needs a trial that trained")
+            config, validation, seeds = trial_config(trial), True, [trial_config(trial).seed]
+            # a Pareto trial's record is the curve of the last rung it trained (a stopped one: the rung it stopped at)
+            subset = trial.user_attrs["rungs"][-1]["images"] if trial.user_attrs.get("rungs") else trial.user_attrs["subset"]
             if "threads" in trial.user_attrs and _device(args.device).type == "cpu":
                 import torch
 
@@ -111,11 +115,13 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     writable_folder(out.parent, "--out")
     split = load_split(resolve_data_dir(args.data_dir), _device(args.device), validation=validation, subset=subset)
     record = reproduce(config, seeds, split, out)
+    if not record["runs"]:
+        raise Diverged(f"{source}: training diverged on every seed ({', '.join(map(str, seeds))}); lower its learning rate")
     if args.as_trained:
         recorded = [m["val_acc"] for m in trial.user_attrs.get("epochs", [])]
         now = [m["val_acc"] for m in record["runs"][0]["epochs"]]
         same = now[: len(recorded)] == recorded
-        print(f"recorded val acc per epoch: {recorded}")
+        print(f"recorded val acc per epoch ({subset:,} training images): {recorded}")
         print(f"matches the study's record exactly: {'yes' if same else 'NO'}")
 
 
@@ -144,7 +150,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _trial(study, number: int | None):
-    from search.study import best_trial
+    from search.confirm import best_trial
 
     if number is None:
         return best_trial(study)
@@ -161,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     from search.report import publish_best
     from search.storage import default_storage, fail_stale, heartbeat_enabled, open_storage, stale_trials
     from search.runner import create_or_resume, run_workers, trial_line
-    from search.study import best_trial, load_study_spec
+    from search.confirm import best_trial
+    from search.study import load_study_spec
 
     options = {"name": ("--study", args.study), "trials": ("--trials", args.trials), "max_params": ("--max-params", args.max_params),
                "seed": ("--seed", args.seed), "training.epochs": ("--epochs", args.epochs), "training.subset": ("--subset", args.subset)}
@@ -210,7 +217,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from search.export import export_best, export_target
     from search.storage import load_existing_study
 
-    from search.study import best_trial
+    from search.confirm import best_trial
 
     study = load_existing_study(args.study, args.storage)
     best_trial(study)  # a study with nothing to export is refused before any folder is made
@@ -361,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("export", help="write a study's best trial as best.json")
     existing_study(p)
-    p.add_argument("--target-acc", type=option_type(float, lambda v: 0 < v <= 100, "a percentage in (0, 100]"),
+    p.add_argument("--target-acc", type=option_type(float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]"),
                    help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json")
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
     p.set_defaults(func=cmd_export)
@@ -425,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (WorkerDied, TargetMissed) as e:
+    except (WorkerDied, TargetMissed, Diverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

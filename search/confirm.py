@@ -2,16 +2,18 @@
 
 A search ranks its trials on one seed at a low fidelity, which is partly a ranking of luck.
 `confirm` retrains the candidates (the Pareto front's most accurate points, or the top
-trials of an accuracy study) for the export epoch count on all 50,000 training images of
-the split, once per confirmation seed, and measures the final validation accuracy (the test
-set stays unseen).
+trials of an accuracy study) for the export epoch count on the training images of the split
+that [confirm] subset says (all of them by default), once per confirmation seed, and
+measures the final validation accuracy (the test set stays unseen).
 
-Each (candidate, seed) run is a trial of a companion study, NAME.confirm, in the same
-storage: Optuna hands each WAITING run to exactly one worker, marks a run interrupted by
-Ctrl-C FAIL, and the next `confirm` enqueues again what has no result, so confirmation
-resumes, runs under several workers and on PostgreSQL like the search. The dashboard lists
-the companion study with every run; the mean ± std per candidate is stored in the search
-study (user attribute "confirmed") and shown in its note and by `report`.
+Each (candidate, seed, epochs, images) run is a trial of a companion study, NAME.confirm, in
+the same storage: Optuna hands each WAITING run to exactly one worker, marks a run
+interrupted by Ctrl-C FAIL, and the next `confirm` enqueues again what has no result, so
+confirmation resumes, runs under several workers and on PostgreSQL like the search. A run
+whose loss diverges is kept as such and counts against its candidate. The dashboard lists
+the companion study with every run; the mean ± std per candidate (every candidate ever
+confirmed) is stored in the search study (user attribute "confirmed") and shown in its note
+and by `report`.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import optuna
 from optuna.trial import TrialState
 
 from search.data import Split
+from search.errors import UsageError
 from search.storage import fail_stale, worker_id, worker_is_gone
 from search.study import export_config
-from search.train import log_line, train
+from search.train import DivergedError, log_line, train
 from space.config import config_from_dict, config_to_dict
 
 
@@ -62,25 +65,42 @@ def open_companion(study: optuna.Study) -> optuna.Study:
     return companion
 
 
-def plan(study: optuna.Study, companion: optuna.Study, top: int, seeds: int) -> list[tuple[int, int]]:
-    """Enqueue every (candidate, seed) run that has no result, is not waiting and is not running
-    in a live worker; returns all runs of the plan. Runs of dead local workers are marked FAIL."""
+def plan(study: optuna.Study, companion: optuna.Study, top: int, seeds: int, images: int) -> list[tuple[int, int]]:
+    """Enqueue every (candidate, seed) run at this budget (the export epochs, `images` training
+    images) that has no result, is not waiting and is not running in a live worker; returns all
+    runs of the plan. Runs of dead local workers are marked FAIL. A run is identified by all that
+    decides its result (candidate, seed, epochs, images), so a changed budget never reuses
+    another budget's results. The plan is merged into the study's "confirm_plans" (one entry per
+    candidate ever confirmed), so a later, smaller `confirm` keeps the earlier candidates."""
     runs = companion.get_trials(deepcopy=False)
     stale = [t for t in runs if t.state == TrialState.RUNNING and worker_is_gone(t)]
     fail_stale(companion, stale, by="confirm")
-    held = {(t.user_attrs.get("candidate"), t.user_attrs.get("seed")) for t in runs
-            if t.state in (TrialState.COMPLETE, TrialState.WAITING) or (t.state == TrialState.RUNNING and t not in stale)}
+    held = {run_key(t.user_attrs) for t in runs
+            if t.state in (TrialState.COMPLETE, TrialState.WAITING) or (t.state == TrialState.PRUNED and "diverged" in t.user_attrs)
+            or (t.state == TrialState.RUNNING and t not in stale)}
+    plans = dict(study.user_attrs.get("confirm_plans", {}))
     wanted = []
     for trial in candidates(study, top):
         config = export_config(study, trial)
-        for seed in confirmation_seeds(study, seeds):
+        budget = {"epochs": config.epochs, "images": images}
+        earlier = plans.get(str(trial.number), {})
+        same_budget = {k: earlier.get(k) for k in budget} == budget
+        planned = sorted(set(confirmation_seeds(study, seeds)) | set(earlier.get("seeds", []) if same_budget else []))
+        plans[str(trial.number)] = {"seeds": planned, **budget}
+        for seed in planned:
             wanted.append((trial.number, seed))
-            if (trial.number, seed) not in held:
+            attrs = {"candidate": trial.number, "seed": seed, "budget": budget}
+            if run_key(attrs) not in held:
                 seeded = replace(config, seed=seed, name=f"{config.name}-seed{seed}")
-                companion.enqueue_trial({}, user_attrs={"candidate": trial.number, "seed": seed, "n_params": trial.user_attrs["n_params"],
-                                                        "config": config_to_dict(seeded)})
-    study.set_user_attr("confirm_plan", [list(run) for run in wanted])
+                companion.enqueue_trial({}, user_attrs={**attrs, "n_params": trial.user_attrs["n_params"], "config": config_to_dict(seeded)})
+    study.set_user_attr("confirm_plans", plans)
     return wanted
+
+
+def run_key(attrs: dict) -> tuple:
+    """What decides a confirmation run's result: (candidate, seed, epochs, training images)."""
+    budget = attrs.get("budget", {})
+    return attrs.get("candidate"), attrs.get("seed"), budget.get("epochs"), budget.get("images")
 
 
 class NoRunLeft(Exception):
@@ -88,7 +108,9 @@ class NoRunLeft(Exception):
 
 
 def confirm_objective(trial: optuna.Trial, split: Split) -> tuple[float, int]:
-    """Train one (candidate, seed) run; its values are the final validation accuracy and the size."""
+    """Train one (candidate, seed) run; its values are the final validation accuracy and the size.
+    A run whose loss diverges is PRUNED with the reason in its "diverged" attribute: it counts
+    against its candidate and is not retried (on the CPU it would diverge again)."""
     if "candidate" not in trial.user_attrs:
         trial.set_user_attr("reason", "no confirmation run was left to take")
         raise NoRunLeft()
@@ -104,6 +126,11 @@ def confirm_objective(trial: optuna.Trial, split: Split) -> tuple[float, int]:
 
     try:
         train(config, split, on_epoch=on_epoch, progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}")
+    except DivergedError as e:
+        trial.set_user_attr("diverged", str(e))
+        trial.set_user_attr("reason", f"diverged: {e}")
+        trial.set_user_attr("seconds", time.perf_counter() - start)
+        raise optuna.TrialPruned(str(e)) from None
     except KeyboardInterrupt:  # Optuna marks the run FAIL and re-raises; the next `confirm` enqueues it again
         trial.set_user_attr("reason", "interrupted (Ctrl-C)")
         raise
@@ -115,10 +142,13 @@ def run_confirmations(companion: optuna.Study, split_loader, label: str = "") ->
     split = None
 
     def after_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        a = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
-            a = trial.user_attrs
             log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: final val acc {trial.values[0]:.2f}% "
                      f"({a['n_params']:,} params, {a['seconds']:.0f} s)")
+        elif "diverged" in a:
+            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: DIVERGED ({a['diverged']}); "
+                     f"counted against the candidate, not retried")
 
     while companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         split = split or split_loader()
@@ -127,41 +157,80 @@ def run_confirmations(companion: optuna.Study, split_loader, label: str = "") ->
 
 
 def summarize(study: optuna.Study, companion: optuna.Study) -> dict[str, dict]:
-    """Mean ± std of the final validation accuracy per candidate of the plan, stored in `study`
-    (user attribute "confirmed", keyed by trial number) and returned."""
-    plan = [tuple(run) for run in study.user_attrs.get("confirm_plan", [])]
-    results: dict[int, dict[int, float]] = {}
-    sizes: dict[int, int] = {}
-    for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        results.setdefault(t.user_attrs["candidate"], {})[t.user_attrs["seed"]] = t.values[0]
-        sizes[t.user_attrs["candidate"]] = t.user_attrs["n_params"]
+    """Mean ± std of the final validation accuracy of every candidate ever planned, at the
+    budget of its plan, stored in `study` (user attribute "confirmed", keyed by trial number)
+    and returned. Diverged runs are listed per seed with their reason; the mean is over the
+    others."""
+    plans = study.user_attrs.get("confirm_plans", {})
+    finished: dict[tuple, optuna.trial.FrozenTrial] = {}
+    for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs:
+            finished[run_key(t.user_attrs)] = t
     summary = {}
-    for number in dict.fromkeys(n for n, _ in plan):
-        planned = [seed for n, seed in plan if n == number]
-        accs = [results.get(number, {})[seed] for seed in planned if seed in results.get(number, {})]
-        if accs:
-            summary[str(number)] = {"n_params": sizes[number], "mean": statistics.mean(accs),
-                                    "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                                    "seeds": [s for s in planned if s in results[number]], "planned_seeds": planned,
-                                    "complete": len(accs) == len(planned)}
+    for number, p in plans.items():
+        runs = {seed: finished[key] for seed in p["seeds"] if (key := (int(number), seed, p["epochs"], p["images"])) in finished}
+        if not runs:
+            continue
+        accs = {seed: t.values[0] for seed, t in runs.items() if t.state == TrialState.COMPLETE}
+        summary[number] = {"n_params": next(iter(runs.values())).user_attrs["n_params"],
+                           "mean": statistics.mean(accs.values()) if accs else None,
+                           "std": statistics.stdev(accs.values()) if len(accs) > 1 else 0.0,
+                           "seeds": sorted(accs), "planned_seeds": p["seeds"],
+                           "diverged": {str(seed): t.user_attrs["diverged"] for seed, t in runs.items() if t.state != TrialState.COMPLETE},
+                           "complete": len(runs) == len(p["seeds"]), "epochs": p["epochs"], "images": p["images"]}
     study.set_user_attr("confirmed", summary)
     return summary
 
 
 def confirmed_rows(study: optuna.Study) -> list[dict]:
-    """The fully confirmed candidates (every planned seed done), smallest first."""
-    rows = [{"trial": int(n), **e} for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
-    return sorted(rows, key=lambda r: (r["n_params"], -r["mean"]))
+    """The fully confirmed candidates (every planned seed done), smallest first; those with a
+    diverged run are listed too (see `holds`)."""
+    # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded)
+    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, **e}
+            for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
+    return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
+
+
+def holds(row: dict) -> bool:
+    """A candidate can be chosen (best.json, --target-acc) only when none of its runs diverged."""
+    return not row.get("diverged") and row["mean"] is not None
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The candidate with the best confirmed mean (every planned seed done, none diverged) when
+    there is one; else the best trial of the search (of a Pareto study: the most accurate point
+    of its front)."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run it longer (python -m search run ...)")
+    confirmed = {r["trial"]: r["mean"] for r in confirmed_rows(study) if holds(r)}
+    if confirmed:
+        return study.get_trials(deepcopy=False)[max(confirmed, key=confirmed.get)]
+    if len(study.directions) > 1:
+        return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
+    return study.best_trial
 
 
 def target_row(rows: list[dict], target: float) -> tuple[dict | None, dict | None]:
-    """(the smallest confirmed candidate whose mean reaches `target`, None) or (None, the one that comes closest)."""
-    reaching = [r for r in rows if r["mean"] >= target]
+    """(the smallest confirmed candidate whose mean reaches `target`, None) or (None, the one that
+    comes closest); a candidate with a diverged run is never chosen."""
+    eligible = [r for r in rows if holds(r)]
+    reaching = [r for r in eligible if r["mean"] >= target]
     if reaching:
         return min(reaching, key=lambda r: (r["n_params"], -r["mean"])), None
-    return None, max(rows, key=lambda r: r["mean"], default=None)
+    return None, max(eligible, key=lambda r: r["mean"], default=None)
+
+
+def budget(row: dict) -> str:
+    if row["epochs"] is None:
+        return "budget not recorded"
+    return f"{row['epochs']} epochs on {row['images']:,} training images"
 
 
 def format_row(row: dict) -> str:
-    return (f"trial {row['trial']} ({row['n_params']:,} params): {row['mean']:.2f} ± {row['std']:.2f} % mean final validation "
-            f"accuracy over seeds {', '.join(map(str, row['seeds']))}")
+    text = f"trial {row['trial']} ({row['n_params']:,} params): "
+    if row["seeds"]:
+        text += (f"{row['mean']:.2f} ± {row['std']:.2f} % mean final validation accuracy over seeds {', '.join(map(str, row['seeds']))}")
+    diverged = row.get("diverged", {})
+    if diverged:
+        text += ("; " if row["seeds"] else "") + "DIVERGED on seed " + ", ".join(f"{s} ({why})" for s, why in diverged.items())
+    return text + f" ({budget(row)})"

@@ -17,3 +17,7 @@ class WorkerDied(Exception):
 
 class TargetMissed(Exception):
     """`export --target-acc`: no confirmed config reaches the target (exit code 1; the message names the closest)."""
+
+
+class Diverged(Exception):
+    """`reproduce`: the training loss diverged on every seed (exit code 1)."""

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import optuna
 
-from search.confirm import confirmed_rows, format_row, target_row
+from search.confirm import best_trial, confirmed_rows, format_row, target_row
 from search.errors import TargetMissed, UsageError
-from search.study import best_trial, export_config
+from search.study import export_config
 from space.config import save_config
 
 

@@ -5,8 +5,9 @@ Both sit next to the run record they belong to and are named after it
 `...-seed1.onnx`). The ONNX graph takes what `torchvision.transforms.ToTensor` gives, float
 pixels in [0, 1] of shape (batch, 1, 28, 28) with any batch size, normalises them itself and
 returns log-probabilities (batch, 10), so it runs without this tool. The `.safetensors`
-file holds the state dict of `build_model(config)`; its metadata and the ONNX file's carry
-the config JSON, so either file names its own architecture.
+file holds the state dict of `build_model(config)`, the bare network, which takes
+normalised pixels. Both files' metadata carry the config JSON and the input convention
+(mean, std, [0, 1] pixels), so either file says what it is and how to feed it.
 """
 
 from __future__ import annotations
@@ -59,9 +60,18 @@ def save_model_files(model: nn.Module, config: RunConfig, record: Path, seed: in
     weights, onnx_path = model_paths(record, seed)
     weights.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights), metadata={"config": json.dumps(config_to_dict(config))})
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights), metadata=file_metadata(config))
     export_onnx(model, config, onnx_path)
     return weights, onnx_path
+
+
+def file_metadata(config: RunConfig) -> dict[str, str]:
+    """What both model files carry: the config, the size and how to feed the network. The
+    .safetensors weights are the bare network: it takes normalised pixels, (p - mean) / std
+    with p in [0, 1] (ToTensor's); the ONNX graph normalises by itself (its "input" says so)."""
+    return {"config": json.dumps(config_to_dict(config)), "n_params": str(count_params(config)),
+            "input": f"normalised pixels (p - {MEAN}) / {STD} for float pixels p in [0, 1], shape (batch, 1, 28, 28)",
+            "mean": str(MEAN), "std": str(STD), "pixel_range": "[0, 1]", "output": "log-probabilities, shape (batch, 10)"}
 
 
 def export_onnx(model: nn.Module, config: RunConfig, path: Path) -> None:
@@ -74,9 +84,8 @@ def export_onnx(model: nn.Module, config: RunConfig, path: Path) -> None:
                       dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
                       external_data=False)  # one self-contained file (the weights are a few KB)
     graph = onnx.load(str(path))  # the config and the input convention travel with the file
-    metadata = {"config": json.dumps(config_to_dict(config)), "n_params": str(count_params(config)),
-                "input": f"float pixels in [0, 1], shape (batch, 1, 28, 28); normalised inside with mean {MEAN}, std {STD}",
-                "output": "log-probabilities, shape (batch, 10)"}
+    metadata = file_metadata(config) | {"input": f"float pixels in [0, 1], shape (batch, 1, 28, 28); normalised inside with "
+                                                 f"mean {MEAN}, std {STD}", "output": "log-probabilities, shape (batch, 10)"}
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))

@@ -63,6 +63,8 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
     start = time.perf_counter()
     subsets = rung_subsets(spec)
     rungs: list[dict] = []
+    if "rungs" in trial.user_attrs:  # a re-queued copy of a dead worker's trial: its results are the original's, not its own
+        trial.set_user_attr("rungs", rungs)
     for rung, images in enumerate(subsets):
         history = _train_rung(trial, spec, config, replace(split, train_images=split.train_images[:images],
                                                            train_labels=split.train_labels[:images]), start)
@@ -71,8 +73,11 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         if len(subsets) > 1:
             trial.set_user_attr("rungs", rungs)
         if rung + 1 < len(subsets):
+            # a trial re-queued after its worker died carries a copy of the FAIL original's attributes: count
+            # the original out (the copy's own rungs were reset when it started)
             peers = [t.user_attrs["rungs"][rung] | {"n_params": t.user_attrs["n_params"], "number": t.number}
-                     for t in trial.study.get_trials(deepcopy=False) if len(t.user_attrs.get("rungs", [])) > rung]
+                     for t in trial.study.get_trials(deepcopy=False)
+                     if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
             points = [(p["val_acc"], p["n_params"]) for p in peers]
             me = [p["number"] for p in peers].index(trial.number)
             if not promoted(points, me, spec.fidelity.eta):

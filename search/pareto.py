@@ -32,9 +32,13 @@ def promotion_order(points: list[Point]) -> list[int]:
 
 
 def promoted(points: list[Point], index: int, eta: int) -> bool:
-    """ASHA's rule: the point at `index` goes on when it is among the best len(points) // eta of
-    the results at its rung so far (the first eta - 1 results of a rung never go on)."""
-    return promotion_order(points).index(index) < len(points) // eta
+    """Whether the point at `index` goes on to the next rung. While the rung holds fewer than
+    `eta` results, only the best so far goes on (first in `promotion_order`), as Optuna's
+    SuccessiveHalvingPruner does: a stopped trial is never resumed, so stopping the first
+    results of a rung whatever they are would lose good ones for good. From `eta` results on,
+    ASHA's rule: it goes on when it is among the best len(points) // eta."""
+    rank = promotion_order(points).index(index)
+    return rank == 0 if len(points) < eta else rank < len(points) // eta
 
 
 def hypervolume(points: list[Point], reference: Point) -> float:

@@ -14,9 +14,9 @@ import optuna_dashboard  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.confirm import confirmed_rows  # noqa: E402
+from search.confirm import best_trial, budget, confirmed_rows, format_row  # noqa: E402
 from search.pareto import front_indices, hypervolume  # noqa: E402
-from search.study import best_trial, export_config  # noqa: E402
+from search.study import export_config  # noqa: E402
 from space import blocks  # noqa: E402
 from space.config import RunConfig, architecture, count_params  # noqa: E402
 
@@ -48,10 +48,12 @@ def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
     config = export_config(study, best)
     rows = confirmed_rows(study)
     confirmed = ["", "## Confirmed candidates", "",
-                 f"Retrained at the export budget ({config.epochs} epochs, 50,000 training images) on seeds the search never used; "
-                 f"final validation accuracy, mean ± std over the seeds. Every run is a trial of the study `{name}.confirm`.", "",
-                 "| trial | parameters | mean ± std (%) | seeds |", "|---|---|---|---|"]
-    confirmed += [f"| {r['trial']} | {r['n_params']:,} | {r['mean']:.2f} ± {r['std']:.2f} | {', '.join(map(str, r['seeds']))} |" for r in rows]
+                 "Retrained at the budget shown on seeds the search never used; final validation accuracy, mean ± std over the "
+                 f"seeds. A diverged run counts against its candidate. Every run is a trial of the study `{name}.confirm`.", "",
+                 "| trial | parameters | mean ± std (%) | seeds | diverged | budget |", "|---|---|---|---|---|---|"]
+    confirmed += [f"| {r['trial']} | {r['n_params']:,} | " + (f"{r['mean']:.2f} ± {r['std']:.2f}" if r["seeds"] else "–")
+                  + f" | {', '.join(map(str, r['seeds']))} | {', '.join(f'seed {k}: {v}' for k, v in r['diverged'].items()) or 'none'} "
+                  f"| {budget(r)} |" for r in rows]
     heading = "Best confirmed trial" if rows else "Best trial" if len(study.directions) == 1 else "Most accurate trial of the front"
     return "\n".join([
         f"## {heading}: {best.number}",
@@ -66,7 +68,7 @@ def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
         "",
         f"    python -m search reproduce --study {name} --seeds 1 2 3",
         "",
-        f"Trial {best.number}'s artifacts (Trials tab) are its config, `config.json` (the same as this study's `best.json`), and its learning curve.",
+        f"Trial {best.number}'s artifacts (Trials tab) are its config, `export-config.json` (the same as this study's `best.json`), and its learning curve.",
         "",
         f"{len(trials)} trials: {count(TrialState.COMPLETE)} complete, {count(TrialState.PRUNED)} pruned "
         f"({over} of them over the parameter limit and {invalid} of invalid shape, never trained), {count(TrialState.FAIL)} failed. "
@@ -135,6 +137,7 @@ def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:
     front = [points[i] for i in front_indices(points)]
     ax.step([p[1] for p in front], [p[0] for p in front], where="post", color="tab:orange", label="front (search)", zorder=4)
     rows = confirmed_rows(study)
+    rows = [r for r in rows if r["seeds"]]
     if rows:
         ax.errorbar([r["n_params"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="D", color="tab:green",
                     label="confirmed mean ± std (export budget)", zorder=5)
@@ -212,8 +215,12 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
     rows = confirmed_rows(study)
     if rows:
         written.append(out / "confirmed.csv")
-        confirmed = pd.DataFrame(rows)
+        columns = ["trial", "n_params", "mean", "std", "seeds", "diverged", "epochs", "images"]
+        confirmed = pd.DataFrame([{**r, "seeds": " ".join(map(str, r["seeds"])),
+                                   "diverged": "; ".join(f"seed {k}: {v}" for k, v in r["diverged"].items())} for r in rows])[columns]
         confirmed.to_csv(written[-1], index=False)
-        print("confirmed candidates (final validation accuracy at the export budget, mean ± std over seeds), smallest first:")
-        print(confirmed.drop(columns=["complete"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print("confirmed candidates (final validation accuracy, mean ± std over seeds; a diverged run counts against its candidate), "
+              "smallest first:")
+        for row in rows:
+            print("  " + format_row(row))
     return written

@@ -16,7 +16,7 @@ import torch
 
 from search.data import Split
 from search.model_files import save_model_files
-from search.train import log_line, train
+from search.train import DivergedError, log_line, train
 from space.config import RunConfig, config_to_dict, count_params
 
 
@@ -48,10 +48,15 @@ def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> d
     print(f"{config.name or 'config'}: {count_params(config):,} params, {config.epochs} epochs, "
           f"{len(split.train_images):,} training images, evaluated on {len(split.eval_images):,} {name} images, device {device}")
     started = time.perf_counter()
-    runs = []
+    runs, diverged = [], []
     for seed in seeds:
         seeded = replace(config, seed=seed)
-        model, history = train(seeded, split, on_epoch=lambda m, s=seed: log_line(format_epoch(s, m, name)), progress=f"seed {seed}")
+        try:
+            model, history = train(seeded, split, on_epoch=lambda m, s=seed: log_line(format_epoch(s, m, name)), progress=f"seed {seed}")
+        except DivergedError as e:  # one seed's failure is a result too: it is recorded, and the other seeds go on
+            print(f"seed {seed:>3}: DIVERGED ({e}); no model written")
+            diverged.append({"seed": seed, "diverged": str(e)})
+            continue
         accs = [m[f"{name}_acc"] for m in history]
         weights, onnx_file = save_model_files(model, seeded, out, seed)
         runs.append({"seed": seed, "best_acc": max(accs), "best_epoch": accs.index(max(accs)) + 1, "final_acc": accs[-1],
@@ -60,10 +65,14 @@ def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> d
               f"model: {weights}, {onnx_file}")
     wall = time.perf_counter() - started
     best, final = [r["best_acc"] for r in runs], [r["final_acc"] for r in runs]
-    print(f"over {len(seeds)} seed(s): best {name} acc {mean_std(best)}, final {name} acc {mean_std(final)}, wall time {wall:.0f} s")
+    if runs:
+        print(f"over {len(runs)} seed(s): best {name} acc {mean_std(best)}, final {name} acc {mean_std(final)}, wall time {wall:.0f} s"
+              + (f"; {len(diverged)} of {len(seeds)} seed(s) diverged" if diverged else ""))
+    else:
+        print(f"every seed diverged ({len(seeds)}), wall time {wall:.0f} s")
     record = {"config": config_to_dict(config), "n_params": count_params(config), "seeds": seeds, "eval_set": name,
-              "train_images": len(split.train_images), "runs": runs, "wall_seconds": wall, "command": sys.argv,
-              **environment(device)}
+              "train_images": len(split.train_images), "runs": runs, "diverged": diverged, "wall_seconds": wall,
+              "command": sys.argv, **environment(device)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"record written to {out}")

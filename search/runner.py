@@ -59,6 +59,8 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
         if stored is None or _settings(stored) != _settings(spec_to_dict(spec)):
             raise UsageError(f"study {spec.name!r} in {mask_password(url)} was created from different settings; "
                              f"restore the study file, or start a new study with --study NEW_NAME") from None
+        if stored != spec_to_dict(spec):  # what may change (trial count, [confirm], ...): `confirm` and `report` read it back
+            study.set_user_attr("spec", spec_to_dict(spec))
         return study, False
     reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
     if reference is not None and count_params(config_from_point(spec, reference, "reference")) <= spec.max_params:
@@ -221,10 +223,12 @@ def confirm(study: optuna.Study, url: str, top: int, seeds: int, device, data_di
     """Confirm the study's candidates (search/confirm.py) in this process or in `workers` processes
     sharing `url`; store and return the mean ± std per candidate."""
     companion = open_companion(study)
-    runs = plan(study, companion, top, seeds)
+    runs = plan(study, companion, top, seeds, subset)
     left = len(companion.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)))
-    log_line(f"confirming {len(runs) // seeds} candidate(s) of {study.study_name!r} with {seeds} seed(s) each at the export budget "
-             f"({subset:,} training images) on the validation split: {left} of {len(runs)} run(s) to train (study {companion.study_name!r})")
+    epochs = study.user_attrs["spec"]["training"]["export_epochs"]
+    log_line(f"confirming {len({n for n, _ in runs})} candidate(s) of {study.study_name!r} with {seeds} seed(s) or more each at the export "
+             f"budget ({epochs} epochs on {subset:,} training images) on the validation split: {left} of {len(runs)} run(s) to train "
+             f"(study {companion.study_name!r})")
     if workers == 1:
         run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=subset))
     else:

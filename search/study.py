@@ -197,20 +197,6 @@ def export_form(config: RunConfig, training: dict, name: str) -> RunConfig:
     return replace(config, epochs=training["export_epochs"], scheduler=scheduler, name=name)
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The candidate with the best confirmed mean (every planned seed done) when there is one; else
-    the best trial of the search (of a Pareto study: the most accurate point of its front)."""
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run it longer (python -m search run ...)")
-    confirmed = {int(n): e["mean"] for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]}
-    if confirmed:
-        return study.get_trials(deepcopy=False)[max(confirmed, key=confirmed.get)]
-    if len(study.directions) > 1:
-        return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
-    return study.best_trial
-
-
-
 def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
     """The config of a point of the study's space: the blocks family samples its whole recipe,
     the step-3 family takes batch size, momentum and weight decay from [training]."""

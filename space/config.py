@@ -22,6 +22,7 @@ DEFAULT_MAX_PARAMS = 8000
 INPUT_SHAPE = (1, 28, 28)  # MNIST: channels, height, width
 N_CLASSES = 10
 INTERPOLATIONS = ("nearest", "bilinear")
+MAX_DROPOUT = 0.99  # the CPU dropout quantises its rate to 1/65,536: a rate that rounds to 1 would keep nothing
 
 MAX_ACTIVATION = 1_000_000  # values an image, per layer: the step-3 model's largest is 15x26x26 = 10,140
 Shape = tuple[int, int, int]
@@ -311,7 +312,7 @@ def config_from_dict(raw: Any) -> RunConfig:
     augment = Augment(**parse_section(top["augment"], Augment, "augment"))
     config = RunConfig(**{**top, "layers": layers, "optimizer": optimizer, "scheduler": scheduler, "augment": augment})
 
-    check(0.0 <= config.dropout < 1.0, "dropout", f"must be in [0, 1), got {config.dropout}")
+    check(0.0 <= config.dropout <= MAX_DROPOUT, "dropout", f"must be in [0, {MAX_DROPOUT}], got {config.dropout}")
     check(config.epochs > 0, "epochs", f"must be > 0, got {config.epochs}")
     check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
     check(optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {optimizer.lr}")

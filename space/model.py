@@ -12,6 +12,7 @@ from torch import nn
 from space.config import INPUT_SHAPE, Conv, GlobalAvgPool, LogSoftmax, MaxPool, RunConfig
 
 UNIFORM_LEVELS = 65_536  # the keep-mask compares 16-bit uniforms, so p is quantised to 1/65,536
+EXACT_MASK_DTYPES = (torch.float32, torch.float64)
 
 
 class PackedBitsDropout(nn.Module):
@@ -29,6 +30,8 @@ class PackedBitsDropout(nn.Module):
         super().__init__()
         self.p = p
         self.threshold = round(p * UNIFORM_LEVELS)  # drop where the uniform in [0, 65,536) is below this
+        if not 0 <= self.threshold < UNIFORM_LEVELS:
+            raise ValueError(f"dropout rate {p} is outside [0, 1) once quantised to 1/{UNIFORM_LEVELS:,}")
         self.scale = UNIFORM_LEVELS / (UNIFORM_LEVELS - self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,6 +43,9 @@ class PackedBitsDropout(nn.Module):
 
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
         """0 or 1 / (1 - p_eff) per element of `x` (on the CPU), seeded by the global torch generator."""
+        if x.dtype not in EXACT_MASK_DTYPES:  # int16 uniforms are exact in these only: elsewhere the keep rate would be biased
+            raise TypeError(f"PackedBitsDropout builds its CPU mask in {x.dtype}, which cannot hold 16-bit uniforms exactly "
+                            f"(bfloat16 keeps 5.16 % too few for p = 0.05); train in float32 or float64")
         n = x.numel()
         stream = numpy.random.SFC64(int(torch.randint(2**62, ())))  # a fresh stream per call, seeded by torch
         bits = torch.from_numpy(stream.random_raw((n + 3) // 4).view(numpy.int64))  # all 64 bits
@@ -59,12 +65,21 @@ class Conv2d(nn.Conv2d):
     model's 3×3 layers on 2 cores oneDNN's own weight-gradient pass is as fast or slower,
     twice as slow for the one-channel first layer (5.1 against 2.3 ms a step, 7.6 against
     6.4 ms for the 10→15 layer); for 1×1 layers it is faster (2.1 against 5.1 ms), so those
-    keep it. Stride 1 and no dilation or groups, as every Conv of a RunConfig."""
+    keep it. The trick computes stride 1, no dilation, one group and zero padding given as
+    numbers (every Conv of a RunConfig); a layer with anything else uses nn.Conv2d's own pass."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and x.device.type == "cpu" and self.kernel_size != (1, 1) and torch.is_grad_enabled()):
+        if not (self.training and x.device.type == "cpu" and self.kernel_size != (1, 1) and torch.is_grad_enabled()
+                and self.plain):
             return super().forward(x)
         return _ConvWeightGradAsConv.apply(x, self.weight, self.bias, self.padding)
+
+
+    @property
+    def plain(self) -> bool:
+        """Whether this layer is one the weight-gradient trick computes exactly."""
+        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+                and not isinstance(self.padding, str))
 
 
 class _ConvWeightGradAsConv(torch.autograd.Function):

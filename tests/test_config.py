@@ -166,3 +166,9 @@ def test_architecture_line_of_the_reference():
     from space.config import architecture
 
     assert architecture(load_config(REFERENCE / "step3.json")) == "c3-10 c3-15 c1-10 mp2 c3-16 c3-16 c3-16 gap c1-10"
+
+
+def test_a_dropout_rate_the_cpu_mask_cannot_draw_is_refused_in_one_line(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(with_change("dropout", 0.9999924)))
+    assert_one_line_error(run_cli("summary", str(path)), "c.json", "dropout", "must be in [0, 0.99]")

@@ -87,3 +87,48 @@ def test_evaluate_refuses_what_it_cannot_read(tmp_path):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not a model")
     assert_one_line_error(run_cli("evaluate", str(broken)), "cannot be evaluated")
+
+
+def test_both_model_files_say_how_to_feed_them(reproduced):
+    import onnx
+    from safetensors import safe_open
+
+    record, data = reproduced
+    run = data["runs"][0]
+    with safe_open(str(record.parent / run["weights"]), framework="pt") as f:
+        weights = f.metadata()
+    graph = {p.key: p.value for p in onnx.load(str(record.parent / run["onnx"])).metadata_props}
+    assert (weights["mean"], weights["std"], weights["pixel_range"]) == ("0.1307", "0.3081", "[0, 1]")
+    assert "(p - 0.1307) / 0.3081" in weights["input"]  # the weights take normalised pixels
+    assert "normalised inside with mean 0.1307, std 0.3081" in graph["input"]  # the ONNX graph takes [0, 1] pixels
+    assert weights["config"] == graph["config"] and json.loads(weights["config"])["name"] == "small"
+
+
+def test_reproduce_goes_on_after_a_diverged_seed(tmp_path, data_dir, monkeypatch, capsys):
+    import search.reproduce as reproduce_module
+    from search.data import load_split
+    from search.train import DivergedError, train
+
+    def train_or_diverge(config, split, **kwargs):
+        if config.seed == 2:
+            raise DivergedError("training loss is nan in epoch 1")
+        return train(config, split, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "train", train_or_diverge)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
+    record = reproduce_module.reproduce(config_from_params(SMALL, epochs=1, name="small"), [1, 2, 3], split, tmp_path / "r.json")
+    out = capsys.readouterr().out
+    assert out.count("DIVERGED") == 1 and "seed   2: DIVERGED (training loss is nan in epoch 1)" in out
+    assert [r["seed"] for r in record["runs"]] == [1, 3] and record["diverged"] == [{"seed": 2, "diverged": "training loss is nan in epoch 1"}]
+    assert "over 2 seed(s)" in out and "1 of 3 seed(s) diverged" in out
+    assert not list(tmp_path.glob("r-seed2.*"))  # no model for the diverged seed
+
+
+def test_reproduce_of_a_config_that_diverges_on_every_seed_is_one_line(tmp_path):
+    path = tmp_path / "nan.json"
+    save_config(config_from_params({**SMALL, "lr": 1e20}, epochs=1, name="nan"), path)
+    result = run_cli("reproduce", str(path), "--seeds", "1", "2", "--epochs", "1", "--out", str(tmp_path / "r.json"), "--device", "cpu")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
+    assert "diverged on every seed (1, 2)" in lines[0]
+    assert result.stdout.count("DIVERGED") == 2

@@ -3,6 +3,7 @@ halving over rungs, confirmation with more seeds (resuming after Ctrl-C), best.j
 best confirmed mean and `export --target-acc`."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -51,7 +52,9 @@ def test_front_promotion_and_hypervolume_by_hand():
     assert front_indices(points) == [4, 0, 2]  # smallest first
     assert promotion_order(points) == [2, 0, 4, 1, 3]  # front by front, the more accurate first within one
     assert promoted(points, 2, eta=2) and promoted(points, 0, eta=2) and not promoted(points, 4, eta=2)
-    assert not promoted(points[:1], 0, eta=2)  # ASHA: the first result of a rung never goes on
+    # fewer than eta results at a rung: only the best so far goes on (a stopped trial is never resumed)
+    assert promoted(points[:1], 0, eta=3) and promoted(points[:2], 0, eta=3) and not promoted(points[:2], 1, eta=3)
+    assert promoted(points[:3], 2, eta=4) and not promoted(points[:3], 0, eta=4)
     # strips up to the next size: 8.5 * 2000 + 9 * 2000 + 9.5 * 1000
     assert hypervolume(points, (90.0, 8000)) == pytest.approx(44_500)
     assert hypervolume([(89.0, 100)], (90.0, 8000)) == 0
@@ -232,5 +235,146 @@ def test_report_of_a_pareto_study_draws_the_front_and_lists_the_confirmed(pareto
 def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
     _, storage, _ = pareto_study
     assert_one_line_error(run_cli("confirm", "--study", "nope", "--storage", storage), "no study named 'nope'", "tinypareto")
-    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "101"), "--target-acc", "(0, 100]")
+    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "101"), "--target-acc", "[0, 100]")
     assert_one_line_error(run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--workers", "2"), "SQLite", "--workers 1")
+
+
+# ---------------------------------------------------------------- results that can be trusted
+
+def pareto_cpu_tiny(tmp: Path) -> Path:
+    """studies/pareto-cpu.toml (its space, rungs and eta) on a tiny budget, confirmed on demand only."""
+    text = (ROOT / "studies" / "pareto-cpu.toml").read_text()
+    text = text.replace("export_epochs = 15", "export_epochs = 3").replace("after_run = true", "after_run = false\nsubset = 300")
+    path = tmp / "pareto-cpu-tiny.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_exports(tmp_path, data_dir):
+    out = tmp_path / "out"
+    result = run_cli("run", str(pareto_cpu_tiny(tmp_path)), "--trials", "12", "--epochs", "3", "--subset", "400", "--study", "tiny",
+                     "--out", str(out), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    study = load(f"sqlite:///{out / 'study.db'}", "tiny")
+    assert study.best_trials, result.stdout  # a non-empty front
+    first = study.trials[0]  # the hand-made model: the first result of rung 0 is the best so far, so it goes on
+    assert first.user_attrs["n_params"] == 7944 and len(first.user_attrs["rungs"]) == 2
+    storage = f"sqlite:///{out / 'study.db'}"
+    confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "1", "--seeds", "1", "--out", str(out), "--device", "cpu")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "3 epochs on 300 training images" in confirmed.stdout
+    exported = run_cli("export", "--study", "tiny", "--storage", storage, "--out", str(out), "--target-acc", "0")
+    assert exported.returncode == 0, exported.stderr
+    assert load_config(out / "target-0.json").name.startswith("tiny-trial")
+
+
+def copy_of(pareto_study, tmp_path) -> tuple[Path, str]:
+    """A copy of the module's Pareto study, to change without disturbing the other tests."""
+    import shutil
+
+    tmp, _, _ = pareto_study
+    shutil.copytree(tmp / "out", tmp_path / "out")
+    (tmp_path / "tiny.toml").write_text((tmp / "tiny.toml").read_text())
+    return tmp_path, f"sqlite:///{tmp_path / 'out' / 'study.db'}"
+
+
+def test_a_changed_confirmation_budget_trains_new_runs_instead_of_reusing_the_old_ones(pareto_study, tmp_path):
+    tmp, storage = copy_of(pareto_study, tmp_path)
+    (tmp / "tiny.toml").write_text((tmp / "tiny.toml").read_text().replace("subset = 512\n\n", "subset = 256\n\n"))
+    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "3 epochs on 256 training images" in result.stdout and "4 of 4 run(s) to train" in result.stdout
+    companion = load(storage, "tinypareto.confirm")
+    assert sorted({t.user_attrs["budget"]["images"] for t in companion.trials}) == [256, 512]
+    study = load(storage)
+    assert {e["images"] for e in study.user_attrs["confirmed"].values()} == {256}
+    from search.report import study_note
+    from search.confirm import best_trial
+
+    note = study_note(study, best_trial(study))
+    assert "3 epochs on 256 training images" in note and "50,000" not in note
+    assert "`export-config.json`" in note and "`config.json`" not in note
+
+
+def test_a_later_smaller_confirmation_keeps_the_earlier_candidates(pareto_study, tmp_path):
+    tmp, storage = copy_of(pareto_study, tmp_path)
+    before = load(storage).user_attrs["confirmed"]
+    assert len(before) == 2
+    result = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--seeds", "2", "--out", str(tmp / "c"),
+                     "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"0 of \d+ run\(s\) to train", result.stdout)
+    assert load(storage).user_attrs["confirmed"] == before  # both candidates, still choosable by export --target-acc
+    assert "confirmed 2 candidate(s)" in result.stdout
+
+
+def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candidate(pareto_study, tmp_path):
+    tmp, storage = copy_of(pareto_study, tmp_path)
+    study = load(storage)
+    real = max(study.best_trials, key=lambda t: t.values[0])
+    config = dict(real.user_attrs["config"], optimizer={**real.user_attrs["config"]["optimizer"], "lr": 1e20})  # NaN in epoch 1
+    fake = optuna.trial.create_trial(values=[99.99, 1000], user_attrs={**real.user_attrs, "config": config, "n_params": 1000},
+                                     constraints={"params_over_limit": -3000})
+    study.add_trial(fake)  # the most accurate and smallest point of the front: a learning rate that survived the search
+    number = study.trials[-1].number
+    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"confirm trial {number:>4} seed 4: DIVERGED (training loss is nan in epoch 1)" in result.stdout
+    companion = load(storage, "tinypareto.confirm")
+    diverged = [t for t in companion.trials if t.user_attrs.get("candidate") == number]
+    assert len(diverged) == 2 and all(t.state == TrialState.PRUNED and "nan" in t.user_attrs["diverged"] for t in diverged)
+    entry = load(storage).user_attrs["confirmed"][str(number)]
+    assert entry["complete"] and entry["mean"] is None and set(entry["diverged"]) == {"4", "5"}
+    assert load_config(tmp / "out" / "best.json").name != f"tinypareto-trial{number}"  # written, from the others
+    again = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")  # not retried: it would diverge again
+    assert again.returncode == 0 and re.search(r"0 of \d+ run\(s\) to train", again.stdout)
+    report = run_cli("report", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "report"))
+    assert report.returncode == 0 and f"trial {number} (1,000 params): DIVERGED on seed 4" in report.stdout
+    import pandas as pd
+
+    table = pd.read_csv(tmp / "report" / "confirmed.csv")
+    assert "nan in epoch 1" in table.loc[table["trial"] == number, "diverged"].item()
+    from search.report import study_note
+    from search.confirm import best_trial
+
+    assert "seed 4: training loss is nan in epoch 1" in study_note(load(storage), best_trial(load(storage)))
+    missed = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "e"), "--target-acc", "99.9")
+    assert missed.returncode == 1 and f"trial {number} " not in missed.stderr  # never chosen, even as the closest
+
+
+def test_failed_trials_are_not_counted_at_a_rung(tmp_path, data_dir):
+    """A trial re-queued after its worker died copies the original's rung results; the FAIL original must not count."""
+    from search.data import load_split
+    from search.objective import objective
+    from search.study import load_study_spec
+    import torch
+
+    (tmp_path / "p.toml").write_text(PARETO)
+    spec = load_study_spec(tmp_path / "p.toml")
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    rung0 = lambda acc: {"rungs": [{"rung": 0, "images": 256, "val_acc": acc}]}  # noqa: E731
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={**rung0(100.0), "n_params": 1}))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={**rung0(1.0), "n_params": 100_000}))
+    study.enqueue_trial({"conv1_width": 4, "conv2_width": 4, "transition_width": 4, "conv3_width": 4, "conv4_width": 4,
+                         "conv5_width": 4, "dropout": 0.0, "lr": 0.1, "step_size": 2, "gamma": 0.1, "rotation": 0.0,
+                         "brightness": 0.0, "contrast": 0.0})
+    study.optimize(lambda t: objective(t, spec, split, tmp_path), n_trials=1)
+    mine = study.trials[-1]
+    # counted: 3 results, it ranks second, not in the top 1/2; not counted: 2 results, it ranks first
+    assert mine.state == TrialState.COMPLETE, mine.user_attrs.get("reason")
+
+
+def test_as_trained_retrains_a_stopped_trial_at_its_rung_and_refuses_one_never_trained(pareto_study, tmp_path):
+    tmp, storage, _ = pareto_study
+    study = load(storage)
+    stopped = next(t for t in study.trials if "stopped at rung 0" in t.user_attrs.get("reason", ""))
+    result = run_cli("reproduce", "--study", "tinypareto", "--storage", storage, "--trial", str(stopped.number), "--as-trained",
+                     "--max-params", "4000", "--device", "cpu", "--out", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    assert "(256 training images)" in result.stdout and "matches the study's record exactly: yes" in result.stdout
+    over = next(t for t in study.trials if "over the parameter limit" in t.user_attrs.get("reason", ""))
+    assert_one_line_error(run_cli("reproduce", "--study", "tinypareto", "--storage", storage, "--trial", str(over.number), "--as-trained",
+                                  "--allow-over-limit", "--device", "cpu", "--out", str(tmp_path / "o.json")),
+                          f"trial {over.number}", "never trained", "over the parameter limit")

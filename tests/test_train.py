@@ -241,3 +241,30 @@ def test_conv2d_gradients_pass_gradcheck(input_needs_grad):
     weight = torch.randn(4, 2, 3, 3, dtype=torch.double, requires_grad=True)
     bias = torch.randn(4, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: _ConvWeightGradAsConv.apply(x, w, b, (1, 1)), (x, weight, bias))
+
+
+@pytest.mark.parametrize("options", [{"stride": 2}, {"dilation": 2}, {"groups": 2}, {"padding_mode": "reflect", "padding": 1},
+                                     {"padding": "same"}], ids=["stride", "dilation", "groups", "padding_mode", "padding-same"])
+def test_conv2d_falls_back_to_nn_conv2d_for_what_its_trick_does_not_compute(options):
+    torch.manual_seed(0)
+    ours = Conv2d(4, 6, 3, **options).double().train()
+    theirs = torch.nn.Conv2d(4, 6, 3, **options).double().train()
+    theirs.load_state_dict(ours.state_dict())
+    assert not ours.plain
+    x = torch.randn(2, 4, 14, 14, dtype=torch.double)
+    out, out_theirs = ours(x), theirs(x)
+    assert out.shape == out_theirs.shape and torch.equal(out, out_theirs)  # stride 2: 6x6 in training as in evaluation
+    out.sum().backward()
+    out_theirs.sum().backward()
+    assert torch.equal(ours.weight.grad, theirs.weight.grad)
+
+
+def test_packed_bits_dropout_refuses_a_rate_that_rounds_to_one_and_a_dtype_that_would_bias_its_mask():
+    with pytest.raises(ValueError, match="outside \\[0, 1\\)"):
+        PackedBitsDropout(0.9999924)
+    dropout = PackedBitsDropout(0.05).train()
+    with pytest.raises(TypeError, match="bfloat16"):
+        dropout(torch.ones(64, dtype=torch.bfloat16))
+    with pytest.raises(TypeError, match="float16"):
+        dropout(torch.ones(64, dtype=torch.float16))
+    assert dropout(torch.ones(64, dtype=torch.float64)).dtype == torch.float64

@@ -195,5 +195,6 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     assert "[worker 0] confirm trial" in stdout or "[worker 1] confirm trial" in stdout
     companion = optuna.load_study(study_name="pg-pareto.confirm", storage=postgres_url)
     runs = [(t.user_attrs["candidate"], t.user_attrs["seed"]) for t in companion.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(runs) == len(set(runs)) == len(optuna.load_study(study_name="pg-pareto", storage=postgres_url).user_attrs["confirm_plan"])
+    plans = optuna.load_study(study_name="pg-pareto", storage=postgres_url).user_attrs["confirm_plans"]
+    assert len(runs) == len(set(runs)) == sum(len(p["seeds"]) for p in plans.values())
     assert not [t for t in companion.trials if t.state == optuna.trial.TrialState.WAITING]
