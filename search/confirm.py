@@ -30,6 +30,7 @@ from search.data import Split
 from search.errors import UsageError
 from search.storage import fail_stale, worker_id, worker_is_gone
 from search.study import export_config
+from search.teacher import teacher_for
 from search.train import DivergedError, log_line, train
 from space.config import config_from_dict, config_to_dict
 
@@ -124,8 +125,12 @@ def confirm_objective(trial: optuna.Trial, split: Split) -> tuple[float, int]:
         trial.set_user_attr("epochs", history)
         trial.set_user_attr("seconds", time.perf_counter() - start)
 
+    teacher, learned_from = teacher_for(config, split)
+    if learned_from:
+        trial.set_user_attr("teacher", learned_from)
     try:
-        train(config, split, on_epoch=on_epoch, progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}")
+        train(config, split, on_epoch=on_epoch, progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}",
+              teacher=teacher)
     except DivergedError as e:
         trial.set_user_attr("diverged", str(e))
         trial.set_user_attr("reason", f"diverged: {e}")

@@ -34,6 +34,7 @@ class Split:
     eval_images: torch.Tensor
     eval_labels: torch.Tensor
     eval_name: str  # "val" (search) or "test" (reproduce)
+    root: Path | None = None  # the data folder it came from (a distillation teacher trains on its whole training set)
 
 
 def resolve_data_dir(option: str | None) -> Path:
@@ -90,4 +91,4 @@ def load_split(root: Path, device: torch.device, validation: bool, subset: int |
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
     move = lambda t: t.to(device).contiguous()  # noqa: E731
-    return Split(move(images), move(labels), move(eval_images), move(eval_labels), eval_name)
+    return Split(move(images), move(labels), move(eval_images), move(eval_labels), eval_name, root)

@@ -27,6 +27,7 @@ from search.storage import worker_id, worker_is_gone
 from search.pareto import promoted
 from search.study import (FAMILIES, FINISHED, OBJECTIVE_EPOCHS, StudySpec, config_from_point, export_form, may_prune, rung_subsets,
                           settled_after, spec_to_dict)
+from search.teacher import teacher_for
 from search.train import DivergedError, train
 from space.config import ConfigError, architecture, check_shapes, config_to_dict, count_params
 
@@ -101,8 +102,11 @@ def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, star
         if may_prune(metrics["epoch"], settled_after(config), config.epochs) and trial.should_prune():
             _prune(trial, f"pruned by the {spec.pruner.kind} pruner after epoch {metrics['epoch']} (val acc {metrics['val_acc']:.2f}%)")
 
+    teacher, learned_from = teacher_for(config, split)
+    if learned_from:
+        trial.set_user_attr("teacher", learned_from)
     try:
-        train(config, split, on_epoch=on_epoch)
+        train(config, split, on_epoch=on_epoch, teacher=teacher)
     except DivergedError as e:
         _prune(trial, f"diverged: {e}")
     except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises

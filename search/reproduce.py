@@ -16,6 +16,7 @@ import torch
 
 from search.data import Split
 from search.model_files import save_model_files
+from search.teacher import teacher_for
 from search.train import DivergedError, log_line, train
 from space.config import RunConfig, config_to_dict, count_params
 
@@ -47,12 +48,14 @@ def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> d
     device = split.train_images.device
     print(f"{config.name or 'config'}: {count_params(config):,} params, {config.epochs} epochs, "
           f"{len(split.train_images):,} training images, evaluated on {len(split.eval_images):,} {name} images, device {device}")
+    teacher, learned_from = teacher_for(config, split)  # trained before the clock starts: its time is on its own line
     started = time.perf_counter()
     runs, diverged = [], []
     for seed in seeds:
         seeded = replace(config, seed=seed)
         try:
-            model, history = train(seeded, split, on_epoch=lambda m, s=seed: log_line(format_epoch(s, m, name)), progress=f"seed {seed}")
+            model, history = train(seeded, split, on_epoch=lambda m, s=seed: log_line(format_epoch(s, m, name)), progress=f"seed {seed}",
+                                   teacher=teacher)
         except DivergedError as e:  # one seed's failure is a result too: it is recorded, and the other seeds go on
             print(f"seed {seed:>3}: DIVERGED ({e}); no model written")
             diverged.append({"seed": seed, "diverged": str(e)})
@@ -72,6 +75,7 @@ def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> d
         print(f"every seed diverged ({len(seeds)}), wall time {wall:.0f} s")
     record = {"config": config_to_dict(config), "n_params": count_params(config), "seeds": seeds, "eval_set": name,
               "train_images": len(split.train_images), "runs": runs, "diverged": diverged, "wall_seconds": wall,
+              **({"teacher": learned_from} if learned_from else {}),
               "command": sys.argv, **environment(device)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2) + "\n")

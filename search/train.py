@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 import sys
 import time
@@ -18,10 +19,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from search.data import Split
-from space.config import Augment, RunConfig
+from space.config import Augment, Distill, Elastic, RunConfig
 from space.model import build_model
 
 MEAN, STD = 0.1307, 0.3081
@@ -99,11 +101,39 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
         factor = (1 + _uniform(n, augment.contrast, generator, device)).view(n, 1, 1, 1)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         x = (factor * x + (1 - factor) * mean).clamp_(0, 1)
+    size = x.shape[-1]
+    grid = None
     if augment.rotation > 0 or augment.translate > 0 or augment.scale > 0:
-        theta = _affine_theta(n, augment, x.shape[-1], generator, device)
-        grid = _affine_grid(theta, x.shape[-1])
+        grid = _affine_grid(_affine_theta(n, augment, size, generator, device), size)
+    if augment.elastic is not None:  # each sampling position moved once more: one resampling for both warps
+        base = grid if grid is not None else _homogeneous_pixels(size, device)[:2].T.reshape(1, size, size, 2)
+        grid = base + elastic_displacement(n, augment.elastic, size, generator, device)
+    if grid is not None:
         x = F.grid_sample(x, grid, mode=augment.interpolation, padding_mode="zeros", align_corners=False)
     return (x - MEAN) / STD
+
+
+def elastic_displacement(n: int, elastic: Elastic, size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """(n, size, size, 2) displacements in grid_sample's coordinates, torchvision's
+    ElasticTransform per image, for the whole batch at once: uniform noise in [-1, 1] per pixel
+    and axis, smoothed by a separable Gaussian (torchvision's kernel, reflected edges), times
+    alpha / size."""
+    noise = torch.rand(n * 2, 1, size, size, generator=generator, device=device) * 2 - 1
+    kernel = _gaussian_kernel(elastic.sigma, device)
+    half = len(kernel) // 2
+    smooth = F.conv2d(F.pad(noise, (half, half, half, half), mode="reflect"), kernel.view(1, 1, 1, -1))
+    smooth = F.conv2d(smooth, kernel.view(1, 1, -1, 1))
+    return (smooth * (elastic.alpha / size)).view(n, 2, size, size).permute(0, 2, 3, 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_kernel(sigma: float, device: torch.device) -> torch.Tensor:
+    """torchvision's 1-D Gaussian for ElasticTransform: int(8·sigma + 1) taps, made odd, summing to 1."""
+    size = int(8 * sigma + 1)
+    size += 1 - size % 2
+    x = torch.linspace(-(size // 2), size // 2, size, device=device)
+    pdf = torch.exp(-0.5 * (x / sigma) ** 2)
+    return pdf / pdf.sum()
 
 
 def _affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
@@ -181,11 +211,43 @@ def loss_fn(log_probs: torch.Tensor, target: torch.Tensor, label_smoothing: floa
     return (1 - label_smoothing) * loss - label_smoothing * log_probs.mean(1).mean()
 
 
+def distill_loss(log_probs: torch.Tensor, teacher_log_probs: torch.Tensor, hard_loss: torch.Tensor, distill: Distill) -> torch.Tensor:
+    """Hinton et al.'s mix: (1 - w) · the hard-label loss + w · T² · KL(teacher ‖ student) at
+    temperature T (T² keeps the soft gradients' scale as T changes). The networks end in a
+    log-softmax, whose output differs from the logits by a constant per image, so it can be
+    softened directly."""
+    t = distill.temperature
+    soft = F.kl_div(F.log_softmax(log_probs / t, 1), F.log_softmax(teacher_log_probs / t, 1), log_target=True, reduction="batchmean")
+    return (1 - distill.weight) * hard_loss + distill.weight * t * t * soft
+
+
+def ema_of(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights and batch-norm statistics (torch's
+    AveragedModel with use_buffers=True), updated after every optimizer step. Its decay
+    starts low, min(decay, (1 + n) / (10 + n)) after n updates (as TensorFlow's
+    ExponentialMovingAverage with num_updates), so that a short run is not averaged with its
+    random initial weights."""
+
+    updates = itertools.count(1)  # counted here: reading AveragedModel's count would wait for the GPU every step
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():  # (called once per step for the float tensors, once for the integer ones)
+            n = next(updates)
+            torch._foreach_lerp_(averaged, current, 1 - min(decay, (1 + n) / (10 + n)))
+        else:  # num_batches_tracked: an integer count, unused with BatchNorm's momentum
+            torch._foreach_copy_(averaged, current)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunConfig, split: Split,
                 generator: torch.Generator, progress: str | None = None,
-                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> tuple[float, float]:
+                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                ema: AveragedModel | None = None, teacher: nn.Module | None = None) -> tuple[float, float]:
     """One pass over the training images in a seeded random order: (mean loss, accuracy in %).
-    `batch_scheduler` is stepped after every batch (OneCycleLR)."""
+    `batch_scheduler` is stepped after every batch (OneCycleLR), `ema` updated after every
+    step; `teacher` (in evaluation mode) gives the soft targets of config.distill."""
     model.train()
     images, labels = split.train_images, split.train_labels
     n, device = len(images), images.device
@@ -200,28 +262,39 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
         y = labels[idx]
         out = model(x)
         loss = loss_fn(out, y, config.label_smoothing)
+        if teacher is not None:
+            with torch.inference_mode():
+                soft_targets = teacher(x)
+            loss = distill_loss(out, soft_targets.clone(), loss, config.distill)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if batch_scheduler is not None:
             batch_scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
         loss_sum += loss.detach() * len(idx)
         correct += (out.argmax(1) == y).sum()
     return loss_sum.item() / n, 100.0 * correct.item() / n
 
 
 def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None,
-          progress: str | None = None) -> tuple[nn.Module, list[dict]]:
-    """Train `config` from its seed on `split`; returns the trained model and one metrics dict per epoch.
+          progress: str | None = None, teacher: nn.Module | None = None) -> tuple[nn.Module, list[dict]]:
+    """Train `config` from its seed on `split`; returns the trained model (with config.ema, the
+    averaged one) and one metrics dict per epoch.
 
     `on_epoch` sees each epoch's metrics as soon as they exist (the search reports and
-    prunes there by raising). Raises DivergedError when the loss stops being finite."""
+    prunes there by raising). `teacher`: config.distill's trained teacher (teacher_for).
+    Raises DivergedError when the loss stops being finite."""
     device = split.train_images.device
     if device.type == "cpu":
         keep_freed_memory()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     model = build_model(config).to(device)
+    ema = ema_of(model, config.ema) if config.ema else None
+    if (config.distill is None) != (teacher is None):
+        raise ValueError("config.distill and the teacher go together (search/teacher.py: teacher_for)")
     optimizer = make_optimizer(config, model)
     scheduler = make_scheduler(config, optimizer, math.ceil(len(split.train_images) / config.batch_size))
     per_batch = config.scheduler.kind == "onecycle"
@@ -231,13 +304,15 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
         start = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         label = f"{progress} epoch {epoch}/{n_epochs}" if progress else None
-        train_loss, train_acc = train_epoch(model, optimizer, config, split, generator, label, scheduler if per_batch else None)
+        train_loss, train_acc = train_epoch(model, optimizer, config, split, generator, label, scheduler if per_batch else None,
+                                            ema, teacher)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch}")
         if not per_batch:
             scheduler.step()
-        eval_loss, eval_acc = evaluate(model, split.eval_images, split.eval_labels)
+        evaluated = ema.module if ema else model  # with ema on, the averaged weights are the model
+        eval_loss, eval_acc = evaluate(evaluated, split.eval_images, split.eval_labels)
         seconds = time.perf_counter() - start
         metrics = {
             "epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc,
@@ -247,4 +322,4 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
-    return model, history
+    return (ema.module if ema else model), history

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Union
 
@@ -127,11 +127,23 @@ class Scheduler:
 
 
 @dataclass(frozen=True)
+class Elastic:
+    """Elastic distortion (Simard et al. 2003) with torchvision's ElasticTransform semantics: a
+    displacement drawn uniformly from [-1, 1] per pixel and axis, smoothed by a Gaussian of
+    std `sigma` pixels (kernel 8·sigma + 1, reflected edges), times `alpha` / image size in
+    grid_sample's [-1, 1] coordinates (so alpha / 2 pixels before smoothing)."""
+
+    alpha: float
+    sigma: float
+
+
+@dataclass(frozen=True)
 class Augment:
     """Per-image brightness and contrast factors drawn from [1 - x, 1 + x] (as torchvision's
-    ColorJitter), then one affine warp with torchvision's RandomAffine semantics: rotation in
-    [-rotation, rotation] degrees, a shift of up to `translate` of the image size (whole
-    pixels) each way, a zoom factor in [1 - scale, 1 + scale]; black fill."""
+    ColorJitter), then one warp: torchvision's RandomAffine semantics (rotation in [-rotation,
+    rotation] degrees, a shift of up to `translate` of the image size (whole pixels) each way,
+    a zoom factor in [1 - scale, 1 + scale]) plus, when `elastic` is set, an elastic
+    displacement of each sampling position; black fill."""
 
     rotation: float = 0.0
     interpolation: str = "nearest"
@@ -139,6 +151,19 @@ class Augment:
     contrast: float = 0.0
     translate: float = 0.0
     scale: float = 0.0
+    elastic: Elastic | None = None
+
+
+@dataclass(frozen=True)
+class Distill:
+    """Knowledge distillation (Hinton et al. 2015): the loss is (1 - weight) · the hard-label
+    loss + weight · temperature² · KL(teacher ‖ student) of the outputs softened by
+    `temperature`, the teacher seeing the same augmented batch. `teacher` is a config file
+    (relative to the current folder), trained once per data folder and split and cached."""
+
+    teacher: str
+    weight: float = 0.5
+    temperature: float = 4.0
 
 
 @dataclass(frozen=True)
@@ -153,12 +178,16 @@ class RunConfig:
     seed: int = 1
     name: str = ""
     label_smoothing: float = 0.0
+    ema: float = 0.0  # decay per step of the weights' moving average; 0: off
+    distill: Distill | None = None
 
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("step", "onecycle")
 RECIPE_DEFAULTS = (("optimizer", "kind", "sgd"), ("scheduler", "kind", "step"), ("", "label_smoothing", 0.0),
-                   ("augment", "translate", 0.0), ("augment", "scale", 0.0))
+                   ("augment", "translate", 0.0), ("augment", "scale", 0.0), ("", "ema", 0.0), ("", "distill", None),
+                   ("augment", "elastic", None))
+MAX_ELASTIC_SIGMA = 6.0  # its smoothing kernel (8·sigma + 1) reflects at the edges: at most 55 taps on a 28-pixel image
 
 
 # ---------------------------------------------------------------- layer arithmetic
@@ -310,7 +339,11 @@ def config_from_dict(raw: Any) -> RunConfig:
     if scheduler.kind == "step":
         check("warmup" not in top["scheduler"], "scheduler.warmup", "only a onecycle schedule has a warm-up; remove it")
     augment = Augment(**parse_section(top["augment"], Augment, "augment"))
-    config = RunConfig(**{**top, "layers": layers, "optimizer": optimizer, "scheduler": scheduler, "augment": augment})
+    if augment.elastic is not None:
+        augment = replace(augment, elastic=Elastic(**parse_section(augment.elastic, Elastic, "augment.elastic")))
+    distill = Distill(**parse_section(top["distill"], Distill, "distill")) if top.get("distill") is not None else None
+    config = RunConfig(**{**top, "layers": layers, "optimizer": optimizer, "scheduler": scheduler, "augment": augment,
+                          "distill": distill})
 
     check(0.0 <= config.dropout <= MAX_DROPOUT, "dropout", f"must be in [0, {MAX_DROPOUT}], got {config.dropout}")
     check(config.epochs > 0, "epochs", f"must be > 0, got {config.epochs}")
@@ -331,6 +364,15 @@ def config_from_dict(raw: Any) -> RunConfig:
     check(augment.interpolation in INTERPOLATIONS, "augment.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {json.dumps(augment.interpolation)}")
     check(0.0 <= augment.brightness < 1.0, "augment.brightness", f"must be in [0, 1), got {augment.brightness}")
     check(0.0 <= augment.contrast < 1.0, "augment.contrast", f"must be in [0, 1), got {augment.contrast}")
+    check(0.0 <= config.ema < 1.0, "ema", f"must be in [0, 1) (a decay per step; 0 is off), got {config.ema}")
+    if augment.elastic is not None:
+        e = augment.elastic
+        check(0.0 <= e.alpha <= 1000.0, "augment.elastic.alpha", f"must be in [0, 1000], got {e.alpha}")
+        check(0.0 < e.sigma <= MAX_ELASTIC_SIGMA, "augment.elastic.sigma", f"must be in (0, {MAX_ELASTIC_SIGMA:g}] pixels, got {e.sigma}")
+    if distill is not None:
+        check(distill.teacher.strip() != "", "distill.teacher", "must name the teacher's config file, e.g. \"studies/reference/teacher.json\"")
+        check(0.0 <= distill.weight <= 1.0, "distill.weight", f"must be in [0, 1], got {distill.weight}")
+        check(0.0 < distill.temperature <= 100.0, "distill.temperature", f"must be in (0, 100], got {distill.temperature}")
     check_shapes(layers)
     return config
 

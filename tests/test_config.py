@@ -172,3 +172,57 @@ def test_a_dropout_rate_the_cpu_mask_cannot_draw_is_refused_in_one_line(tmp_path
     path = tmp_path / "c.json"
     path.write_text(json.dumps(with_change("dropout", 0.9999924)))
     assert_one_line_error(run_cli("summary", str(path)), "c.json", "dropout", "must be in [0, 0.99]")
+
+
+RECIPE_OPTIONS = [
+    ({"ema": 0.999}, None),
+    ({"augment.elastic": {"alpha": 34.0, "sigma": 4.0}}, None),
+    ({"distill": {"teacher": "studies/reference/teacher.json", "weight": 0.5, "temperature": 4.0}}, None),
+    ({"ema": 1.0}, ["ema", "must be in [0, 1)"]),
+    ({"ema": -0.5}, ["ema", "must be in [0, 1)"]),
+    ({"ema": "yes"}, ["ema", "must be a number"]),
+    ({"augment.elastic": {"alpha": 34.0, "sigma": 10.0}}, ["augment.elastic.sigma", "must be in (0, 6]"]),
+    ({"augment.elastic": {"alpha": -1.0, "sigma": 4.0}}, ["augment.elastic.alpha", "must be in [0, 1000]"]),
+    ({"augment.elastic": {"alpha": 34.0}}, ["augment.elastic.sigma", "missing"]),
+    ({"augment.elastic": 3}, ["augment.elastic", "must be an object"]),
+    ({"distill": {"teacher": "t.json", "weight": 1.5}}, ["distill.weight", "must be in [0, 1]"]),
+    ({"distill": {"teacher": "t.json", "temperature": 0.0}}, ["distill.temperature", "must be in (0, 100]"]),
+    ({"distill": {"teacher": ""}}, ["distill.teacher", "must name the teacher's config file"]),
+    ({"distill": {"weight": 0.5}}, ["distill.teacher", "missing"]),
+    ({"distill": {"teacher": "t.json", "alpha": 1}}, ["distill.alpha", "unknown key"]),
+]
+
+
+@pytest.mark.parametrize("changes,words", RECIPE_OPTIONS, ids=[json.dumps(c) for c, _ in RECIPE_OPTIONS])
+def test_recipe_options_are_checked_and_written_back_as_read(tmp_path, changes, words):
+    raw = step3_dict()
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node = raw
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(raw))
+    if words is None:
+        config = load_config(path)
+        assert config_to_json(load_config_text(config_to_json(config), tmp_path)) == config_to_json(config)  # round trip
+        written = json.loads(config_to_json(config))
+        for key, value in changes.items():
+            *parents, last = key.split(".")
+            node = written
+            for p in parents:
+                node = node[p]
+            assert node[last] == value
+    else:
+        assert_one_line_error(run_cli("summary", str(path)), "c.json", *words)
+
+
+def load_config_text(text: str, tmp_path):
+    (tmp_path / "again.json").write_text(text)
+    return load_config(tmp_path / "again.json")
+
+
+def test_configs_without_the_recipe_options_are_written_as_before(tmp_path):
+    text = config_to_json(load_config(REFERENCE / "step3.json"))
+    assert "ema" not in text and "distill" not in text and "elastic" not in text

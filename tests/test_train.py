@@ -268,3 +268,84 @@ def test_packed_bits_dropout_refuses_a_rate_that_rounds_to_one_and_a_dtype_that_
     with pytest.raises(TypeError, match="float16"):
         dropout(torch.ones(64, dtype=torch.float16))
     assert dropout(torch.ones(64, dtype=torch.float64)).dtype == torch.float64
+
+
+# ---------------------------------------------------------------- recipe options: elastic distortion, weight averaging, distillation
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "nearest"])
+def test_elastic_distortion_is_torchvisions_elastic_transform_per_image(images, interpolation):
+    import torchvision.transforms.v2.functional as F2
+    from space.config import Elastic
+
+    elastic = Elastic(alpha=34.0, sigma=4.0)
+    ours = augment_batch(images, Augment(elastic=elastic, interpolation=interpolation), torch.Generator().manual_seed(0))
+    noise = torch.rand(2 * N, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1  # the draws augment_batch made
+    kernel = int(8 * elastic.sigma + 1) | 1
+    mode = InterpolationMode.BILINEAR if interpolation == "bilinear" else InterpolationMode.NEAREST
+    for i in range(N):  # torchvision's ElasticTransform, one image at a time
+        dx, dy = (F2.gaussian_blur(noise[2 * i + k : 2 * i + k + 1], [kernel, kernel], [elastic.sigma] * 2) * elastic.alpha / 28
+                  for k in (0, 1))
+        reference = F2.elastic(as_float(images[i : i + 1])[0], torch.cat([dx, dy], 1).permute(0, 2, 3, 1), interpolation=mode)
+        expected = (reference - MEAN) / STD
+        if interpolation == "bilinear":
+            assert torch.allclose(ours[i], expected, atol=1e-4)
+        else:  # a sampling position a rounding error away from a pixel boundary may take the neighbour
+            assert (ours[i] != expected).float().mean() < 0.01
+    assert not torch.allclose(ours, normalize(images))  # it did move the pixels
+
+
+def test_elastic_composes_with_the_affine_warp_in_one_resampling(images):
+    from space.config import Elastic
+
+    both = Augment(rotation=10.0, elastic=Elastic(alpha=20.0, sigma=3.0))
+    out = augment_batch(images, both, torch.Generator().manual_seed(0))
+    affine_only = augment_batch(images, replace(both, elastic=None), torch.Generator().manual_seed(0))
+    assert out.shape == affine_only.shape and not torch.equal(out, affine_only)
+    # the affine draws come first, so switching elastic on leaves the rotation angles as they were
+    assert torch.equal(augment_batch(images, replace(both, elastic=None), torch.Generator().manual_seed(0)), affine_only)
+
+
+def test_ema_averages_weights_and_batch_norm_statistics_with_a_warm_up():
+    from search.train import ema_of
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = ema_of(model, decay=0.9)
+    values = [1.0, 3.0, 7.0]
+    expected = None
+    for n, v in enumerate(values):
+        with torch.no_grad():
+            for t in [*model.parameters(), model[1].running_mean]:
+                t.fill_(v)
+        ema.update_parameters(model)
+        decay = min(0.9, (1 + n) / (10 + n))  # the n-th update after the first copy
+        expected = v if expected is None else decay * expected + (1 - decay) * v
+    assert torch.allclose(ema.module[0].weight, torch.full((2, 2), expected))
+    assert torch.allclose(ema.module[1].running_mean, torch.full((2,), expected))  # the buffers are averaged too
+
+
+def test_ema_training_returns_and_scores_the_averaged_model(data_dir):
+    from search.train import evaluate
+
+    config = replace(load_config(REFERENCE / "step3.json"), epochs=2, ema=0.99)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000)
+    model, history = train(config, split)
+    assert evaluate(model, split.eval_images, split.eval_labels)[1] == history[-1]["val_acc"]
+    plain_model, plain = train(replace(config, ema=0.0), split)
+    assert [m["train_loss"] for m in plain] == [m["train_loss"] for m in history]  # the averaging never touches training
+    assert plain[-1]["val_acc"] != history[-1]["val_acc"]
+
+
+def test_distillation_loss_is_hintons_mix():
+    from search.train import distill_loss
+    from space.config import Distill
+
+    torch.manual_seed(0)
+    student, teacher = F.log_softmax(torch.randn(8, 10), 1), F.log_softmax(torch.randn(8, 10), 1)
+    hard = F.nll_loss(student, torch.arange(8) % 10)
+    assert distill_loss(student, teacher, hard, Distill("t.json", weight=0.0)) == hard
+    assert distill_loss(student, student, hard, Distill("t.json", weight=1.0)).abs() < 1e-6  # no soft loss against itself
+    t, w = 3.0, 0.7
+    p_teacher = torch.softmax(teacher / t, 1)
+    kl = (p_teacher * (p_teacher.log() - torch.log_softmax(student / t, 1))).sum(1).mean()
+    assert torch.allclose(distill_loss(student, teacher, hard, Distill("t.json", weight=w, temperature=t)), (1 - w) * hard + w * t * t * kl)

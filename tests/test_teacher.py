@@ -1,0 +1,67 @@
+"""Distillation teachers: trained once per data folder and split, cached, reused, retrained when their config changes."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_cli
+from search import teacher as teachers
+from search.data import load_split
+from space.config import Distill, Elastic, save_config
+from space.step3 import REFERENCE_PARAMS, config_from_params
+
+TINY_TEACHER = config_from_params({**REFERENCE_PARAMS, **{k: 4 for k in REFERENCE_PARAMS if k.endswith("_width")}}, epochs=1, name="tiny-teacher")
+
+
+def test_a_teacher_is_trained_once_reused_and_retrained_when_its_config_changes(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv(teachers.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(teachers, "_loaded", {})
+    save_config(TINY_TEACHER, tmp_path / "teacher.json")
+    student = replace(TINY_TEACHER, distill=Distill(str(tmp_path / "teacher.json")))
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
+    model, record = teachers.teacher_for(student, split)
+    out = capsys.readouterr().out
+    assert "training it once" in out and f"trained in {record['seconds']:.0f} s" in out  # its time on its own line
+    assert record["eval_set"] == "val" and record["name"] == "tiny-teacher" and not model.training
+    (weights,) = (tmp_path / "cache").glob("teacher-*.safetensors")
+    written = weights.stat().st_mtime_ns
+
+    monkeypatch.setattr(teachers, "_loaded", {})  # as a new process: from the cache, not trained again
+    again, same = teachers.teacher_for(student, split)
+    assert "cached" in capsys.readouterr().out and same == record and weights.stat().st_mtime_ns == written
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+    save_config(replace(TINY_TEACHER, seed=2), tmp_path / "teacher.json")  # a changed teacher is a new teacher
+    _, changed = teachers.teacher_for(student, split)
+    assert changed["key"] != record["key"] and "training it once" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache").glob("teacher-*.safetensors"))) == 2
+
+
+def test_a_student_with_every_recipe_option_reproduces_its_files_and_names_its_teacher(tmp_path, data_dir):
+    save_config(TINY_TEACHER, tmp_path / "teacher.json")
+    student = replace(TINY_TEACHER, name="student", ema=0.9, augment=replace(TINY_TEACHER.augment, elastic=Elastic(34.0, 4.0)),
+                      distill=Distill(str(tmp_path / "teacher.json"), weight=0.7, temperature=3.0))
+    save_config(student, tmp_path / "student.json")
+    env = {"SEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("reproduce", str(tmp_path / "student.json"), "--out", str(tmp_path / "r.json"), "--device", "cpu", env=env)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert record["teacher"]["teacher"] == str(tmp_path / "teacher.json") and record["teacher"]["eval_set"] == "test"
+    assert record["config"]["distill"] == {"teacher": str(tmp_path / "teacher.json"), "weight": 0.7, "temperature": 3.0}
+    assert record["config"]["ema"] == 0.9 and record["config"]["augment"]["elastic"] == {"alpha": 34.0, "sigma": 4.0}
+    for kind in ("onnx", "safetensors"):  # the averaged student's files give the recorded accuracy, without the teacher
+        evaluated = run_cli("evaluate", str(tmp_path / f"r-seed1.{kind}"), "--device", "cpu")
+        assert evaluated.returncode == 0 and "(the same)" in evaluated.stdout, evaluated.stdout + evaluated.stderr
+
+
+def test_a_missing_or_distilling_teacher_is_one_line(tmp_path):
+    student = replace(TINY_TEACHER, distill=Distill(str(tmp_path / "nope.json")))
+    save_config(student, tmp_path / "student.json")
+    assert_one_line_error(run_cli("reproduce", str(tmp_path / "student.json"), "--out", str(tmp_path / "r.json"), "--device", "cpu"),
+                          "distill.teacher", "nope.json", "no such config file")
+    save_config(student, tmp_path / "teacher.json")
+    save_config(replace(TINY_TEACHER, distill=Distill(str(tmp_path / "teacher.json"))), tmp_path / "student.json")
+    assert_one_line_error(run_cli("reproduce", str(tmp_path / "student.json"), "--out", str(tmp_path / "r.json"), "--device", "cpu"),
+                          "distill.teacher", "learns from a teacher itself")
