@@ -45,6 +45,14 @@ def seed_style_loader(root: Path) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2, persistent_workers=True)
 
 
+def bench_command(data_dir: str | None, device: str, steps: int, rounds: int, warmup: int) -> None:
+    """`bench`: images/s of our pipeline against the seed's PIL DataLoader, side by side."""
+    from search.data import resolve_data_dir
+    from search.device import resolve_device
+
+    bench(resolve_data_dir(data_dir), resolve_device(device), steps, rounds, warmup)
+
+
 def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int) -> float:
     """Print images/s of both pipelines per round, and the median and spread of the per-round
     ratios ours / seed's; return the median ratio."""

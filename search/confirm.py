@@ -22,17 +22,74 @@ import statistics
 import time
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
-from search.data import Split
+from search.dashboard import publish_best
+from search.data import Split, load_mnist, load_split, resolve_data_dir
+from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
-from search.storage import fail_stale, worker_id, worker_is_gone
-from search.study import export_config
+from search.export import export_best, export_config
+from search.results import confirmed_rows, format_row
+from search.storage import fail_stale, load_existing_study, mask_password, open_storage, output_folder, storage_of_existing, worker_id, worker_is_gone
+from search.studyfile import stored_spec
 from search.teacher import teacher_for
 from search.train import DivergedError, log_line, train
+from search.workers import run_in_workers
 from space.config import config_from_dict, config_to_dict
+
+
+def confirm_command(study_name: str, storage: str | None, top: int | None, seeds: int | None, workers: int, out: Path | None,
+                    data_dir: str | None, device: str) -> None:
+    """`confirm`: confirm a study's candidates (the study file's [confirm] settings unless given),
+    print the table, write best.json (the best confirmed mean) into `out` (default: studies/NAME/)."""
+    study = load_existing_study(study_name, storage)
+    url = storage_of_existing(study_name, storage)
+    settings = stored_spec(study).confirm
+    out = output_folder(out or Path("studies") / study_name, "--out")  # before hours of training, not after
+    data = resolve_data_dir(data_dir)
+    load_mnist(data, train=True)  # a data error before any run is enqueued
+    confirm(study, url, top or settings.top, seeds or settings.seeds, resolve_device(device), data, workers, settings.subset)
+    path = export_best(study, out)
+    publish_best(study)
+    print(f"best config (best confirmed mean) written to {path}")
+
+
+def confirm(study: optuna.Study, url: str, top: int, seeds: int, device: torch.device, data_dir: Path, workers: int,
+            subset: int) -> dict[str, dict]:
+    """Confirm `study`'s candidates in this process or in `workers` processes sharing `url`,
+    store and print the mean ± std per candidate, and return them."""
+    if workers > 1 and url.startswith("sqlite"):
+        raise UsageError(f"{mask_password(url)} is SQLite, which is not safe for several workers; rerun with --workers 1 or use a journal file or PostgreSQL")
+    if not candidates(study, top):
+        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
+    companion = open_companion(study)
+    runs = plan(study, companion, top, seeds, subset)
+    left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    epochs = stored_spec(study).training.export_epochs
+    log_line(f"confirming {len({n for n, _ in runs})} candidate(s) of {study.study_name!r} with {seeds} seed(s) or more each at the export "
+             f"budget ({epochs} epochs on {subset:,} training images) on the validation split: {left} of {len(runs)} run(s) to train "
+             f"(study {companion.study_name!r})")
+    if workers == 1:
+        run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=subset))
+    else:
+        run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, subset), workers, cpu_threads(device, workers), companion)
+    summary = summarize(study, companion)
+    rows = confirmed_rows(study)
+    print(f"confirmed {len(rows)} candidate(s), smallest first:")
+    for row in rows:
+        print("  " + format_row(row))
+    return summary
+
+
+def confirm_worker(name: str, url: str, device: str, data_dir: Path, subset: int, index: int) -> None:
+    """One of several confirmation worker processes."""
+    companion = optuna.load_study(study_name=companion_name(name), storage=open_storage(url))
+    run_confirmations(companion, lambda: load_split(data_dir, torch.device(device), validation=True, subset=subset),
+                      label=f"[worker {index}] ")
 
 
 def companion_name(study_name: str) -> str:
@@ -51,7 +108,7 @@ def candidates(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
 
 def confirmation_seeds(study: optuna.Study, count: int) -> list[int]:
     """Seeds the search never used: the study's seed + 1, + 2, ..."""
-    seed = study.user_attrs["spec"]["seed"]
+    seed = stored_spec(study).seed
     return [seed + 1 + i for i in range(count)]
 
 
@@ -187,55 +244,3 @@ def summarize(study: optuna.Study, companion: optuna.Study) -> dict[str, dict]:
     return summary
 
 
-def confirmed_rows(study: optuna.Study) -> list[dict]:
-    """The fully confirmed candidates (every planned seed done), smallest first; those with a
-    diverged run are listed too (see `holds`)."""
-    # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded)
-    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, **e}
-            for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
-    return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
-
-
-def holds(row: dict) -> bool:
-    """A candidate can be chosen (best.json, --target-acc) only when none of its runs diverged."""
-    return not row.get("diverged") and row["mean"] is not None
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The candidate with the best confirmed mean (every planned seed done, none diverged) when
-    there is one; else the best trial of the search (of a Pareto study: the most accurate point
-    of its front)."""
-    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run it longer (python -m search run ...)")
-    confirmed = {r["trial"]: r["mean"] for r in confirmed_rows(study) if holds(r)}
-    if confirmed:
-        return study.get_trials(deepcopy=False)[max(confirmed, key=confirmed.get)]
-    if len(study.directions) > 1:
-        return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
-    return study.best_trial
-
-
-def target_row(rows: list[dict], target: float) -> tuple[dict | None, dict | None]:
-    """(the smallest confirmed candidate whose mean reaches `target`, None) or (None, the one that
-    comes closest); a candidate with a diverged run is never chosen."""
-    eligible = [r for r in rows if holds(r)]
-    reaching = [r for r in eligible if r["mean"] >= target]
-    if reaching:
-        return min(reaching, key=lambda r: (r["n_params"], -r["mean"])), None
-    return None, max(eligible, key=lambda r: r["mean"], default=None)
-
-
-def budget(row: dict) -> str:
-    if row["epochs"] is None:
-        return "budget not recorded"
-    return f"{row['epochs']} epochs on {row['images']:,} training images"
-
-
-def format_row(row: dict) -> str:
-    text = f"trial {row['trial']} ({row['n_params']:,} params): "
-    if row["seeds"]:
-        text += (f"{row['mean']:.2f} ± {row['std']:.2f} % mean final validation accuracy over seeds {', '.join(map(str, row['seeds']))}")
-    diverged = row.get("diverged", {})
-    if diverged:
-        text += ("; " if row["seeds"] else "") + "DIVERGED on seed " + ", ".join(f"{s} ({why})" for s, why in diverged.items())
-    return text + f" ({budget(row)})"

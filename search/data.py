@@ -12,16 +12,19 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from search.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: commands that only read a study start fast
+    import torch
 
 DATA_DIR_ENV = "SEARCH_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
 SPLIT_SEED = 0
 N_VAL = 10_000
 N_TRAIN_FILES = {True: 60_000, False: 10_000}  # images in MNIST's train / test files
+TRAIN_SPLIT = 50_000  # the search's training images: MNIST's 60,000 less the N_VAL held out for validation
 RAW_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
 
 
@@ -44,7 +47,7 @@ def resolve_data_dir(option: str | None) -> Path:
 
 def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One MNIST file pair through torchvision: (uint8 images (N, 28, 28), int64 labels)."""
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # (imports torch)
 
     if not root.is_dir():
         raise DataError(f"data directory {root} does not exist; pass --data-dir or set {DATA_DIR_ENV} to the folder holding MNIST/raw/")
@@ -73,6 +76,8 @@ def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 
 def validation_indices() -> tuple[torch.Tensor, torch.Tensor]:
     """(train, validation) indices into the 60,000 training images: a fixed, seeded split."""
+    import torch
+
     order = torch.randperm(N_TRAIN_FILES[True], generator=torch.Generator().manual_seed(SPLIT_SEED))
     return order[N_VAL:], order[:N_VAL]
 

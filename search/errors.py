@@ -2,6 +2,8 @@
 
 Kept free of heavy imports so that every command can catch them cheaply."""
 
+from space.config import ConfigError  # noqa: F401  (a bad config or study file: the config schema's own error)
+
 
 class UsageError(Exception):
     """A mistake in how a command was called (a limit, a device, a study name, ...)."""

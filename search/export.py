@@ -1,17 +1,56 @@
-"""Export of a study's trials in the reference config format: best.json (the best confirmed
-mean, else the search's best trial) and, for a target accuracy, the smallest confirmed config
-that reaches it."""
+"""Export: a study's trials in the reference config format. `export_form` turns a trial's
+config into a full run (the study's export epochs, the schedule scaled to match);
+best.json is the best confirmed mean, else the search's best trial; for a target accuracy,
+the smallest confirmed config that reaches it."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 
-from search.confirm import best_trial, confirmed_rows, format_row, target_row
 from search.errors import TargetMissed, UsageError
-from search.study import export_config
-from space.config import save_config
+from search.results import best_trial, confirmed_rows, format_row, target_row
+from search.storage import load_existing_study, output_folder
+from search.studyfile import Training, stored_spec
+from space.config import RunConfig, config_from_dict, save_config
+
+
+def export_command(study_name: str, storage: str | None, out: Path | None, target_acc: float | None) -> None:
+    """`export`: write best.json, or with `target_acc` target-ACC.json, into `out` (default: studies/NAME/)."""
+    study = load_existing_study(study_name, storage)
+    best_trial(study)  # a study with nothing to export is refused before any folder is made
+    out = output_folder(out or Path("studies") / study_name, "--out")
+    if target_acc is not None:
+        path, row = export_target(study, out, target_acc)
+        print(f"smallest confirmed config reaching {target_acc:g} %: {format_row(row)}; written to {path}")
+        return
+    print(f"best config written to {export_best(study, out)}")
+
+
+def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:
+    """The config trial `trial` was trained with."""
+    return config_from_dict(trial.user_attrs["config"])
+
+
+def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunConfig:
+    """The trial's config for a full run (see `export_form`)."""
+    return export_form(trial_config(trial), stored_spec(study).training, f"{study.study_name}-trial{trial.number}")
+
+
+def export_form(config: RunConfig, training: Training, name: str) -> RunConfig:
+    """`config` as a full run: the study's export epoch count, the step size scaled by
+    export_epochs / epochs (a whole number: the study file is refused otherwise), so the learning
+    rate drops as many times and at the same fractions of training as in the trial."""
+    factor, remainder = divmod(training.export_epochs, training.epochs)
+    if remainder:  # a study stored before that check existed
+        raise UsageError(f"export_epochs {training.export_epochs} is not a multiple of the trials' {training.epochs} epochs, "
+                         f"so the exported schedule would differ from the searched one; start a new study with a multiple")
+    scheduler = config.scheduler  # OneCycleLR spans all of training by itself: its fractions stay
+    if scheduler.kind == "step":
+        scheduler = replace(scheduler, step_size=scheduler.step_size * factor)
+    return replace(config, epochs=training.export_epochs, scheduler=scheduler, name=name)
 
 
 def export_best(study: optuna.Study, out: Path) -> Path:
@@ -27,7 +66,8 @@ def export_target(study: optuna.Study, out: Path, target: float) -> tuple[Path, 
         raise UsageError(f"study {study.study_name!r} has no confirmed candidate yet; run python -m search confirm --study {study.study_name}")
     row, closest = target_row(rows, target)
     if row is None:
-        raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {target:g} %; closest: {format_row(closest)}")
+        closest_text = format_row(closest) if closest else "none (every confirmed candidate diverged)"
+        raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {target:g} %; closest: {closest_text}")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["trial"])
     return _write(study, trial, out / f"target-{target:g}.json"), row
 

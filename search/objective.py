@@ -12,24 +12,29 @@ dashboard see, is measured at the same budget.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 
 from search.artifacts import attach_trial_files
 from search.data import Split
-from search.storage import worker_id, worker_is_gone
+from search.export import export_form
 from search.pareto import promoted
-from search.study import (FAMILIES, FINISHED, OBJECTIVE_EPOCHS, StudySpec, config_from_point, export_form, may_prune, rung_subsets,
-                          settled_after, spec_to_dict)
+from search.storage import worker_id, worker_is_gone
+from search.studyfile import OBJECTIVE_EPOCHS, Pruner, StudySpec
 from search.teacher import teacher_for
 from search.train import DivergedError, train
-from space.config import ConfigError, architecture, check_shapes, config_to_dict, count_params
+from space.config import ConfigError, RunConfig, architecture, check_shapes, config_to_dict, count_params
+from space.families import FAMILIES
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> float | tuple[float, int]:
@@ -84,8 +89,8 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
             if not promoted(points, me, spec.fidelity.eta):
                 return _prune(trial, f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not "
                                      f"in the top 1/{spec.fidelity.eta} of the {len(points)} results there")
-    attach_trial_files(trial, export_form(config, spec_to_dict(spec)["training"], config.name), n_params, history, out)
-    return (accuracy, n_params) if spec.objective == "pareto" else accuracy
+    attach_trial_files(trial, export_form(config, spec.training, config.name), n_params, history, out)
+    return (accuracy, n_params) if spec.pareto else accuracy
 
 
 def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, start: float) -> list[dict]:
@@ -96,7 +101,7 @@ def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, star
         history.append(metrics)
         trial.set_user_attr("epochs", history)
         trial.set_user_attr("seconds", time.perf_counter() - start)
-        if spec.objective == "pareto":  # Optuna's report and should_prune need one objective
+        if spec.pareto:  # Optuna's report and should_prune need one objective
             return
         trial.report(metrics["val_acc"], metrics["epoch"])
         if may_prune(metrics["epoch"], settled_after(config), config.epochs) and trial.should_prune():
@@ -133,3 +138,43 @@ class SurplusTrial(Exception):
     """Raised in a trial that several workers started together beyond the study's trial count."""
 
 
+# ---------------------------------------------------------------- a point as a config
+
+
+def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
+    """The config of a point of the study's space, with the recipe values its family takes
+    from [training] (the step-3 family: batch size, momentum, weight decay)."""
+    family = FAMILIES[spec.family]
+    fixed = {key: getattr(spec.training, key) for key in family.FROM_TRAINING}
+    return family.config_from_params({**fixed, **params}, epochs=spec.training.epochs, seed=spec.seed, name=name)
+
+
+# ---------------------------------------------------------------- pruning and fidelity
+
+
+def settled_after(config: RunConfig) -> int:
+    """The epoch after which a trial's accuracy says something about where its schedule ends:
+    its first StepLR drop, or the end of OneCycleLR's warm-up."""
+    s = config.scheduler
+    return s.step_size if s.kind == "step" else math.ceil(s.warmup * config.epochs)
+
+
+def may_prune(epoch: int, settled: int, epochs: int) -> bool:
+    """Whether a trial may be judged after `epoch`: not before `settled` (its first learning-rate
+    drop or the end of its warm-up; until then accuracy says little about where the schedule
+    ends) and not after its last epoch (then nothing is saved, and its finished objective would
+    be replaced by one epoch's value)."""
+    return settled < epoch < epochs
+
+
+def make_pruner(pruner: Pruner) -> optuna.pruners.BasePruner:
+    """Median pruning after `startup_trials` completed trials (Optuna's MedianPruner counts COMPLETE ones)."""
+    if pruner.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()
+
+
+def rung_subsets(spec: StudySpec) -> list[int]:
+    """Training images of each rung, smallest first; the last is the study's subset."""
+    f = spec.fidelity
+    return [spec.training.subset // f.eta ** (f.rungs - 1 - k) for k in range(f.rungs)]

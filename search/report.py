@@ -1,8 +1,8 @@
-"""Browse and report: the dashboard's study note on the best trial, and `report`'s trials table and plots."""
+"""`report`: a study's trials as a table (trials.csv), its plots, the top 5 and the confirmed
+candidates on the terminal."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
 import matplotlib
@@ -10,88 +10,34 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
-import optuna_dashboard  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from search.confirm import best_trial, budget, confirmed_rows, format_row  # noqa: E402
 from search.pareto import front_indices, hypervolume  # noqa: E402
-from search.study import export_config  # noqa: E402
+from search.results import best_trial, confirmed_rows, format_row  # noqa: E402
+from search.storage import load_existing_study, output_folder  # noqa: E402
+from search.studyfile import stored_spec  # noqa: E402
 from space import blocks  # noqa: E402
-from space.config import RunConfig, architecture, count_params  # noqa: E402
+from space.config import count_params  # noqa: E402
 
 # the hand-made step-3 model's size (7,944), marked on the plot
 STEP3_SIZE = count_params(blocks.config_from_params(blocks.STEP3_PARAMS, epochs=15, seed=1, name="step3"))
 
 
-def recipe(config: RunConfig) -> str:
-    """The training recipe of `config` in one line."""
-    o, s, a = config.optimizer, config.scheduler, config.augment
-    name = {"sgd": "SGD", "nesterov": "SGD (Nesterov)", "adam": "Adam", "adamw": "AdamW"}[o.kind]
-    optimizer = f"{name} lr {o.lr:.4g}" + ("" if o.kind.startswith("adam") else f", momentum {o.momentum:.3g}")
-    if o.weight_decay:
-        optimizer += f", weight decay {o.weight_decay:.2g}"
-    schedule = f"StepLR step {s.step_size}, gamma {s.gamma:.3f}" if s.kind == "step" else f"OneCycleLR, warm-up {s.warmup:.2f}"
-    smoothing = f"; label smoothing {config.label_smoothing:.3f}" if config.label_smoothing else ""
-    augment = ", ".join(f"{name} {value:.3g}" for name, value in (("rotation", a.rotation), ("translate", a.translate), ("scale", a.scale),
-                                                                 ("brightness", a.brightness), ("contrast", a.contrast)) if value)
-    return f"{optimizer}; {schedule}; batch {config.batch_size}{smoothing}; dropout {config.dropout:.3f}; augmentation: {augment or 'none'}"
-
-
-def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
-    """Markdown for the dashboard's study note: the best trial and how to rerun it."""
-    name = study.study_name
-    trials = study.get_trials(deepcopy=False)
-    count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
-    over = sum("over the parameter limit" in t.user_attrs.get("reason", "") for t in trials)
-    invalid = sum("invalid shape" in t.user_attrs.get("reason", "") for t in trials)
-    config = export_config(study, best)
-    rows = confirmed_rows(study)
-    confirmed = ["", "## Confirmed candidates", "",
-                 "Retrained at the budget shown on seeds the search never used; final validation accuracy, mean ± std over the "
-                 f"seeds. A diverged run counts against its candidate. Every run is a trial of the study `{name}.confirm`.", "",
-                 "| trial | parameters | mean ± std (%) | seeds | diverged | budget |", "|---|---|---|---|---|---|"]
-    confirmed += [f"| {r['trial']} | {r['n_params']:,} | " + (f"{r['mean']:.2f} ± {r['std']:.2f}" if r["seeds"] else "–")
-                  + f" | {', '.join(map(str, r['seeds']))} | {', '.join(f'seed {k}: {v}' for k, v in r['diverged'].items()) or 'none'} "
-                  f"| {budget(r)} |" for r in rows]
-    heading = "Best confirmed trial" if rows else "Best trial" if len(study.directions) == 1 else "Most accurate trial of the front"
-    return "\n".join([
-        f"## {heading}: {best.number}",
-        "",
-        "| | |", "|---|---|",
-        f"| parameters | {best.user_attrs['n_params']:,} (limit {study.user_attrs['spec']['max_params']:,}) |",
-        f"| objective | {best.values[0]:.3f} % ({study.user_attrs.get('objective', 'validation accuracy')}) |",
-        f"| architecture | `{architecture(config)}` |",
-        f"| recipe ({config.epochs} epochs) | {recipe(config)} |",
-        "",
-        f"Rerun it on all 60,000 training images ({config.epochs} epochs) and report test accuracy:",
-        "",
-        f"    python -m search reproduce --study {name} --seeds 1 2 3",
-        "",
-        f"Trial {best.number}'s artifacts (Trials tab) are its config, `export-config.json` (the same as this study's `best.json`), and its learning curve.",
-        "",
-        f"{len(trials)} trials: {count(TrialState.COMPLETE)} complete, {count(TrialState.PRUNED)} pruned "
-        f"({over} of them over the parameter limit and {invalid} of invalid shape, never trained), {count(TrialState.FAIL)} failed. "
-        f"Note updated {datetime.now():%Y-%m-%d %H:%M}.",
-        *(confirmed if rows else []),
-    ])
-
-
-def publish_best(study: optuna.Study) -> None:
-    """Keep the dashboard's study note on the best trial current."""
-    optuna_dashboard.save_note(study, study_note(study, best_trial(study)))
-
-
-# ---------------------------------------------------------------- report: table and plots
-
 HYPERVOLUME_FLOOR = 90.0  # accuracy (%) below which a point adds nothing to the front's hypervolume
+
+
+def report_command(study_name: str, storage: str | None, out: Path | None) -> None:
+    """`report`: trials.csv, the plots and the tables of a study, into `out` (default: studies/NAME/report/)."""
+    study = load_existing_study(study_name, storage)
+    out = output_folder(out or Path("studies") / study_name / "report", "--out")
+    print("wrote " + ", ".join(str(p) for p in write_report(study, out)))
 
 
 def front_hypervolume(study: optuna.Study) -> float:
     """Area (accuracy points x parameters) the COMPLETE trials dominate above HYPERVOLUME_FLOOR and below the limit."""
     points = [(t.values[0], t.user_attrs["n_params"]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return hypervolume(points, (HYPERVOLUME_FLOOR, study.user_attrs["spec"]["max_params"]))
-
+    return hypervolume(points, (HYPERVOLUME_FLOOR, stored_spec(study).max_params))
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -125,7 +71,7 @@ def refused_summary(table: pd.DataFrame) -> str | None:
 def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:
     """Accuracy against parameters: every trained trial, the front of the COMPLETE ones, the
     confirmed means (± std), the limit and the hand-made reference's size."""
-    limit = study.user_attrs["spec"]["max_params"]
+    limit = stored_spec(study).max_params
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
@@ -203,7 +149,7 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
     plot_params_vs_objective(study, out / "params_vs_objective.png")
     written.append(out / "params_vs_objective.png")
     if len(study.directions) > 1:
-        limit = study.user_attrs["spec"]["max_params"]
+        limit = stored_spec(study).max_params
         print(f"front hypervolume: {front_hypervolume(study):,.0f} (accuracy points x parameters above {HYPERVOLUME_FLOOR:g} % "
               f"and below {limit:,} parameters)")
     refused = refused_summary(table)

@@ -10,15 +10,78 @@ import statistics
 import sys
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import torch
 
-from search.data import Split
+from search.data import Split, load_split, resolve_data_dir
+from search.device import resolve_device
+from search.errors import Diverged, UsageError
+from search.export import export_config, trial_config
 from search.model_files import save_model_files
+from search.results import best_trial
+from search.storage import load_existing_study, output_folder
 from search.teacher import teacher_for
 from search.train import DivergedError, log_line, train
-from space.config import RunConfig, config_to_dict, count_params
+from space.config import DEFAULT_MAX_PARAMS, RunConfig, config_to_dict, count_params, load_config
+
+
+def reproduce_command(config_file: Path | None, study_name: str | None, storage: str | None, trial_number: int | None, as_trained: bool,
+                      seeds: list[int], epochs: int | None, out: Path | None, max_params: int | None, allow_over_limit: bool,
+                      data_dir: str | None, device: str) -> None:
+    """`reproduce`: train a config file, or a study's trial (its best by default), once per seed on
+    all 60,000 training images and report test accuracy; with `as_trained`, retrain the trial
+    exactly as the study did (its split, training images, seed, epochs and CPU threads) and say
+    whether the curve is the recorded one."""
+    if (config_file is None) == (study_name is None):
+        raise UsageError("reproduce takes a CONFIG.json or --study NAME (one of the two)")
+    if as_trained and trial_number is None:
+        raise UsageError("--as-trained needs --trial N")
+    validation, subset, trial = False, None, None
+    if config_file is not None:
+        config, source = load_config(config_file), str(config_file)
+        default_out = Path("runs") / f"reproduce-{config.name or config_file.stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    else:
+        study = load_existing_study(study_name, storage)
+        trial = best_trial(study) if trial_number is None else _trial(study, trial_number)
+        source = f"study {study_name!r} trial {trial.number}"
+        if as_trained:  # exactly as the study trained it: same split, subset, seed, epochs and CPU threads
+            if "subset" not in trial.user_attrs:
+                raise UsageError(f"trial {trial.number} of {study_name!r} was never trained ({trial.user_attrs.get('reason', trial.state.name)}); "
+                                 f"--as-trained needs a trial that trained")
+            config, validation, seeds = trial_config(trial), True, [trial_config(trial).seed]
+            # a Pareto trial's record is the curve of the last rung it trained (a stopped one: the rung it stopped at)
+            subset = trial.user_attrs["rungs"][-1]["images"] if trial.user_attrs.get("rungs") else trial.user_attrs["subset"]
+        else:
+            config = export_config(study, trial)
+        default_out = Path("studies") / study_name / (f"reproduce-trial{trial.number}" + ("-as-trained" if as_trained else "") + ".json")
+    if epochs:
+        config = replace(config, epochs=epochs)
+    limit = max_params or DEFAULT_MAX_PARAMS
+    if count_params(config) > limit and not allow_over_limit:
+        raise UsageError(f"{source}: {count_params(config):,} parameters is over the {limit:,} limit; pass --allow-over-limit to train it anyway")
+    out = out or default_out
+    output_folder(out.parent, "--out")
+    torch_device = resolve_device(device)
+    if as_trained and "threads" in trial.user_attrs and torch_device.type == "cpu":  # the CPU's numbers depend on the thread count
+        torch.set_num_threads(trial.user_attrs["threads"])
+    split = load_split(resolve_data_dir(data_dir), torch_device, validation=validation, subset=subset)
+    record = reproduce(config, seeds, split, out)
+    if not record["runs"]:
+        raise Diverged(f"{source}: training diverged on every seed ({', '.join(map(str, seeds))}); lower its learning rate")
+    if as_trained:
+        recorded = [m["val_acc"] for m in trial.user_attrs.get("epochs", [])]
+        now = [m["val_acc"] for m in record["runs"][0]["epochs"]]
+        print(f"recorded val acc per epoch ({subset:,} training images): {recorded}")
+        print(f"matches the study's record exactly: {'yes' if now[: len(recorded)] == recorded else 'NO'}")
+
+
+def _trial(study, number: int):
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not trials or "config" not in trials[0].user_attrs:
+        raise UsageError(f"study {study.study_name!r} has no trial {number} with a config; see its trials in the dashboard or `report`")
+    return trials[0]
 
 
 def environment(device: torch.device) -> dict:

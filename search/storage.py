@@ -105,6 +105,19 @@ def _commit_without_waiting_for_the_disk(storage: RDBStorage) -> None:
     atexit.register(checkpoint)
 
 
+def output_folder(folder: Path, option: str) -> Path:
+    """`folder`, created if needed and proven to take a file, before any work starts (a one-line
+    UsageError naming `option` otherwise)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{option} {folder}: cannot create or write there ({e.strerror or type(e).__name__}); pass {option} a writable folder") from None
+    return folder
+
+
 def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
     """Whether `storage` runs heartbeats; sees through Optuna's wrappers (a study's storage is a
     _CachedStorage around the RDBStorage, which an isinstance check on RDBStorage misses)."""

@@ -1,229 +1,96 @@
-"""A study: its file (budget, limit, pruner, family and space) and the configs of its trials.
-
-A study file (`studies/*.toml`) is read and checked here (`load_study_spec`); command-line
-overrides go through the same checks. The configs of a study's trials (as trained, or in
-their export form for a full run) are derived here too, so that the objective, the runner,
-`export` and `report` agree on them.
-"""
+"""A study in its storage: created from a study file (settings stored, the hand-made model as
+its first trial) or resumed with the same settings, and its sampler, seeded from the study."""
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+import hashlib
+import time
+import warnings
 from typing import Any
 
 import optuna
-import tomllib
 
 from search.errors import UsageError
-from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from space import blocks, step3
-from space.config import ConfigError, RunConfig, check, config_from_dict, parse_section, read_text_file
+from search.objective import config_from_point, make_pruner
+from search.storage import mask_password
+from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, same_settings, spec_to_dict, stored_spec
+from space.config import count_params
+from space.families import FAMILIES
 
-OBJECTIVE_EPOCHS = 3  # objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-PRUNERS = ("median", "none")
-OBJECTIVES = ("accuracy", "pareto")
-FAMILIES = {"step3": step3, "blocks": blocks}  # one module per model family under space/
-# Hyperband is not offered: its rungs compare trials at fixed epochs, but a trial may only be
-# judged after its own first learning-rate drop and before its last epoch, so a rung would
-# compare one trial's epoch 2 with another's epoch 3, and some trials would never reach one.
+# Our own line per trial replaces Optuna's log, which would print a traceback for a trial ended by Ctrl-C.
+optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-# ---------------------------------------------------------------- study files
-
-
-@dataclass(frozen=True)
-class Training:
-    epochs: int
-    subset: int = 50_000
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    export_epochs: int = 15
-
-
-@dataclass(frozen=True)
-class Pruner:
-    kind: str = "median"
-    startup_trials: int = 5
-
-
-@dataclass(frozen=True)
-class Fidelity:
-    """Successive halving (Pareto studies): rung k of `rungs` trains on subset / eta^(rungs-1-k)
-    images, and a trial goes on to the next rung only when it ranks in the top 1/eta there."""
-    rungs: int = 1
-    eta: int = 3
-
-
-@dataclass(frozen=True)
-class Confirm:
-    """Confirmation: the candidates (the Pareto front, or the top trials) retrained at the export
-    budget on the validation split with `seeds` more seeds; `after_run`: at the end of `run`.
-    `subset` below the split's 50,000 images is for quick checks only."""
-    top: int = 3
-    seeds: int = 2
-    after_run: bool = False
-    subset: int = 50_000
-
-
-@dataclass(frozen=True)
-class StudySpec:
-    name: str
-    trials: int
-    max_params: int
-    seed: int
-    training: Training
-    space: Any  # the family's Space
-    pruner: Pruner = Pruner()  # a Pareto study's default is "none" (see _spec_from_dict)
-    heartbeat_interval: int = HEARTBEAT_INTERVAL  # RDB storage: seconds between a worker's heartbeats
-    grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
-    family: str = "step3"
-    tpe_group: bool = False  # TPESampler(group=True): multivariate TPE per group of parameters that occur together
-    objective: str = "accuracy"  # or "pareto": maximise accuracy and minimise n_params
-    fidelity: Fidelity = Fidelity()
-    confirm: Confirm = Confirm()
-
-
-def _spec_from_dict(raw: dict) -> StudySpec:
-    top = parse_section(raw, StudySpec, "")
-    family = top.get("family", "step3")
-    check(family in FAMILIES, "family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
-    training = Training(**parse_section(top["training"], Training, "training"))
-    if family == "blocks":
-        for key in ("batch_size", "momentum", "weight_decay"):
-            check(key not in top["training"], f"training.{key}", "the blocks family searches it: give its range or choices in [space] instead")
-    objective = top.get("objective", "accuracy")
-    check(objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    # Optuna's report/should_prune raise in a multi-objective study: a Pareto study prunes by its rungs
-    pruner = Pruner(**({"kind": "none"} if objective == "pareto" else {}) | parse_section(top.get("pruner", {}), Pruner, "pruner"))
-    fidelity = Fidelity(**parse_section(top.get("fidelity", {}), Fidelity, "fidelity"))
-    confirm = Confirm(**parse_section(top.get("confirm", {}), Confirm, "confirm"))
-    space = FAMILIES[family].space_from_dict(top.get("space", {}))
-    spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space, "fidelity": fidelity, "confirm": confirm})
-    check(re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name) is not None, "name", f"letters, digits, '_', '.' and '-' only, got {spec.name!r}")
-    for key in ("trials", "max_params", "heartbeat_interval"):
-        check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
-    for key in ("epochs", "subset", "batch_size", "export_epochs"):
-        check(getattr(training, key) > 0, f"training.{key}", f"must be > 0, got {getattr(training, key)}")
-    check(OBJECTIVE_EPOCHS <= training.epochs, "training.epochs", f"must be >= {OBJECTIVE_EPOCHS} (the objective averages the last {OBJECTIVE_EPOCHS} epochs)")
-    check(training.export_epochs % training.epochs == 0, "training.export_epochs",
-          f"must be a multiple of training.epochs ({training.epochs}), got {training.export_epochs}: only then does the exported "
-          f"StepLR schedule drop the learning rate as often and at the same fractions of training as the trial's")
-    check(training.subset <= 50_000, "training.subset", f"the training split has 50,000 images, got {training.subset}")
-    check(pruner.kind != "hyperband", "pruner.kind", "hyperband is not supported (its rungs would compare trials at different "
-          "epochs of their schedules; see the README's pruning section); use \"median\" or \"none\"")
-    check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")
-    check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
-    check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
-    check(objective == "accuracy" or pruner.kind == "none", "pruner.kind", "a Pareto study cannot use Optuna's pruners (they need "
-          "one objective); leave [pruner] out and set [fidelity] rungs for successive halving")
-    check(fidelity.rungs >= 1 and fidelity.eta >= 2, "fidelity", f"needs rungs >= 1 and eta >= 2, got {fidelity.rungs} and {fidelity.eta}")
-    check(fidelity.rungs == 1 or objective == "pareto", "fidelity.rungs", "rungs > 1 need objective = \"pareto\" (an accuracy study prunes with [pruner])")
-    check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
-          f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
-    check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")
-    check(0 < confirm.subset <= 50_000, "confirm.subset", f"must be in 1..50,000 (the training split), got {confirm.subset}")
-    return spec
-
-
-def load_study_spec(path: Path, overrides: dict[str, tuple[str, Any]] | None = None) -> StudySpec:
-    """Read and validate a study file (raises ConfigError naming the file and the field).
-
-    `overrides` maps a field ("training.epochs") to the command-line option that sets it and
-    its value ("--epochs", 1); they go through the same checks as the file, and an error in
-    one of them names the option."""
-    text = read_text_file(path, "study")
+def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str) -> tuple[optuna.Study, bool]:
+    """The study named spec.name in `storage`: (study, True) when this call created it, with the
+    settings stored and the hand-made reference as first trial; (study, False) when it existed
+    with the same settings (what may change, such as the trial count, is stored anew)."""
+    pruner = make_pruner(spec.pruner)
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: TOML nested too deeply to be a study file") from None
-    for field, (_, value) in (overrides or {}).items():
-        *parents, key = field.split(".")
-        table = raw.setdefault(parents[0], {}) if parents else raw  # fields are at most one table deep
-        if isinstance(table, dict):  # (a table that is not one is reported by the checks below)
-            table[key] = value
-    try:
-        return _spec_from_dict(raw)
-    except ConfigError as e:
-        field, _, problem = str(e).partition(": ")
-        if field in (overrides or {}):
-            option, value = overrides[field]
-            raise ConfigError(f"{option} {value}: {field} {problem}") from None
-        raise ConfigError(f"{path}: {e}") from None
+        study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions(spec), pruner=pruner)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=spec.name, storage=storage, pruner=pruner)
+        deadline = time.monotonic() + 30
+        while "spec" not in study.user_attrs and time.monotonic() < deadline:  # its creator, elsewhere, is still writing it
+            time.sleep(0.2)
+        stored = stored_spec(study) if "spec" in study.user_attrs else None
+        if stored is None or not same_settings(stored, spec):
+            raise UsageError(f"study {spec.name!r} in {mask_password(url)} was created from different settings; "
+                             f"restore the study file, or start a new study with --study NEW_NAME") from None
+        if stored != spec:  # `confirm` and `report` read the settings back
+            study.set_user_attr("spec", spec_to_dict(spec))
+        return study, False
+    reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
+    if reference is not None and count_params(config_from_point(spec, reference, "reference")) <= spec.max_params:
+        # The hand-made model is trial 0, the number to beat. It is enqueued before the spec is
+        # stored: workers elsewhere wait for the spec, so none can take a trial number first.
+        study.enqueue_trial(reference)
+    study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs"
+                        + (", and the parameter count" if spec.pareto else ""))
+    with warnings.catch_warnings():  # Optuna marks metric names experimental; the dashboard shows them
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([f"val acc % (mean of last {OBJECTIVE_EPOCHS} epochs)"] + (["params"] if spec.pareto else []))
+    study.set_user_attr("spec", spec_to_dict(spec))
+    return study, True
 
 
-def rung_subsets(spec: StudySpec) -> list[int]:
-    """Training images of each rung, smallest first; the last is the study's subset."""
-    f = spec.fidelity
-    return [spec.training.subset // f.eta ** (f.rungs - 1 - k) for k in range(f.rungs)]
+def directions(spec: StudySpec) -> list[str]:
+    return ["maximize", "minimize"] if spec.pareto else ["maximize"]
 
 
-def spec_to_dict(spec: StudySpec) -> dict:
-    """The spec as stored in the study (JSON types: ranges become lists)."""
-    return json.loads(json.dumps(asdict(spec)))
+class TrialSeededTPE(optuna.samplers.TPESampler):
+    """TPE whose random draws for trial N come from (the study's seed, N). No two trials share a
+    number, so processes that start trials at the same moment (several `run` commands on one
+    storage, here or on other machines) never share a random state, and the same study resumed
+    samples the same way every time."""
+
+    def __init__(self, study_seed: int, **kwargs: Any) -> None:
+        super().__init__(seed=study_seed, **kwargs)
+        self._study_seed = study_seed
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        seed = int(hashlib.sha256(f"{self._study_seed}:{trial.number}".encode()).hexdigest()[:8], 16)
+        # Optuna's random states, reseeded per trial (it offers no public way to seed them so)
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
 
 
-# ---------------------------------------------------------------- configs of a study
-
-
-def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:
-    """The config trial `trial` was trained with."""
-    return config_from_dict(trial.user_attrs["config"])
-
-
-def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunConfig:
-    """The trial's config for a full run (see `export_form`)."""
-    return export_form(trial_config(trial), study.user_attrs["spec"]["training"], f"{study.study_name}-trial{trial.number}")
-
-
-def export_form(config: RunConfig, training: dict, name: str) -> RunConfig:
-    """`config` as a full run: the study's export epoch count, the step size scaled by
-    export_epochs / epochs (a whole number: the study file is refused otherwise), so the learning
-    rate drops as many times and at the same fractions of training as in the trial."""
-    factor, remainder = divmod(training["export_epochs"], training["epochs"])
-    if remainder:  # a study stored before that check existed
-        raise UsageError(f"export_epochs {training['export_epochs']} is not a multiple of the trials' {training['epochs']} epochs, "
-                         f"so the exported schedule would differ from the searched one; start a new study with a multiple")
-    scheduler = config.scheduler  # OneCycleLR spans all of training by itself: its fractions stay
-    if scheduler.kind == "step":
-        scheduler = replace(scheduler, step_size=scheduler.step_size * factor)
-    return replace(config, epochs=training["export_epochs"], scheduler=scheduler, name=name)
-
-
-def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
-    """The config of a point of the study's space: the blocks family samples its whole recipe,
-    the step-3 family takes batch size, momentum and weight decay from [training]."""
-    t = spec.training
-    if spec.family == "blocks":
-        return blocks.config_from_params(params, epochs=t.epochs, seed=spec.seed, name=name)
-    return step3.config_from_params(params, epochs=t.epochs, batch_size=t.batch_size, momentum=t.momentum,
-                                    weight_decay=t.weight_decay, seed=spec.seed, name=name)
-
-
-def settled_after(config: RunConfig) -> int:
-    """The epoch after which a trial's accuracy says something about where its schedule ends:
-    its first StepLR drop, or the end of OneCycleLR's warm-up."""
-    s = config.scheduler
-    return s.step_size if s.kind == "step" else math.ceil(s.warmup * config.epochs)
-
-
-def may_prune(epoch: int, settled: int, epochs: int) -> bool:
-    """Whether a trial may be judged after `epoch`: not before `settled` (its first learning-rate
-    drop or the end of its warm-up; until then accuracy says little about where the schedule
-    ends) and not after its last epoch (then nothing is saved, and its finished objective would
-    be replaced by one epoch's value)."""
-    return settled < epoch < epochs
-
-
-def make_pruner(pruner: Pruner) -> optuna.pruners.BasePruner:
-    """Median pruning after `startup_trials` completed trials (Optuna's MedianPruner counts COMPLETE ones)."""
-    if pruner.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=0)
-    return optuna.pruners.NopPruner()
+def seed_sampler(study: optuna.Study, spec: StudySpec, url: str, first: bool, index: int = 0) -> None:
+    """TPE, seeded from the study, never from the process: the process that created the study
+    uses the study's seed as a plain TPESampler seed; every later start (a resumed run, worker
+    `index` of several, a run on another machine) reseeds TPE at each trial from the study's
+    seed and the trial's number (TrialSeededTPE). So the same command on the same study
+    continues the same way, while processes running at once propose different points, even
+    when they start at the same moment and see the same trials."""
+    # group: Optuna 5's TPE is multivariate for one objective; parameters that exist only in
+    # some trials (the blocks family's) are then sampled independently unless group=True.
+    # constant_liar (Optuna's default) counts other processes' running trials as bad ones and
+    # re-reads every trial for every parameter, most of a refused trial's cost. Only a journal
+    # file or an RDB server lets several processes run trials at once; on SQLite this process's
+    # own trial is the only one running, so the liar would change nothing there.
+    options = {"group": spec.tpe_group, "constant_liar": not url.startswith("sqlite")}
+    if first and index == 0:
+        study.sampler = optuna.samplers.TPESampler(seed=spec.seed, **options)
+    else:
+        study.sampler = TrialSeededTPE(spec.seed, **options)

@@ -18,7 +18,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from search.data import Split, load_split
@@ -41,10 +40,12 @@ def teacher_for(config: RunConfig, split: Split) -> tuple[nn.Module | None, dict
     student's record says about it; (None, None) when `config` does not distill."""
     if config.distill is None:
         return None, None
-    return _teacher(config.distill.teacher, split)
+    return teacher(config.distill.teacher, split)
 
 
-def _teacher(path: str, split: Split) -> tuple[nn.Module, dict]:
+def teacher(path: str, split: Split) -> tuple[nn.Module, dict]:
+    """The teacher of config file `path` for `split`'s data folder and kind (trained on first use,
+    then from the cache, then from this process's memory) and its record."""
     try:
         config = load_config(path)
     except ConfigError as e:

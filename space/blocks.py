@@ -24,29 +24,24 @@ A point's geometry may be invalid (a 4-stage net without padding shrinks below a
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from space.config import (OPTIMIZERS, SCHEDULES, Augment, ConfigError, Conv, GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer,
-                          RunConfig, Scheduler, check)
+from space.config import (MAX_DROPOUT, MAX_ELASTIC_SIGMA, N_CLASSES, OPTIMIZERS, SCHEDULES, Augment, Conv, Distill, Elastic,
+                          GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler)
+from space.ranges import Rules, parse_space
 
 HEADS = ("gap_conv", "conv_gap", "conv_reduce")
 DROPOUT_PLACES = ("every_conv", "stage_end")
 MAX_STAGES, MAX_CONVS = 4, 3
-N_CLASSES = 10
-
-# Ranges are inclusive [low, high]; the keys in CHOICES are lists of the values offered.
-INT_RANGES = ("stages", "convs", "width")
-LOG_RANGES = ("sgd_lr", "adam_lr", "gamma")
-CHOICES = {"kernel": int, "padding": int, "transition": bool, "head": str, "bias": bool, "dropout_at": str,
-           "optimizer": str, "schedule": str, "batch_size": int}
-
+FROM_TRAINING: tuple[str, ...] = ()  # the whole recipe is searched: [training] fixes none of it
 
 @dataclass(frozen=True)
 class Space:
+    """Inclusive [low, high] ranges, and tuples of the choices offered (RULES.choices)."""
+
     stages: tuple[int, int] = (2, 4)
     convs: tuple[int, int] = (1, 3)  # per stage
     width: tuple[int, int] = (4, 32)  # every conv of a stage, and the transitions
@@ -72,45 +67,36 @@ class Space:
     scale: tuple[float, float] = (0.0, 0.1)
     brightness: tuple[float, float] = (0.0, 0.3)
     contrast: tuple[float, float] = (0.0, 0.3)
+    # The recipe options, as lists of the values to try; 0 is off, and off alone is the default.
+    ema: tuple[float, ...] = (0.0,)  # the weights' moving average: decays per step
+    elastic_alpha: tuple[float, ...] = (0.0,)  # elastic distortion: its alpha (torchvision's ElasticTransform)
+    elastic_sigma: tuple[float, ...] = (4.0,)  # ... and its smoothing, in pixels
+    distill_weight: tuple[float, ...] = (0.0,)  # distillation: the weight of the teacher's soft targets
+    distill_temperature: tuple[float, ...] = (4.0,)
+    teacher: tuple[str, ...] = ("studies/reference/teacher.json",)  # the teacher's config file
 
 
-ALLOWED = {"kernel": lambda v: v in (1, 3, 5, 7), "padding": lambda v: v in (0, 1, 2, 3), "head": lambda v: v in HEADS,
-           "dropout_at": lambda v: v in DROPOUT_PLACES, "optimizer": lambda v: v in OPTIMIZERS, "schedule": lambda v: v in SCHEDULES,
-           "batch_size": lambda v: v >= 1}
-BOUNDS = {"stages": (1, MAX_STAGES), "convs": (1, MAX_CONVS), "width": (1, 1024), "dropout": (0.0, 0.99), "momentum": (0.0, 0.99),
-          "gamma": (0.0, 1.0), "warmup": (0.01, 0.99), "label_smoothing": (0.0, 0.5), "rotation": (0.0, 180.0),
-          "translate": (0.0, 0.5), "scale": (0.0, 0.99), "brightness": (0.0, 0.99), "contrast": (0.0, 0.99),
-          "sgd_lr": (0.0, 10.0), "adam_lr": (0.0, 1.0), "weight_decay": (0.0, 1.0)}
+RULES = Rules(
+    integers=("stages", "convs", "width"),
+    log_scale=("sgd_lr", "adam_lr", "gamma"),
+    bounds={"stages": (1, MAX_STAGES), "convs": (1, MAX_CONVS), "width": (1, 1024), "dropout": (0.0, MAX_DROPOUT),
+            "momentum": (0.0, 0.99), "gamma": (0.0, 1.0), "warmup": (0.01, 0.99), "label_smoothing": (0.0, 0.5),
+            "rotation": (0.0, 180.0), "translate": (0.0, 0.5), "scale": (0.0, 0.99), "brightness": (0.0, 0.99),
+            "contrast": (0.0, 0.99), "sgd_lr": (0.0, 10.0), "adam_lr": (0.0, 1.0), "weight_decay": (0.0, 1.0)},
+    choices={"kernel": int, "padding": int, "transition": bool, "head": str, "bias": bool, "dropout_at": str, "optimizer": str,
+             "schedule": str, "batch_size": int, "ema": float, "elastic_alpha": float, "elastic_sigma": float,
+             "distill_weight": float, "distill_temperature": float, "teacher": str},
+    allowed={"kernel": lambda v: v in (1, 3, 5, 7), "padding": lambda v: v in (0, 1, 2, 3), "head": lambda v: v in HEADS,
+             "dropout_at": lambda v: v in DROPOUT_PLACES, "optimizer": lambda v: v in OPTIMIZERS,
+             "schedule": lambda v: v in SCHEDULES, "batch_size": lambda v: v >= 1, "ema": lambda v: 0 <= v < 1,
+             "elastic_alpha": lambda v: 0 <= v <= 1000, "elastic_sigma": lambda v: 0 < v <= MAX_ELASTIC_SIGMA,
+             "distill_weight": lambda v: 0 <= v <= 1, "distill_temperature": lambda v: 0 < v <= 100, "teacher": lambda v: v.strip() != ""},
+)
 
 
 def space_from_dict(raw: Any, where: str = "space") -> Space:
     """Validate the [space] table of a blocks study file (raises ConfigError)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a table, got {json.dumps(raw)}")
-    known = [f.name for f in fields(Space)]
-    values: dict[str, tuple] = {}
-    for key, value in raw.items():
-        name = f"{where}.{key}"
-        check(key in known, name, f"unknown key (expected one of: {', '.join(known)})")
-        if key in CHOICES:
-            t = CHOICES[key]
-            ok = isinstance(value, list) and len(value) >= 1 and all(isinstance(v, t) and (t is bool or not isinstance(v, bool)) for v in value)
-            check(ok, name, f"must be a non-empty list of the {t.__name__} values to try, got {json.dumps(value)}")
-            bad = [v for v in value if key in ALLOWED and not ALLOWED[key](v)]
-            check(not bad, name, f"{json.dumps(bad[0]) if bad else ''} is not allowed here")
-            values[key] = tuple(dict.fromkeys(value))
-            continue
-        integer = key in INT_RANGES
-        ok = isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, int if integer else (int, float)) and not isinstance(v, bool) for v in value)
-        check(ok, name, f"must be [low, high] with two {'integers' if integer else 'numbers'}, got {json.dumps(value)}")
-        low, high = value
-        check(low <= high, name, f"low must be <= high, got [{low}, {high}]")
-        lo, hi = BOUNDS[key]
-        check(lo <= low and high <= hi, name, f"must lie within [{lo}, {hi}], got [{low}, {high}]")
-        check(key not in LOG_RANGES or low > 0, name, f"low must be > 0 (log scale), got {low}")
-        values[key] = (low, high) if integer else (float(low), float(high))
-    return Space(**values)
+    return parse_space(raw, Space, RULES, where)
 
 
 # ---------------------------------------------------------------- sampling
@@ -160,6 +146,14 @@ def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, 
     p["batch_size"] = _choose(trial, "batch_size", space.batch_size)
     for name in ("rotation", "translate", "scale", "brightness", "contrast"):
         p[name] = _float(trial, name, getattr(space, name))
+    p["ema"] = _choose(trial, "ema", space.ema)
+    p["elastic_alpha"] = _choose(trial, "elastic_alpha", space.elastic_alpha)
+    if p["elastic_alpha"] > 0:
+        p["elastic_sigma"] = _choose(trial, "elastic_sigma", space.elastic_sigma)
+    p["distill_weight"] = _choose(trial, "distill_weight", space.distill_weight)
+    if p["distill_weight"] > 0:
+        p["distill_temperature"] = _choose(trial, "distill_temperature", space.distill_temperature)
+        p["teacher"] = _choose(trial, "teacher", space.teacher)
     return p
 
 
@@ -211,9 +205,13 @@ def config_from_params(params: dict[str, Any], *, epochs: int, seed: int = 1, na
         scheduler = Scheduler(step_size=p["step_size"], gamma=p["gamma"])
     else:
         scheduler = Scheduler(kind="onecycle", warmup=p["warmup"])
-    augment = Augment(rotation=p["rotation"], translate=p["translate"], scale=p["scale"], brightness=p["brightness"], contrast=p["contrast"])
+    elastic = Elastic(p["elastic_alpha"], p["elastic_sigma"]) if p.get("elastic_alpha", 0) > 0 else None
+    augment = Augment(rotation=p["rotation"], translate=p["translate"], scale=p["scale"], brightness=p["brightness"], contrast=p["contrast"],
+                      elastic=elastic)
+    distill = Distill(p["teacher"], p["distill_weight"], p["distill_temperature"]) if p.get("distill_weight", 0) > 0 else None
     return RunConfig(layers=layers_from_params(p), dropout=p["dropout"], optimizer=optimizer, scheduler=scheduler, epochs=epochs,
-                     batch_size=p["batch_size"], augment=augment, seed=seed, name=name, label_smoothing=p["label_smoothing"])
+                     batch_size=p["batch_size"], augment=augment, seed=seed, name=name, label_smoothing=p["label_smoothing"],
+                     ema=p.get("ema", 0.0), distill=distill)
 
 
 # ---------------------------------------------------------------- hand-made nets as points
@@ -260,10 +258,15 @@ def reference_point(space: Space, epochs: int) -> dict[str, Any] | None:
         elif family in ranges:
             low, high = ranges[family]
             ok = low <= value <= high
-        elif family in CHOICES:
+        elif family in RULES.choices:
             ok = value in getattr(space, family)
         else:  # step_size: always 1..epochs
             ok = True
         if not ok:
             return None
     return point
+
+
+def teachers(space: Space) -> tuple[str, ...]:
+    """The teacher config files a study of `space` may distill from (none unless a distill weight above 0 is offered)."""
+    return space.teacher if any(w > 0 for w in space.distill_weight) else ()

@@ -1,5 +1,6 @@
-"""The sampled space: the step-3 topology with searched widths, regularisation, schedule,
-learning rate and augmentation.
+"""The step-3 family: the hand-made model's topology with searched widths, regularisation,
+schedule, learning rate and augmentation (batch size, momentum and weight decay are fixed by
+the study's [training]).
 
 A point of the space is a plain dict of parameter values named as the dashboard shows
 them (`conv1_width`, `lr`, ...); `config_from_params` turns it into a RunConfig, and the
@@ -8,18 +9,21 @@ hand-made reference is one such point (`REFERENCE_PARAMS`).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from space.config import Augment, ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler, check
+from space.config import MAX_DROPOUT, N_CLASSES, Augment, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler
+from space.ranges import Rules, parse_space
 
 WIDTHS = ("conv1", "conv2", "transition", "conv3", "conv4", "conv5")
 FLOAT_RANGES = ("dropout", "lr", "gamma", "rotation", "brightness", "contrast")
-LOG_SCALE = ("lr", "gamma")
-UPPER_BOUNDS = {"dropout": 0.99, "gamma": 1.0, "rotation": 180.0, "brightness": 0.99, "contrast": 0.99}
+RULES = Rules(integers=WIDTHS, log_scale=("lr", "gamma"),
+              bounds={**{w: (1, math.inf) for w in WIDTHS}, "dropout": (0.0, MAX_DROPOUT), "lr": (0.0, math.inf), "gamma": (0.0, 1.0),
+                      "rotation": (0.0, 180.0), "brightness": (0.0, 0.99), "contrast": (0.0, 0.99)})
+FROM_TRAINING = ("batch_size", "momentum", "weight_decay")  # the recipe values this family takes from [training]
 
 # The hand-made step-3 model as a point of this space (studies/reference/step3.json).
 REFERENCE_PARAMS = {
@@ -48,26 +52,7 @@ class Space:
 
 def space_from_dict(raw: Any, where: str = "space") -> Space:
     """Validate the [space] table of a study file (raises ConfigError)."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a table, got {json.dumps(raw)}")
-    known = [f.name for f in fields(Space)]
-    ranges = {}
-    for key, value in raw.items():
-        name = f"{where}.{key}"
-        check(key in known, name, f"unknown key (expected one of: {', '.join(known)})")
-        integer = key in WIDTHS
-        ok = isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, int if integer else (int, float)) and not isinstance(v, bool) for v in value)
-        check(ok, name, f"must be [low, high] with two {'integers' if integer else 'numbers'}, got {json.dumps(value)}")
-        low, high = value
-        check(low <= high, name, f"low must be <= high, got [{low}, {high}]")
-        if integer:
-            check(low >= 1, name, f"widths must be >= 1, got [{low}, {high}]")
-        else:
-            check(low > 0 if key in LOG_SCALE else low >= 0, name, f"low must be {'> 0 (log scale)' if key in LOG_SCALE else '>= 0'}, got {low}")
-            check(high <= UPPER_BOUNDS.get(key, float("inf")), name, f"high must be <= {UPPER_BOUNDS.get(key)}, got {high}")
-        ranges[key] = (low, high) if integer else (float(low), float(high))
-    return Space(**ranges)
+    return parse_space(raw, Space, RULES, where)
 
 
 def reference_point(space: Space, epochs: int) -> dict[str, Any] | None:
@@ -97,21 +82,26 @@ def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, 
     return params
 
 
-def config_from_params(params: dict[str, Any], *, epochs: int, batch_size: int = 128, momentum: float = 0.9,
-                       weight_decay: float = 0.0, seed: int = 1, name: str = "") -> RunConfig:
-    """The step-3 topology with the widths and hyper-parameters of `params`."""
+def config_from_params(params: dict[str, Any], *, epochs: int, seed: int = 1, name: str = "") -> RunConfig:
+    """The step-3 topology with the widths and hyper-parameters of `params`; batch size,
+    momentum and weight decay come from the study's [training] (FROM_TRAINING), else 128, 0.9, 0."""
     w = {name: params[f"{name}_width"] for name in WIDTHS}
     block = dict(kernel=3, bn=True, relu=True, dropout=True)
     layers = (
         Conv(w["conv1"], **block), Conv(w["conv2"], **block), Conv(w["transition"], kernel=1), MaxPool(2),
         Conv(w["conv3"], **block), Conv(w["conv4"], **block), Conv(w["conv5"], **block),
-        GlobalAvgPool(), Conv(10, kernel=1), LogSoftmax(),
+        GlobalAvgPool(), Conv(N_CLASSES, kernel=1), LogSoftmax(),
     )
     return RunConfig(
         layers=layers, dropout=params["dropout"],
-        optimizer=Optimizer(lr=params["lr"], momentum=momentum, weight_decay=weight_decay),
+        optimizer=Optimizer(lr=params["lr"], momentum=params.get("momentum", 0.9), weight_decay=params.get("weight_decay", 0.0)),
         scheduler=Scheduler(step_size=params["step_size"], gamma=params["gamma"]),
-        epochs=epochs, batch_size=batch_size,
+        epochs=epochs, batch_size=params.get("batch_size", 128),
         augment=Augment(rotation=params["rotation"], interpolation="nearest", brightness=params["brightness"], contrast=params["contrast"]),
         seed=seed, name=name,
     )
+
+
+def teachers(space: Space) -> tuple[str, ...]:
+    """The teacher config files a study of `space` may distill from: this family does not distill."""
+    return ()

@@ -10,7 +10,9 @@ import optuna
 import pytest
 
 from conftest import REFERENCE, assert_one_line_error, run_cli
-from search.study import export_form, load_study_spec, may_prune, settled_after
+from search.export import export_form
+from search.objective import may_prune, settled_after
+from search.studyfile import Training, load_study_spec
 from space.blocks import NET4838_PARAMS, STEP3_PARAMS, Space, config_from_params, reference_point, space_from_dict, suggest_params
 from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
                           config_to_dict, count_params, load_config)
@@ -140,7 +142,7 @@ def test_both_study_files_load_and_share_one_space():
 def test_onecycle_exports_unscaled_and_is_judged_after_its_warm_up():
     config = config_from_params({**STEP3_PARAMS, "schedule": "onecycle", "warmup": 0.3}, epochs=3)
     assert config.scheduler == Scheduler(kind="onecycle", warmup=0.3)
-    exported = export_form(config, {"epochs": 3, "export_epochs": 15}, "x")
+    exported = export_form(config, Training(epochs=3, export_epochs=15), "x")
     assert exported.epochs == 15 and exported.scheduler == config.scheduler
     assert settled_after(config) == 1 and [may_prune(e, settled_after(config), 3) for e in (1, 2, 3)] == [False, True, False]
 
@@ -178,3 +180,66 @@ def test_a_tiny_blocks_study_runs_records_refusals_and_exports(tmp_path, data_di
 def test_blocks_overrides_go_through_the_checks(tmp_path):
     result = run_cli("run", str(ROOT_STUDIES / "blocks-quick.toml"), "--out", str(tmp_path / "o"), "--epochs", "2")
     assert_one_line_error(result, "--epochs 2", "training.epochs")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ('ema = [0.0, 0.999]', None),
+    ('ema = [0.0, 1.0]', ["space.ema", "1.0 is not allowed"]),
+    ('elastic_alpha = [0.0, -3.0]', ["space.elastic_alpha", "-3.0 is not allowed"]),
+    ('elastic_sigma = [9.0]', ["space.elastic_sigma", "9.0 is not allowed"]),
+    ('distill_weight = [0.0, 2.0]', ["space.distill_weight", "2.0 is not allowed"]),
+    ('distill_temperature = ["hot"]', ["space.distill_temperature", "list of the float values"]),
+    ('teacher = [""]', ["space.teacher", "is not allowed"]),
+])
+def test_recipe_option_keys_are_checked(text, fragments):
+    import tomllib
+    raw = tomllib.loads(text)
+    if fragments is None:
+        assert space_from_dict(raw).ema == (0.0, 0.999)
+        return
+    with pytest.raises(ConfigError) as e:
+        space_from_dict(raw)
+    for fragment in fragments:
+        assert fragment in str(e.value)
+
+
+def test_recipe_options_are_off_by_default_and_become_config_fields():
+    assert config_from_params(STEP3_PARAMS, epochs=15) == config_from_params({**STEP3_PARAMS, "ema": 0.0, "elastic_alpha": 0.0,
+                                                                             "distill_weight": 0.0}, epochs=15)
+    on = config_from_params({**STEP3_PARAMS, "ema": 0.99, "elastic_alpha": 34.0, "elastic_sigma": 4.0, "distill_weight": 0.5,
+                             "distill_temperature": 3.0, "teacher": "t.json"}, epochs=15)
+    assert on.ema == 0.99 and (on.augment.elastic.alpha, on.augment.elastic.sigma) == (34.0, 4.0)
+    assert (on.distill.teacher, on.distill.weight, on.distill.temperature) == ("t.json", 0.5, 3.0)
+    assert Space().ema == (0.0,) and Space().distill_weight == (0.0,)  # nothing new is searched unless the study file asks
+
+
+def test_a_blocks_study_searches_the_recipe_options_and_shows_them(tmp_path, data_dir):
+    from space.step3 import REFERENCE_PARAMS, config_from_params as step3_config
+    from space.config import save_config
+
+    save_config(step3_config({**REFERENCE_PARAMS, **{k: 4 for k in REFERENCE_PARAMS if k.endswith("_width")}}, epochs=1, name="tiny-teacher"),
+                tmp_path / "teacher.json")
+    text = (ROOT_STUDIES / "blocks-quick.toml").read_text()
+    path = tmp_path / "b.toml"
+    path.write_text(text.replace('name = "blocks-quick"', 'name = "recipe"').replace("trials = 80 ", "trials = 8 ")
+                    .replace("subset = 8000 ", "subset = 256 ").replace("width = [4, 32]", "width = [4, 8]")
+                    + f'ema = [0.0, 0.99]\nelastic_alpha = [0.0, 34.0]\ndistill_weight = [0.0, 0.5]\nteacher = ["{tmp_path / "teacher.json"}"]\n')
+    out = tmp_path / "out"
+    env = {"SEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_cli("run", str(path), "--out", str(out), "--device", "cpu", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.index("teacher ") < result.stdout.index("trial    0")  # trained before the first trial, on its own line
+    study = optuna.load_study(study_name="recipe", storage=f"sqlite:///{out / 'study.db'}")
+    sampled = [t for t in study.trials if "ema" in t.params]
+    assert sampled and all("distill_weight" in t.params and "elastic_alpha" in t.params for t in sampled)
+    for t in sampled:  # each trial's config is what its parameters say
+        config = t.user_attrs["config"]
+        assert config.get("ema", 0.0) == t.params["ema"]
+        assert ("distill" in config) == (t.params["distill_weight"] > 0) and ("elastic" in config["augment"]) == (t.params["elastic_alpha"] > 0)
+        if "distill" in config and "epochs" in t.user_attrs:
+            assert t.user_attrs["teacher"]["name"] == "tiny-teacher"
+    report = run_cli("report", "--study", "recipe", "--storage", f"sqlite:///{out / 'study.db'}", "--out", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr
+    import pandas as pd
+
+    assert {"ema", "elastic_alpha", "distill_weight"} <= set(pd.read_csv(tmp_path / "report" / "trials.csv").columns)

@@ -2,50 +2,21 @@
 Chromium, the plain `optuna-dashboard` command, and the one-line errors."""
 
 import json
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.artifacts import get_all_artifact_meta
 
-from conftest import ROOT, assert_one_line_error, run_cli
-from test_study import write_study
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"]
+from conftest import CHROMIUM, CHROMIUM_FLAGS, ROOT, assert_one_line_error, free_port, run_cli, wait_for_http
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, seconds: float = 60) -> str:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.communicate()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.read().decode()
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer in {seconds} s")
-
-
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory, data_dir):
-    tmp = tmp_path_factory.mktemp("dash")
-    result = run_cli("run", str(write_study(tmp)), "--out", str(tmp / "out"), "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    return tmp / "out"
+@pytest.fixture()
+def study_dir(shared_tiny_study):
+    """The output folder of the session's tiny study (conftest)."""
+    return shared_tiny_study.out
 
 
 def storage_of(out: Path) -> str:

@@ -5,17 +5,13 @@ import shutil
 
 import pytest
 
-from conftest import REFERENCE, assert_one_line_error, run_cli
-from test_study import write_study
+from conftest import REFERENCE, assert_one_line_error, run_cli, write_study
 
 
-@pytest.fixture(scope="module")
-def existing(tmp_path_factory, data_dir):
-    """A small finished study whose storage file must never change under bad input."""
-    tmp = tmp_path_factory.mktemp("existing")
-    result = run_cli("run", str(write_study(tmp)), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "3")
-    assert result.returncode == 0, result.stderr
-    return tmp
+@pytest.fixture()
+def existing(shared_tiny_study):
+    """A small finished study (the session's, conftest) whose storage file must never change under bad input."""
+    return shared_tiny_study.folder
 
 
 def unchanged(tmp) -> bytes:

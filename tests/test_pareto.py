@@ -14,37 +14,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import ROOT, assert_one_line_error, run_cli
-from test_study import TINY
-from test_dashboard import CHROMIUM, CHROMIUM_FLAGS, free_port, wait_for_http
+from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
-from search.study import load_study_spec
+from search.studyfile import load_study_spec
 from space.config import ConfigError, count_params, load_config
-
-PARETO = """
-name = "tinypareto"
-objective = "pareto"
-trials = 8
-max_params = 4000
-seed = 3
-
-[training]
-epochs = 3
-subset = 512
-export_epochs = 3
-
-[fidelity]
-rungs = 2
-eta = 2
-
-[confirm]
-top = 2
-seeds = 2
-after_run = true
-subset = 512
-
-""" + TINY[TINY.index("[space]"):]  # the step-3 space of the tiny accuracy study
-
 
 def test_front_promotion_and_hypervolume_by_hand():
     points = [(99.0, 5000), (98.0, 3000), (99.5, 7000), (97.0, 6000), (98.5, 3000)]
@@ -77,14 +50,17 @@ def test_pareto_study_files_are_checked(tmp_path):
         spec(PARETO.replace("rungs = 2", "rungs = 3").replace("eta = 2", "eta = 3"))
 
 
-@pytest.fixture(scope="module")
-def pareto_study(tmp_path_factory, data_dir):
-    tmp = tmp_path_factory.mktemp("pareto")
-    (tmp / "tiny.toml").write_text(PARETO)
-    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    storage = f"sqlite:///{tmp / 'out' / 'study.db'}"
-    return tmp, storage, result.stdout
+@pytest.fixture()
+def pareto_study(shared_pareto_study):
+    """The session's tiny Pareto study (conftest): (its folder, storage URL, what `run` printed)."""
+    run = shared_pareto_study
+    return run.folder, run.storage, run.stdout
+
+
+def copy_of(shared_pareto_study, tmp_path) -> tuple[Path, str]:
+    """A copy of the session's Pareto study, to change without disturbing the other tests."""
+    run = copy_study(shared_pareto_study, tmp_path)
+    return run.folder, run.storage
 
 
 def load(storage, name="tinypareto"):
@@ -153,8 +129,8 @@ def test_export_target_acc_writes_the_smallest_confirmed_config_or_names_the_clo
     assert not (tmp / "exp2").exists() or not list((tmp / "exp2").glob("target-*.json"))
 
 
-def test_confirm_resumes_after_ctrl_c(pareto_study):
-    tmp, storage, _ = pareto_study
+def test_confirm_resumes_after_ctrl_c(shared_pareto_study, tmp_path):
+    tmp, storage = copy_of(shared_pareto_study, tmp_path)
     command = [sys.executable, "-m", "search", "confirm", "--study", "tinypareto", "--storage", storage, "--seeds", "3",
                "--top", "1", "--out", str(tmp / "conf"), "--device", "cpu"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -268,18 +244,8 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     assert load_config(out / "target-0.json").name.startswith("tiny-trial")
 
 
-def copy_of(pareto_study, tmp_path) -> tuple[Path, str]:
-    """A copy of the module's Pareto study, to change without disturbing the other tests."""
-    import shutil
-
-    tmp, _, _ = pareto_study
-    shutil.copytree(tmp / "out", tmp_path / "out")
-    (tmp_path / "tiny.toml").write_text((tmp / "tiny.toml").read_text())
-    return tmp_path, f"sqlite:///{tmp_path / 'out' / 'study.db'}"
-
-
-def test_a_changed_confirmation_budget_trains_new_runs_instead_of_reusing_the_old_ones(pareto_study, tmp_path):
-    tmp, storage = copy_of(pareto_study, tmp_path)
+def test_a_changed_confirmation_budget_trains_new_runs_instead_of_reusing_the_old_ones(shared_pareto_study, tmp_path):
+    tmp, storage = copy_of(shared_pareto_study, tmp_path)
     (tmp / "tiny.toml").write_text((tmp / "tiny.toml").read_text().replace("subset = 512\n\n", "subset = 256\n\n"))
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
@@ -288,16 +254,16 @@ def test_a_changed_confirmation_budget_trains_new_runs_instead_of_reusing_the_ol
     assert sorted({t.user_attrs["budget"]["images"] for t in companion.trials}) == [256, 512]
     study = load(storage)
     assert {e["images"] for e in study.user_attrs["confirmed"].values()} == {256}
-    from search.report import study_note
-    from search.confirm import best_trial
+    from search.dashboard import study_note
+    from search.results import best_trial
 
     note = study_note(study, best_trial(study))
     assert "3 epochs on 256 training images" in note and "50,000" not in note
     assert "`export-config.json`" in note and "`config.json`" not in note
 
 
-def test_a_later_smaller_confirmation_keeps_the_earlier_candidates(pareto_study, tmp_path):
-    tmp, storage = copy_of(pareto_study, tmp_path)
+def test_a_later_smaller_confirmation_keeps_the_earlier_candidates(shared_pareto_study, tmp_path):
+    tmp, storage = copy_of(shared_pareto_study, tmp_path)
     before = load(storage).user_attrs["confirmed"]
     assert len(before) == 2
     result = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--seeds", "2", "--out", str(tmp / "c"),
@@ -308,8 +274,8 @@ def test_a_later_smaller_confirmation_keeps_the_earlier_candidates(pareto_study,
     assert "confirmed 2 candidate(s)" in result.stdout
 
 
-def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candidate(pareto_study, tmp_path):
-    tmp, storage = copy_of(pareto_study, tmp_path)
+def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candidate(shared_pareto_study, tmp_path):
+    tmp, storage = copy_of(shared_pareto_study, tmp_path)
     study = load(storage)
     real = max(study.best_trials, key=lambda t: t.values[0])
     config = dict(real.user_attrs["config"], optimizer={**real.user_attrs["config"]["optimizer"], "lr": 1e20})  # NaN in epoch 1
@@ -335,8 +301,8 @@ def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candid
 
     table = pd.read_csv(tmp / "report" / "confirmed.csv")
     assert "nan in epoch 1" in table.loc[table["trial"] == number, "diverged"].item()
-    from search.report import study_note
-    from search.confirm import best_trial
+    from search.dashboard import study_note
+    from search.results import best_trial
 
     assert "seed 4: training loss is nan in epoch 1" in study_note(load(storage), best_trial(load(storage)))
     missed = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "e"), "--target-acc", "99.9")
@@ -347,7 +313,6 @@ def test_failed_trials_are_not_counted_at_a_rung(tmp_path, data_dir):
     """A trial re-queued after its worker died copies the original's rung results; the FAIL original must not count."""
     from search.data import load_split
     from search.objective import objective
-    from search.study import load_study_spec
     import torch
 
     (tmp_path / "p.toml").write_text(PARETO)

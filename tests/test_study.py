@@ -5,52 +5,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import optuna
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, TINY, assert_one_line_error, copy_study, run_cli, write_study
 from space.config import count_params, load_config
 
-TINY = """
-name = "tiny"
-trials = 8
-max_params = 4000
-seed = 3
-
-[training]
-epochs = 3
-subset = 256
-export_epochs = 6
-
-[pruner]
-kind = "median"
-startup_trials = 2
-
-[space]
-conv1 = [4, 16]
-conv2 = [4, 16]
-transition = [4, 16]
-conv3 = [4, 16]
-conv4 = [4, 16]
-conv5 = [4, 16]
-"""
-
-
-def write_study(tmp: Path, text: str = TINY) -> Path:
-    path = tmp / "tiny.toml"
-    path.write_text(text)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory, data_dir):
-    tmp = tmp_path_factory.mktemp("study")
-    result = run_cli("run", str(write_study(tmp)), "--out", str(tmp / "out"), "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp / 'out' / 'study.db'}")
-    return tmp, study, result.stdout
+@pytest.fixture()
+def tiny_study(shared_tiny_study):
+    """The session's tiny study (conftest), read-only: (its folder, the study, what `run` printed)."""
+    run = shared_tiny_study
+    return run.folder, optuna.load_study(study_name="tiny", storage=run.storage), run.stdout
 
 
 def test_run_prints_a_line_per_trial_and_the_best(tiny_study):
@@ -142,8 +108,8 @@ def test_as_trained_reproduces_the_recorded_curve_exactly(tiny_study):
     assert [m["val_acc"] for m in record["runs"][0]["epochs"]] == [m["val_acc"] for m in trial.user_attrs["epochs"]]
 
 
-def test_rerun_with_more_trials_resumes_to_the_total(tiny_study, tmp_path):
-    tmp, _, _ = tiny_study
+def test_rerun_with_more_trials_resumes_to_the_total(shared_tiny_study, tmp_path):
+    tmp = copy_study(shared_tiny_study, tmp_path).folder
     again = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "10")
     assert again.returncode == 0, again.stderr
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp / 'out' / 'study.db'}")

@@ -11,12 +11,12 @@ import time
 import optuna
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
-from search.study import export_form, load_study_spec, may_prune
+from conftest import FINISHED, ROOT, TINY, assert_one_line_error, journal, run_cli, write_study
+from search.export import export_form
+from search.objective import may_prune
+from search.studyfile import Training, load_study_spec
 from space.config import ConfigError
 from space.step3 import REFERENCE_PARAMS, config_from_params
-from test_study import TINY, write_study
-from test_workers import FINISHED, journal
 
 STORAGE = "sqlite:///{}"
 
@@ -71,7 +71,7 @@ def test_export_keeps_the_number_and_place_of_learning_rate_drops(export_epochs)
     checked = 0
     for epochs in range(3, 31):
         text = TINY.replace("epochs = 3", f"epochs = {epochs}").replace("export_epochs = 6", f"export_epochs = {export_epochs}")
-        training = {"epochs": epochs, "export_epochs": export_epochs}
+        training = Training(epochs=epochs, export_epochs=export_epochs)
         if export_epochs % epochs:
             with pytest.raises(ConfigError, match="must be a multiple of training.epochs"):
                 load_study_spec(_write(text))
@@ -137,12 +137,8 @@ def test_a_resumed_study_continues_the_same_way_every_time(tmp_path, data_dir):
 # ---------------------------------------------------------------- several workers
 
 
-def test_worker_trials_record_their_threads_and_reproduce_exactly(tmp_path, data_dir):
-    result = subprocess.run([sys.executable, "-m", "search", "run", str(write_study(tmp_path)), "--device", "cpu",
-                             "--out", str(tmp_path / "out"), "--workers", "2", "--trials", "4"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    log = tmp_path / "out" / "journal.log"
+def test_worker_trials_record_their_threads_and_reproduce_exactly(shared_two_worker_study, tmp_path):
+    log = shared_two_worker_study.out / "journal.log"  # `run --workers 2` (conftest)
     study = optuna.load_study(study_name="tiny", storage=journal(log))
     trained = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert trained and all(t.user_attrs["threads"] == max(1, (os.cpu_count() or 1) // 2) for t in trained)

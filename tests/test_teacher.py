@@ -3,7 +3,6 @@
 import json
 from dataclasses import replace
 
-import pytest
 import torch
 
 from conftest import assert_one_line_error, run_cli

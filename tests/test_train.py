@@ -9,7 +9,8 @@ from torchvision.transforms import InterpolationMode
 
 from conftest import REFERENCE
 from search.data import load_mnist, load_split, validation_indices
-from search.train import MEAN, STD, _affine_grid, _uniform, augment_batch, loss_fn, normalize, train
+from search.augment import MEAN, STD, _affine_grid, _uniform, augment_batch, normalize
+from search.train import loss_fn, train
 from space.config import Augment, Optimizer, Scheduler, load_config
 from space.model import Conv2d, PackedBitsDropout, _ConvWeightGradAsConv
 

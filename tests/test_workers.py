@@ -15,11 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from conftest import ROOT
-from test_dashboard import free_port
-from test_study import TINY, write_study
-
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+from conftest import FINISHED, PARETO, ROOT, TINY, free_port, journal, write_study
 
 
 def pg_bin(name: str) -> str | None:
@@ -77,10 +73,6 @@ def test_three_workers_on_postgres_finish_exactly_the_requested_trials(tmp_path,
     assert len({t.user_attrs["worker"] for t in finished}) == 3, "all three workers took trials"
     print(f"postgres, 3 workers: requested 9, finished {len(finished)}, duplicated {len(params) - len(set(params))}, "
           f"surplus FAIL {len(others)}, lost 0, {seconds:.1f} s")
-
-
-def journal(path: Path) -> optuna.storages.JournalStorage:
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
 
 def wait_for_running_trial(storage, process: subprocess.Popen, seconds: float = 300) -> None:
@@ -144,11 +136,8 @@ def test_journal_reports_stale_trials_and_fail_stale_marks_them(tmp_path, data_d
     assert running() == []
 
 
-def test_two_local_workers_share_a_journal_study(tmp_path, data_dir):
-    study_file = write_study(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "search", "run", str(study_file), "--device", "cpu", "--out", str(tmp_path / "out"),
-                             "--workers", "2", "--trials", "6"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
+def test_two_local_workers_share_a_journal_study(shared_two_worker_study):
+    result, tmp_path = shared_two_worker_study, shared_two_worker_study.folder  # `run --workers 2 --trials 6` (conftest)
     assert "database is locked" not in result.stdout + result.stderr
     assert (tmp_path / "out" / "journal.log").exists() and not (tmp_path / "out" / "study.db").exists()
     study = optuna.load_study(study_name="tiny", storage=journal(tmp_path / "out" / "journal.log"))
@@ -181,8 +170,6 @@ def test_waiting_run_requeues_a_stale_trial_of_another_host(tmp_path, data_dir):
 
 
 def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(tmp_path, postgres_url, data_dir):
-    from test_pareto import PARETO
-
     study_file = tmp_path / "p.toml"
     # A run with no complete trial has nothing to confirm, so this one keeps most trials under
     # the limit and uses one rung: which trial two racing workers promote depends on timing

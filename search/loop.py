@@ -1,0 +1,95 @@
+"""The trial loop: run trials until the study holds its trial count, in this process or in
+several worker processes that share the study, each printing one line per finished trial."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import optuna
+import torch
+from tqdm import tqdm
+
+from search.data import Split, load_split
+from search.objective import FINISHED, SurplusTrial, make_pruner, objective
+from search.storage import heartbeat_enabled, open_storage, worker_is_gone
+from search.study import seed_sampler
+from search.studyfile import StudySpec
+from search.train import log_line
+from search.workers import run_in_workers
+
+
+def trial_line(trial: optuna.trial.FrozenTrial) -> str:
+    """One line per finished trial: number, params, state, objective or reason, seconds."""
+    n_params = trial.user_attrs.get("n_params")
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else math.nan
+    complete = trial.state == optuna.trial.TrialState.COMPLETE  # (a PRUNED trial's value is its last report)
+    outcome = f"val {trial.values[0]:.3f}%" if complete else trial.user_attrs.get("reason", "")
+    params = f"{n_params:>6,}" if n_params is not None else "     ?"
+    return f"trial {trial.number:>4}  params {params}  {trial.state.name:<8}  {outcome}  ({seconds:.2f} s)"
+
+
+def run_search(spec: StudySpec, study: optuna.Study, created: bool, url: str, out: Path, device: torch.device, data_dir: Path,
+               split: Split | None, timeout: float | None, workers: int, threads: int | None) -> None:
+    """Run the study in this process (on `split`), or in `workers` processes that share it
+    through `url` and load their own data."""
+    if workers == 1:
+        seed_sampler(study, spec, url, created)
+        run_trials(spec, study, lambda: split, out, timeout)
+        return
+    run_in_workers(search_worker, (spec, url, out, str(device), data_dir, timeout, created), workers, threads, study)
+
+
+def search_worker(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, timeout: float | None, created: bool,
+                  index: int) -> None:
+    """One of several worker processes: open the shared storage and run trials until the count is reached."""
+    storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner))
+    seed_sampler(study, spec, url, created, index)
+    split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset)  # noqa: E731
+    run_trials(spec, study, split_loader, out, timeout, show_bar=False, label=f"[worker {index}] ")
+
+
+def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], Split], out: Path, timeout: float | None,
+               show_bar: bool = True, label: str = "") -> None:
+    """Run trials until the study holds spec.trials finished trials (or `timeout` seconds pass).
+    Several workers can run this on one study: none starts a trial the count does not need, and
+    each stays until the last trial is done, to take over one re-queued from a dead worker."""
+    states = lambda: [t.state for t in study.get_trials(deepcopy=False)]  # noqa: E731
+    finished = sum(s in FINISHED for s in states())
+    if finished >= spec.trials:
+        print(f"study {spec.name!r} already holds {finished} finished trials (asked for {spec.trials})")
+        return
+    split = split_loader()
+    deadline = None if timeout is None else time.monotonic() + timeout
+    heartbeat = heartbeat_enabled(study._storage)
+    with tqdm(total=spec.trials, initial=finished, unit="trial", desc=spec.name, dynamic_ncols=True,
+              disable=not (show_bar and sys.stderr.isatty())) as bar:
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            log_line(label + trial_line(trial))
+            now = states()
+            bar.n = sum(s in FINISHED for s in now)
+            if optuna.trial.TrialState.COMPLETE in now and spec.pareto:
+                bar.set_postfix_str(f"front: {len(study.best_trials)} trials")
+            elif optuna.trial.TrialState.COMPLETE in now:
+                bar.set_postfix_str(f"best {study.best_value:.3f}% (trial {study.best_trial.number})")
+            bar.refresh()
+
+        while deadline is None or time.monotonic() < deadline:
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(t.state in FINISHED for t in trials)
+            if finished >= spec.trials:
+                break
+            in_flight = sum(t.state == optuna.trial.TrialState.RUNNING and not worker_is_gone(t) for t in trials)
+            waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+            if finished + in_flight >= spec.trials and not waiting:
+                if heartbeat:
+                    optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL and is re-queued
+                time.sleep(1)
+                continue
+            study.optimize(lambda trial: objective(trial, spec, split, out), n_trials=1, callbacks=[after_trial],
+                           catch=(SurplusTrial,), gc_after_trial=False)

@@ -1,0 +1,64 @@
+"""What a study has found: its confirmed candidates (mean ± std per candidate, stored by
+search/confirm.py), the best trial, and the smallest candidate that reaches a target. Read by
+`export`, `report`, the dashboard's note and `run`; needs no torch."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from search.errors import UsageError
+
+
+def confirmed_rows(study: optuna.Study) -> list[dict]:
+    """The fully confirmed candidates (every planned seed done), smallest first; those with a
+    diverged run are listed too (see `holds`)."""
+    # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded)
+    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, **e}
+            for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
+    return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
+
+
+def holds(row: dict) -> bool:
+    """A candidate can be chosen (best.json, --target-acc) only when none of its runs diverged."""
+    return not row.get("diverged") and row["mean"] is not None
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The candidate with the best confirmed mean (every planned seed done, none diverged) when
+    there is one; else the best trial of the search (of a Pareto study: the most accurate point
+    of its front)."""
+    if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run it longer (python -m search run ...)")
+    confirmed = {r["trial"]: r["mean"] for r in confirmed_rows(study) if holds(r)}
+    if confirmed:
+        return study.get_trials(deepcopy=False)[max(confirmed, key=confirmed.get)]
+    if len(study.directions) > 1:
+        return max(study.best_trials, key=lambda t: (t.values[0], -t.values[1]))
+    return study.best_trial
+
+
+def target_row(rows: list[dict], target: float) -> tuple[dict | None, dict | None]:
+    """(the smallest confirmed candidate whose mean reaches `target`, None) or (None, the one that
+    comes closest); a candidate with a diverged run is never chosen."""
+    eligible = [r for r in rows if holds(r)]
+    reaching = [r for r in eligible if r["mean"] >= target]
+    if reaching:
+        return min(reaching, key=lambda r: (r["n_params"], -r["mean"])), None
+    return None, max(eligible, key=lambda r: r["mean"], default=None)
+
+
+def budget(row: dict) -> str:
+    if row["epochs"] is None:
+        return "budget not recorded"
+    return f"{row['epochs']} epochs on {row['images']:,} training images"
+
+
+def format_row(row: dict) -> str:
+    text = f"trial {row['trial']} ({row['n_params']:,} params): "
+    if row["seeds"]:
+        text += (f"{row['mean']:.2f} ± {row['std']:.2f} % mean final validation accuracy over seeds {', '.join(map(str, row['seeds']))}")
+    diverged = row.get("diverged", {})
+    if diverged:
+        text += ("; " if row["seeds"] else "") + "DIVERGED on seed " + ", ".join(f"{s} ({why})" for s, why in diverged.items())
+    return text + f" ({budget(row)})"

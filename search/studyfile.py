@@ -1,0 +1,190 @@
+"""The study file (`studies/*.toml`): its schema, its checks and its stored form.
+
+`load_study_spec` reads and checks a study file; command-line overrides go through the same
+checks. The checked settings (`StudySpec`) are stored in the study as JSON (`spec_to_dict`),
+and every command that opens an existing study reads them back typed (`stored_spec`), through
+the same checks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from search.data import TRAIN_SPLIT
+from search.errors import UsageError
+from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
+from space.config import ConfigError, check, parse_section, read_text_file
+from space.families import FAMILIES, RECIPE_IN_TRAINING
+
+OBJECTIVE_EPOCHS = 3  # the objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
+PRUNERS = ("median", "none")
+OBJECTIVES = ("accuracy", "pareto")
+# Hyperband is not offered: its rungs compare trials at fixed epochs, but a trial may only be
+# judged after its own first learning-rate drop and before its last epoch, so a rung would
+# compare one trial's epoch 2 with another's epoch 3, and some trials would never reach one.
+
+
+@dataclass(frozen=True)
+class Training:
+    epochs: int
+    subset: int = TRAIN_SPLIT
+    batch_size: int = 128  # these three: only for a family that takes them from here (FROM_TRAINING)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    export_epochs: int = 15
+
+
+@dataclass(frozen=True)
+class Pruner:
+    kind: str = "median"
+    startup_trials: int = 5
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Successive halving (Pareto studies): rung k of `rungs` trains on subset / eta^(rungs-1-k)
+    images; a trial goes on to the next rung while it ranks in the top 1/eta there (the best
+    so far while the rung holds fewer than eta results)."""
+    rungs: int = 1
+    eta: int = 3
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """Confirmation: the candidates (the Pareto front, or the top trials) retrained at the export
+    budget on the validation split with `seeds` more seeds; `after_run`: at the end of `run`.
+    `subset` below the split's TRAIN_SPLIT images is for quick checks only."""
+    top: int = 3
+    seeds: int = 2
+    after_run: bool = False
+    subset: int = TRAIN_SPLIT
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    trials: int
+    max_params: int
+    seed: int
+    training: Training
+    space: Any  # the family's Space
+    pruner: Pruner = Pruner()  # a Pareto study's default is "none" (see _spec_from_dict)
+    heartbeat_interval: int = HEARTBEAT_INTERVAL  # RDB storage: seconds between a worker's heartbeats
+    grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
+    family: str = "step3"
+    tpe_group: bool = False  # TPESampler(group=True): multivariate TPE per group of parameters that occur together
+    objective: str = "accuracy"  # or "pareto": maximise accuracy and minimise n_params
+    fidelity: Fidelity = Fidelity()
+    confirm: Confirm = Confirm()
+
+    @property
+    def pareto(self) -> bool:
+        return self.objective == "pareto"
+
+
+def _spec_from_dict(raw: dict) -> StudySpec:
+    top = parse_section(raw, StudySpec, "")
+    family = top.get("family", "step3")
+    check(family in FAMILIES, "family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
+    training = Training(**parse_section(top["training"], Training, "training"))
+    for key in RECIPE_IN_TRAINING:
+        check(key in FAMILIES[family].FROM_TRAINING or key not in top["training"], f"training.{key}",
+              f"the {family} family searches it: give its range or choices in [space] instead")
+    objective = top.get("objective", "accuracy")
+    check(objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    # Optuna's report/should_prune raise in a multi-objective study: a Pareto study prunes by its rungs
+    pruner = Pruner(**({"kind": "none"} if objective == "pareto" else {}) | parse_section(top.get("pruner", {}), Pruner, "pruner"))
+    fidelity = Fidelity(**parse_section(top.get("fidelity", {}), Fidelity, "fidelity"))
+    confirm = Confirm(**parse_section(top.get("confirm", {}), Confirm, "confirm"))
+    space = FAMILIES[family].space_from_dict(top.get("space", {}))
+    spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space, "fidelity": fidelity, "confirm": confirm})
+    check(re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name) is not None, "name", f"letters, digits, '_', '.' and '-' only, got {spec.name!r}")
+    for key in ("trials", "max_params", "heartbeat_interval"):
+        check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
+    for key in ("epochs", "subset", "batch_size", "export_epochs"):
+        check(getattr(training, key) > 0, f"training.{key}", f"must be > 0, got {getattr(training, key)}")
+    check(OBJECTIVE_EPOCHS <= training.epochs, "training.epochs", f"must be >= {OBJECTIVE_EPOCHS} (the objective averages the last {OBJECTIVE_EPOCHS} epochs)")
+    check(training.export_epochs % training.epochs == 0, "training.export_epochs",
+          f"must be a multiple of training.epochs ({training.epochs}), got {training.export_epochs}: only then does the exported "
+          f"StepLR schedule drop the learning rate as often and at the same fractions of training as the trial's")
+    check(training.subset <= TRAIN_SPLIT, "training.subset", f"the training split has {TRAIN_SPLIT:,} images, got {training.subset}")
+    check(pruner.kind != "hyperband", "pruner.kind", "hyperband is not supported (its rungs would compare trials at different "
+          "epochs of their schedules; see docs/design.md, pruning); use \"median\" or \"none\"")
+    check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")
+    check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
+    check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
+    check(objective == "accuracy" or pruner.kind == "none", "pruner.kind", "a Pareto study cannot use Optuna's pruners (they need "
+          "one objective); leave [pruner] out and set [fidelity] rungs for successive halving")
+    check(fidelity.rungs >= 1 and fidelity.eta >= 2, "fidelity", f"needs rungs >= 1 and eta >= 2, got {fidelity.rungs} and {fidelity.eta}")
+    check(fidelity.rungs == 1 or objective == "pareto", "fidelity.rungs", "rungs > 1 need objective = \"pareto\" (an accuracy study prunes with [pruner])")
+    check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
+          f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
+    check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")
+    check(0 < confirm.subset <= TRAIN_SPLIT, "confirm.subset", f"must be in 1..{TRAIN_SPLIT:,} (the training split), got {confirm.subset}")
+    return spec
+
+
+def load_study_spec(path: Path, overrides: dict[str, tuple[str, Any]] | None = None) -> StudySpec:
+    """Read and validate a study file (raises ConfigError naming the file and the field).
+
+    `overrides` maps a field ("training.epochs") to the command-line option that sets it and
+    its value ("--epochs", 1); they go through the same checks as the file, and an error in
+    one of them names the option."""
+    text = read_text_file(path, "study")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: TOML nested too deeply to be a study file") from None
+    for field, (_, value) in (overrides or {}).items():
+        *parents, key = field.split(".")
+        table = raw.setdefault(parents[0], {}) if parents else raw  # fields are at most one table deep
+        if isinstance(table, dict):  # (a table that is not one is reported by the checks below)
+            table[key] = value
+    try:
+        return _spec_from_dict(raw)
+    except ConfigError as e:
+        field, _, problem = str(e).partition(": ")
+        if field in (overrides or {}):
+            option, value = overrides[field]
+            raise ConfigError(f"{option} {value}: {field} {problem}") from None
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def spec_to_dict(spec: StudySpec) -> dict:
+    """The spec as stored in the study (JSON types: ranges become lists; the recipe values that
+    the family does not take from [training] are left out)."""
+    stored = json.loads(json.dumps(asdict(spec)))
+    for key in set(RECIPE_IN_TRAINING) - set(FAMILIES[spec.family].FROM_TRAINING):
+        del stored["training"][key]
+    return stored
+
+
+def stored_spec(study: optuna.Study) -> StudySpec:
+    """The settings `study` was run with, typed and checked as a study file is (a study stored
+    before a field existed gets its default; one stored with recipe values its family does not
+    take from [training] has them dropped)."""
+    raw = study.user_attrs.get("spec")
+    if raw is None:
+        raise UsageError(f"study {study.study_name!r} holds no settings of this tool; open it with optuna-dashboard instead")
+    family = FAMILIES.get(raw.get("family", "step3"))
+    training = {k: v for k, v in raw.get("training", {}).items() if k not in RECIPE_IN_TRAINING or k in getattr(family, "FROM_TRAINING", ())}
+    try:
+        return _spec_from_dict({**raw, "training": training})
+    except ConfigError as e:
+        raise UsageError(f"study {study.study_name!r}: its stored settings no longer pass the checks ({e}); start a new study") from None
+
+
+def same_settings(a: StudySpec, b: StudySpec) -> bool:
+    """Whether a study created from `a` may resume with `b`: only its name, trial count,
+    heartbeat timing, sampler options and confirmation settings may differ."""
+    volatile = dict(name="", trials=1, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
+    return replace(a, **volatile) == replace(b, **volatile)

@@ -1,0 +1,80 @@
+"""Worker processes: several processes sharing one study through its storage (a journal file
+or an RDB server), for the search and for confirmation alike. Each is started fresh (spawn:
+CUDA and a clean torch in every worker), takes Ctrl-C like the command that started it, and
+is supervised: a worker that dies is reported with the fate of its trial."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import optuna
+import torch
+from tqdm import tqdm
+
+from search.errors import WorkerDied
+from search.storage import fail_stale
+from search.train import log_line
+
+
+def run_in_workers(body: Callable[..., None], args: tuple, workers: int, threads: int | None, study: optuna.Study) -> None:
+    """Run body(*args, index) in `workers` fresh processes (`threads` CPU threads each) and
+    supervise them; `study` is where their trials are."""
+    context = multiprocessing.get_context("spawn")
+    supervise([context.Process(target=_worker, args=(body, args, i, threads)) for i in range(workers)], study)
+
+
+def _worker(body: Callable[..., None], args: tuple, index: int, threads: int | None) -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see search/cli.py main
+    if threads:
+        torch.set_num_threads(threads)
+    # tqdm's default lock is a multiprocessing semaphore; a worker killed while holding one
+    # makes the parent's resource tracker print warnings at exit. A thread lock is enough here.
+    tqdm.set_lock(threading.RLock())
+    try:
+        body(*args, index)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def supervise(processes: list[Any], study: optuna.Study) -> None:
+    """Start worker processes of `study` and wait for them; pass Ctrl-C on; a worker that died
+    is reported with the fate of its trial (marked FAIL), and WorkerDied raised at the end."""
+    for p in processes:
+        p.start()
+    try:
+        # is_alive() reaps a dead worker, so the others see its pid gone (not a zombie) and take
+        # over its trial; a list, not any(), so that every worker is polled on every round
+        while any([p.is_alive() for p in processes]):
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # Ctrl-C reaches the workers too; a plain `kill -INT` of this process must as well
+        for p in processes:
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGINT)
+        for p in processes:
+            p.join()
+        raise
+    codes = [p.exitcode for p in processes]
+    if 130 in codes:
+        raise KeyboardInterrupt
+    dead = [(i, p) for i, p in enumerate(processes) if p.exitcode]
+    for i, p in dead:
+        how = f"was killed by signal {-p.exitcode}" if p.exitcode < 0 else f"exited with code {p.exitcode}"
+        mine = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("worker") == f"{socket.gethostname()}:{p.pid}"]
+        orphans = [t for t in mine if t.state == optuna.trial.TrialState.RUNNING]
+        fail_stale(study, orphans, by="the run that started it")
+        if orphans:
+            fate = "; ".join(f"its trial {t.number} was marked FAIL" for t in orphans)
+        elif mine and mine[-1].state == optuna.trial.TrialState.FAIL:
+            fate = f"its trial {mine[-1].number} had already been marked FAIL (heartbeat)"
+        else:
+            fate = "it held no running trial"
+        log_line(f"worker {i} (pid {p.pid}) {how}; {fate}; the other workers' trials are kept")
+    if dead:
+        raise WorkerDied(f"{len(dead)} of {len(processes)} workers died (see above); rerun the same command to resume")
