@@ -2,6 +2,7 @@
 one tiny study of each kind (accuracy, Pareto), run once per session. A test that changes a
 shared study works on its own copy (`copy_study`)."""
 
+import json
 import os
 import shutil
 import socket
@@ -9,11 +10,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
 import pytest
+
+from space.config import Distill, Elastic, save_config
+from space.step3 import REFERENCE_PARAMS, config_from_params as step3_config
+
+# One thread per process: the suite runs on two pytest-xdist workers (`-n 2`), each training in
+# its own process, on two cores. A test that depends on the thread count sets it itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests and CI read MNIST from ../shared/data unless SEARCH_DATA_DIR says otherwise.
@@ -144,12 +152,25 @@ def copy_study(run: StudyRun, tmp: Path) -> StudyRun:
     return StudyRun(tmp, tmp / run.study_file.name, run.stdout)
 
 
-def _run_study(tmp: Path, name: str, text: str, *options: str) -> StudyRun:
-    study_file = tmp / name
-    study_file.write_text(text)
-    result = run_cli("run", str(study_file), "--out", str(tmp / "out"), "--device", "cpu", *options)
-    assert result.returncode == 0, result.stderr
-    return StudyRun(tmp, study_file, result.stdout, result.stderr)
+def _shared_study(tmp_path_factory, key: str, text: str, *options: str) -> StudyRun:
+    """The study `run` makes of `text` (with `options`), made once per session even under
+    pytest-xdist: the first worker to ask runs it under a file lock, the other finds it done."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the workers of this session
+    folder = root / f"shared-{key}"
+    with FileLock(str(root / f"shared-{key}.lock")):
+        if not (folder / "stdout.txt").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            study_file = folder / "tiny.toml"
+            study_file.write_text(text)
+            result = run_cli("run", str(study_file), "--out", str(folder / "out"), "--device", "cpu", *options)
+            assert result.returncode == 0, result.stderr
+            (folder / "stderr.txt").write_text(result.stderr)
+            (folder / "stdout.txt").write_text(result.stdout)  # written last: the study is complete
+    return StudyRun(folder, folder / "tiny.toml", (folder / "stdout.txt").read_text(), (folder / "stderr.txt").read_text())
 
 
 @pytest.fixture(scope="session")
@@ -162,16 +183,46 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def shared_tiny_study(tmp_path_factory, data_dir) -> StudyRun:
     """TINY, run once: 8 trials of the step-3 space on 256 images. Read it; change a copy."""
-    return _run_study(tmp_path_factory.mktemp("tiny"), "tiny.toml", TINY)
+    return _shared_study(tmp_path_factory, "tiny", TINY)
 
 
 @pytest.fixture(scope="session")
 def shared_pareto_study(tmp_path_factory, data_dir) -> StudyRun:
     """PARETO, run once: two rungs, then its two most accurate front points confirmed with seeds 4 and 5."""
-    return _run_study(tmp_path_factory.mktemp("pareto"), "tiny.toml", PARETO)
+    return _shared_study(tmp_path_factory, "pareto", PARETO)
 
 
 @pytest.fixture(scope="session")
 def shared_two_worker_study(tmp_path_factory, data_dir) -> StudyRun:
     """TINY run to 6 trials by `--workers 2` on one machine (a journal file), once. Read it; change a copy."""
-    return _run_study(tmp_path_factory.mktemp("workers"), "tiny.toml", TINY, "--workers", "2", "--trials", "6")
+    return _shared_study(tmp_path_factory, "workers", TINY, "--workers", "2", "--trials", "6")
+
+
+# The step-3 topology at a quarter of its size: one epoch on 60,000 images stays short on 2 cores.
+SMALL_PARAMS = {**REFERENCE_PARAMS, **{k: 4 for k in REFERENCE_PARAMS if k.endswith("_width")}}
+
+
+@pytest.fixture(scope="session")
+def shared_reproduction(tmp_path_factory, data_dir) -> tuple[Path, dict]:
+    """`reproduce` of SMALL_PARAMS for one epoch, seed 5, with every recipe option: weights
+    averaged (ema 0.9), elastic distortion, distilled from a tiny teacher (cached in the
+    folder's cache/): (the run record's path, the record). Made once per session."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / "shared-reproduction"
+    record = folder / "run.json"
+    with FileLock(str(root / "shared-reproduction.lock")):
+        if not record.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            small = step3_config(SMALL_PARAMS, epochs=1, name="small")
+            save_config(replace(small, name="tiny-teacher"), folder / "teacher.json")
+            student = replace(small, ema=0.9, augment=replace(small.augment, elastic=Elastic(34.0, 4.0)),
+                              distill=Distill(str(folder / "teacher.json"), weight=0.7, temperature=3.0))
+            save_config(student, folder / "small.json")
+            result = run_cli("reproduce", str(folder / "small.json"), "--seeds", "5", "--out", str(record), "--device", "cpu",
+                             env={"SEARCH_CACHE_DIR": str(folder / "cache")})
+            assert result.returncode == 0, result.stderr
+    return record, json.loads(record.read_text())

@@ -5,13 +5,13 @@ import shutil
 
 import pytest
 
-from conftest import REFERENCE, assert_one_line_error, run_cli, write_study
+from conftest import REFERENCE, assert_one_line_error, copy_study, run_cli, write_study
 
 
-@pytest.fixture()
-def existing(shared_tiny_study):
-    """A small finished study (the session's, conftest) whose storage file must never change under bad input."""
-    return shared_tiny_study.folder
+@pytest.fixture(scope="module")
+def existing(shared_tiny_study, tmp_path_factory):
+    """A small finished study (a copy of the session's, conftest) whose storage file must never change under bad input."""
+    return copy_study(shared_tiny_study, tmp_path_factory.mktemp("existing")).folder
 
 
 def unchanged(tmp) -> bytes:

@@ -7,25 +7,19 @@ import onnxruntime
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import SMALL_PARAMS, assert_one_line_error, run_cli
 from search.data import load_mnist
 from search.model_files import Deployable, load_weights
 from space.config import config_from_dict, save_config
-from space.step3 import REFERENCE_PARAMS, config_from_params
+from space.step3 import config_from_params
 
-# The step-3 topology at a quarter of its size: one epoch on 60,000 images stays short on 2 cores.
-SMALL = {**REFERENCE_PARAMS, **{k: 4 for k in REFERENCE_PARAMS if k.endswith("_width")}}
+SMALL = SMALL_PARAMS
 
 
-@pytest.fixture(scope="module")
-def reproduced(tmp_path_factory, data_dir):
-    tmp = tmp_path_factory.mktemp("reproduced")
-    config_file = tmp / "small.json"
-    save_config(config_from_params(SMALL, epochs=1, name="small"), config_file)
-    record = tmp / "run.json"
-    result = run_cli("reproduce", str(config_file), "--seeds", "5", "--out", str(record), "--device", "cpu")
-    assert result.returncode == 0, result.stderr
-    return record, json.loads(record.read_text())
+@pytest.fixture()
+def reproduced(shared_reproduction):
+    """`reproduce` of a small net, seed 5, record run.json (conftest: with ema, elastic and a teacher)."""
+    return shared_reproduction
 
 
 @pytest.fixture(scope="module")

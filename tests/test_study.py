@@ -118,8 +118,8 @@ def test_rerun_with_more_trials_resumes_to_the_total(shared_tiny_study, tmp_path
     assert done.returncode == 0 and "already holds 10 finished trials" in done.stdout
 
 
-def test_changed_settings_do_not_touch_an_existing_study(tiny_study):
-    tmp, _, _ = tiny_study
+def test_changed_settings_do_not_touch_an_existing_study(shared_tiny_study, tmp_path):
+    tmp = copy_study(shared_tiny_study, tmp_path).folder
     db = tmp / "out" / "study.db"
     before = db.read_bytes()
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--epochs", "6")
