@@ -214,11 +214,10 @@ def test_recipe_options_are_off_by_default_and_become_config_fields():
 
 
 def test_a_blocks_study_searches_the_recipe_options_and_shows_them(tmp_path, data_dir):
-    from space.step3 import REFERENCE_PARAMS, config_from_params as step3_config
+    from conftest import TINY_TEACHER
     from space.config import save_config
 
-    save_config(step3_config({**REFERENCE_PARAMS, **{k: 4 for k in REFERENCE_PARAMS if k.endswith("_width")}}, epochs=1, name="tiny-teacher"),
-                tmp_path / "teacher.json")
+    save_config(TINY_TEACHER, tmp_path / "teacher.json")
     text = (ROOT_STUDIES / "blocks-quick.toml").read_text()
     path = tmp_path / "b.toml"
     path.write_text(text.replace('name = "blocks-quick"', 'name = "recipe"').replace("trials = 80 ", "trials = 8 ")

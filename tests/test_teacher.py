@@ -4,13 +4,11 @@ from dataclasses import replace
 
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import TINY_TEACHER, assert_one_line_error, run_cli
 from search import teacher as teachers
 from search.data import load_split
 from space.config import Distill, save_config
-from space.step3 import REFERENCE_PARAMS, config_from_params
 
-TINY_TEACHER = config_from_params({**REFERENCE_PARAMS, **{k: 4 for k in REFERENCE_PARAMS if k.endswith("_width")}}, epochs=1, name="tiny-teacher")
 
 
 def test_a_teacher_is_trained_once_reused_and_retrained_when_its_config_changes(tmp_path, data_dir, monkeypatch, capsys):
