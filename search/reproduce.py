@@ -86,12 +86,11 @@ def _trial(study, number: int):
 
 def environment(device: torch.device) -> dict:
     """Where a figure was measured: device, library versions, host."""
-    import optuna
-    import torchvision
+    from importlib.metadata import version
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
     return {"device": str(device), "device_name": name, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "optuna": optuna.__version__, "host": platform.node()}
+            "torchvision": version("torchvision"), "optuna": version("optuna"), "host": platform.node()}
 
 
 def format_epoch(seed: int, m: dict, eval_name: str) -> str:

@@ -22,6 +22,7 @@ from space.step3 import REFERENCE_PARAMS, config_from_params as step3_config
 # One thread per process: the suite runs on two pytest-xdist workers (`-n 2`), each training in
 # its own process, on two cores. A test that depends on the thread count sets it itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a test that asks for two threads must not spin against the other worker
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests and CI read MNIST from ../shared/data unless SEARCH_DATA_DIR says otherwise.

@@ -102,6 +102,16 @@ def test_split_is_fixed_disjoint_and_complete():
     assert len(set(train_a.tolist()) | set(val_a.tolist())) == 60_000
 
 
+def test_mnist_is_read_as_torchvision_reads_it(data_dir):
+    from torchvision.datasets import MNIST
+
+    for train in (True, False):
+        images, labels = load_mnist(data_dir, train=train)
+        reference = MNIST(str(data_dir), train=train, download=False)
+        assert torch.equal(images, reference.data) and torch.equal(labels, reference.targets)
+        assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
 def test_search_split_and_full_split(data_dir):
     search = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000)
     assert (len(search.train_images), len(search.eval_images), search.eval_name) == (1000, 10_000, "val")
@@ -135,10 +145,14 @@ def test_an_existing_config_trains_exactly_as_before_the_recipe_options(data_dir
     4eb087d, 2 threads), printed again when the dropout's bits moved to numpy's SFC64 and the weight
     gradients to Conv2d's own pass (which draw other masks and round differently; the recipe's code
     paths did not change). A tolerance, not equality: another CPU's kernels may round differently."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(2)
     config = replace(load_config(REFERENCE / "step3.json"), epochs=2, seed=5)
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)
-    history = train(config, split)[1]
+    try:
+        history = train(config, split)[1]
+    finally:
+        torch.set_num_threads(threads)  # the other tests of this worker process keep its one thread
     assert [m["train_loss"] for m in history] == pytest.approx([2.2878947257995605, 2.121438980102539], rel=1e-5)
     assert [m["val_acc"] for m in history] == pytest.approx([11.09, 25.75], abs=0.02)
 
