@@ -57,7 +57,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 def cmd_confirm(a: argparse.Namespace) -> None:
     from search.confirm import confirm_command
 
-    confirm_command(a.study, a.storage, a.top, a.seeds, a.workers, a.out, a.data_dir, a.device)
+    confirm_command(a.study, a.storage, a.top, a.seeds, a.max_seeds, a.workers, a.out, a.data_dir, a.device)
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -150,8 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("confirm", help="retrain a study's candidates at the export budget with more seeds (validation split)")
     existing_study(p)
-    p.add_argument("--top", type=positive_int, help="candidates: the K most accurate of the Pareto front, or the top K trials (default: the study file's)")
+    p.add_argument("--top", type=positive_int, help="candidates: K points of the Pareto front in its region, spread by size, or the top K "
+                   "trials (default: the study file's)")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate, after the study's own (default: the study file's, else 2)")
+    p.add_argument("--max-seeds", type=non_negative_int, help="more seeds, up to this many, for a candidate within noise of the study's "
+                   "[region] target_acc (default: the study file's; 0: none)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")
     p.add_argument("--out", type=Path, help="where best.json goes (default: studies/NAME/)")
     data_and_device(p)

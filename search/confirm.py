@@ -18,6 +18,7 @@ and by `report`.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import warnings
@@ -33,51 +34,63 @@ from search.data import Split, load_mnist, load_split, resolve_data_dir
 from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
 from search.export import export_best, export_config
-from search.results import confirmed_rows, format_row
+from search.results import confirmed_rows, format_row, front_in_region, holds
 from search.storage import fail_stale, load_existing_study, mask_password, open_storage, output_folder, storage_of_existing, worker_id, worker_is_gone
-from search.studyfile import stored_spec
+from search.studyfile import Confirm, stored_spec
 from search.teacher import teacher_for
 from search.train import DivergedError, log_line, train
 from search.workers import run_in_workers
 from space.config import config_from_dict, config_to_dict
 
 
-def confirm_command(study_name: str, storage: str | None, top: int | None, seeds: int | None, workers: int, out: Path | None,
-                    data_dir: str | None, device: str) -> None:
+def confirm_command(study_name: str, storage: str | None, top: int | None, seeds: int | None, max_seeds: int | None, workers: int,
+                    out: Path | None, data_dir: str | None, device: str) -> None:
     """`confirm`: confirm a study's candidates (the study file's [confirm] settings unless given),
     print the table, write best.json (the best confirmed mean) into `out` (default: studies/NAME/)."""
     study = load_existing_study(study_name, storage)
     url = storage_of_existing(study_name, storage)
     settings = stored_spec(study).confirm
+    seeds = seeds or settings.seeds
+    max_seeds = max_seeds if max_seeds is not None else settings.max_seeds
+    if max_seeds and max_seeds < seeds:
+        raise UsageError(f"--max-seeds {max_seeds} is below the {seeds} seeds every candidate gets; pass --max-seeds >= {seeds} (or 0)")
     out = output_folder(out or Path("studies") / study_name, "--out")  # before hours of training, not after
     data = resolve_data_dir(data_dir)
     load_mnist(data, train=True)  # a data error before any run is enqueued
-    confirm(study, url, top or settings.top, seeds or settings.seeds, resolve_device(device), data, workers, settings.subset)
+    confirm(study, url, replace(settings, top=top or settings.top, seeds=seeds, max_seeds=max_seeds), resolve_device(device), data, workers)
     path = export_best(study, out)
     publish_best(study)
     print(f"best config (best confirmed mean) written to {path}")
 
 
-def confirm(study: optuna.Study, url: str, top: int, seeds: int, device: torch.device, data_dir: Path, workers: int,
-            subset: int) -> dict[str, dict]:
-    """Confirm `study`'s candidates in this process or in `workers` processes sharing `url`,
-    store and print the mean ± std per candidate, and return them."""
+def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.device, data_dir: Path, workers: int) -> dict[str, dict]:
+    """Confirm `study`'s candidates (`settings`: how many, with how many seeds, on how many
+    images) in this process or in `workers` processes sharing `url`; then, while a candidate's
+    mean is within noise of the study's target and it has fewer than max_seeds seeds, one more
+    seed for it. Store and print the mean ± std per candidate, and return them."""
     if workers > 1 and url.startswith("sqlite"):
         raise UsageError(f"{mask_password(url)} is SQLite, which is not safe for several workers; rerun with --workers 1 or use a journal file or PostgreSQL")
-    if not candidates(study, top):
+    chosen = candidates(study, settings.top)
+    if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
+    spec = stored_spec(study)
     companion = open_companion(study)
-    runs = plan(study, companion, top, seeds, subset)
-    left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-    epochs = stored_spec(study).training.export_epochs
-    log_line(f"confirming {len({n for n, _ in runs})} candidate(s) of {study.study_name!r} with {seeds} seed(s) or more each at the export "
-             f"budget ({epochs} epochs on {subset:,} training images) on the validation split: {left} of {len(runs)} run(s) to train "
-             f"(study {companion.study_name!r})")
-    if workers == 1:
-        run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=subset))
-    else:
-        run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, subset), workers, cpu_threads(device, workers), companion)
-    summary = summarize(study, companion)
+    wanted = {t.number: settings.seeds for t in chosen}
+    summary: dict[str, dict] = {}
+    while wanted:
+        runs = plan(study, companion, wanted, settings.subset)
+        left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} epochs "
+                 f"on {settings.subset:,} training images) on the validation split: {left} of {len(runs)} run(s) to train "
+                 f"(study {companion.study_name!r})")
+        if workers == 1:
+            run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=settings.subset))
+        else:
+            run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset), workers,
+                           cpu_threads(device, workers), companion)
+        summary = summarize(study, companion)
+        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)
+                  if row["trial"] in wanted and undecided(row, spec.region.target_acc, settings.max_seeds)}
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:
@@ -92,18 +105,41 @@ def confirm_worker(name: str, url: str, device: str, data_dir: Path, subset: int
                       label=f"[worker {index}] ")
 
 
+MIN_SPREAD = 0.05  # accuracy points: the least seed-to-seed spread assumed (two seeds can agree by chance)
+
+
 def companion_name(study_name: str) -> str:
     return f"{study_name}.confirm"
 
 
 def candidates(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    """The `top` most accurate trials of the Pareto front (a Pareto study), or of all COMPLETE
-    trials (an accuracy study); over-limit trials are never COMPLETE."""
-    if len(study.directions) > 1:
-        pool = study.best_trials  # Optuna's front: feasible COMPLETE trials only
-    else:
-        pool = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return sorted(pool, key=lambda t: (-t.values[0], t.user_attrs["n_params"]))[:top]
+    """An accuracy study's `top` best trials. A Pareto study's: `top` points of its front in the
+    region, spread along the size axis (the nearest to sizes evenly spaced on a log scale from
+    the smallest to the largest, both ends included; with one, the most accurate), so that
+    confirmation answers "how small still holds" and not only "how accurate"."""
+    if len(study.directions) == 1:
+        return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.values[0])[:top]
+    front = sorted(front_in_region(study), key=lambda t: t.user_attrs["n_params"])
+    if len(front) <= top:
+        return front
+    if top == 1:  # one slot: the most accurate point, as best.json would be without confirmation
+        return [max(front, key=lambda t: t.values[0])]
+    low, high = math.log(front[0].user_attrs["n_params"]), math.log(front[-1].user_attrs["n_params"])
+    chosen: list[optuna.trial.FrozenTrial] = []
+    for k in range(top):
+        size = low + (high - low) * k / (top - 1)
+        chosen.append(min((t for t in front if t not in chosen), key=lambda t: abs(math.log(t.user_attrs["n_params"]) - size)))
+    return sorted(chosen, key=lambda t: t.user_attrs["n_params"])
+
+
+def undecided(row: dict, target: float, max_seeds: int) -> bool:
+    """Whether one more seed could decide whether this candidate holds `target`: its mean lies
+    within two standard errors of it (the spread of its seeds, at least MIN_SPREAD), it has fewer
+    than `max_seeds` seeds and none diverged. A candidate far from the target gets no more."""
+    n = len(row["seeds"])
+    if not target or not max_seeds or n >= max_seeds or not holds(row):
+        return False
+    return abs(row["mean"] - target) <= 2 * max(row["std"], MIN_SPREAD) / math.sqrt(n)
 
 
 def confirmation_seeds(study: optuna.Study, count: int) -> list[int]:
@@ -123,13 +159,15 @@ def open_companion(study: optuna.Study) -> optuna.Study:
     return companion
 
 
-def plan(study: optuna.Study, companion: optuna.Study, top: int, seeds: int, images: int) -> list[tuple[int, int]]:
-    """Enqueue every (candidate, seed) run at this budget (the export epochs, `images` training
-    images) that has no result, is not waiting and is not running in a live worker; returns all
-    runs of the plan. Runs of dead local workers are marked FAIL. A run is identified by all that
-    decides its result (candidate, seed, epochs, images), so a changed budget never reuses
-    another budget's results. The plan is merged into the study's "confirm_plans" (one entry per
-    candidate ever confirmed), so a later, smaller `confirm` keeps the earlier candidates."""
+def plan(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], images: int) -> list[tuple[int, int]]:
+    """Enqueue every (candidate, seed) run for the candidates in `wanted` (trial number: seed
+    count) at this budget (the export epochs, `images` training images) that has no result, is
+    not waiting and is not running in a live worker; returns all runs of the plan. Runs of dead
+    local workers are marked FAIL. A run is identified by all that decides its result
+    (candidate, seed, epochs, images), so a changed budget never reuses another budget's
+    results. The plan is merged into the study's "confirm_plans" (one entry per candidate ever
+    confirmed, its seeds only ever added to), so a later, smaller `confirm` keeps the earlier
+    candidates and their seeds."""
     runs = companion.get_trials(deepcopy=False)
     stale = [t for t in runs if t.state == TrialState.RUNNING and worker_is_gone(t)]
     fail_stale(companion, stale, by="confirm")
@@ -137,22 +175,23 @@ def plan(study: optuna.Study, companion: optuna.Study, top: int, seeds: int, ima
             if t.state in (TrialState.COMPLETE, TrialState.WAITING) or (t.state == TrialState.PRUNED and "diverged" in t.user_attrs)
             or (t.state == TrialState.RUNNING and t not in stale)}
     plans = dict(study.user_attrs.get("confirm_plans", {}))
-    wanted = []
-    for trial in candidates(study, top):
+    planned_runs = []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for trial in (trials[number] for number in wanted):
         config = export_config(study, trial)
         budget = {"epochs": config.epochs, "images": images}
         earlier = plans.get(str(trial.number), {})
         same_budget = {k: earlier.get(k) for k in budget} == budget
-        planned = sorted(set(confirmation_seeds(study, seeds)) | set(earlier.get("seeds", []) if same_budget else []))
+        planned = sorted(set(confirmation_seeds(study, wanted[trial.number])) | set(earlier.get("seeds", []) if same_budget else []))
         plans[str(trial.number)] = {"seeds": planned, **budget}
         for seed in planned:
-            wanted.append((trial.number, seed))
+            planned_runs.append((trial.number, seed))
             attrs = {"candidate": trial.number, "seed": seed, "budget": budget}
             if run_key(attrs) not in held:
                 seeded = replace(config, seed=seed, name=f"{config.name}-seed{seed}")
                 companion.enqueue_trial({}, user_attrs={**attrs, "n_params": trial.user_attrs["n_params"], "config": config_to_dict(seeded)})
     study.set_user_attr("confirm_plans", plans)
-    return wanted
+    return planned_runs
 
 
 def run_key(attrs: dict) -> tuple:

@@ -52,7 +52,6 @@ def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     int64 labels). The IDX files are read directly: torchvision, which would read them the same
     way, takes 2.4 s to import, more than the files take to read; it is imported only to
     download files that are missing."""
-    import torch
 
     if not root.is_dir():
         raise DataError(f"data directory {root} does not exist; pass --data-dir or set {DATA_DIR_ENV} to the folder holding MNIST/raw/")

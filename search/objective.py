@@ -5,9 +5,11 @@ parameter limit, train, report the validation accuracy after every epoch and hon
 
 A Pareto study (accuracy up, parameters down) cannot report or prune in Optuna; it trains
 its trials by successive halving instead: rung by rung on more images, going on only while
-the trial ranks in the top 1/eta of its rung (search/pareto.py). A trial that stops early
-is PRUNED, without values, so every COMPLETE trial, and so the front the sampler and the
-dashboard see, is measured at the same budget.
+the trial ranks in the top 1/eta of its rung (search/pareto.py) and, with a [region] floor,
+stays within that many points of the best result there. A trial that stops early is PRUNED,
+without values, so every COMPLETE trial, and so the front the sampler and the dashboard see,
+is measured at the same budget and lies in the region; one below the region is also
+infeasible for the sampler (constraint "below_region" > 0), as one over the limit is.
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
     try:
         check_shapes(config.layers)
     except ConfigError as e:  # infeasible however small: the sampler learns the region from the constraint
-        _constrain(trial, max(n_params - spec.max_params, 1))
+        _constrain(trial, "params_over_limit", max(n_params - spec.max_params, 1))
         return _prune(trial, f"invalid shape: {e}")
-    _constrain(trial, n_params - spec.max_params)  # <= 0: feasible; TPE learns the region
+    _constrain(trial, "params_over_limit", n_params - spec.max_params)  # <= 0: feasible
     if n_params > spec.max_params:
         return _prune(trial, f"over the parameter limit: {n_params:,} > {spec.max_params:,}")
 
@@ -75,22 +77,38 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         history = _train_rung(trial, spec, config, replace(split, train_images=split.train_images[:images],
                                                            train_labels=split.train_labels[:images]), start)
         accuracy = statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
-        rungs.append({"rung": rung, "images": images, "val_acc": accuracy})
-        if len(subsets) > 1:
-            trial.set_user_attr("rungs", rungs)
+        # what the rung measured, kept for the ranking statistics `report` compares with confirmed accuracy
+        rungs.append({"rung": rung, "images": images, "val_acc": accuracy, "final_val_acc": history[-1]["val_acc"],
+                      "train_loss_sum": sum(m["train_loss"] for m in history)})
+        if not spec.pareto:
+            continue
+        trial.set_user_attr("rungs", rungs)
+        peers = rung_results(trial.study.get_trials(deepcopy=False), rung)
+        below = max(p["val_acc"] for p in peers) - spec.region.floor - accuracy  # > 0: below the region
+        if spec.region.floor and below > 0:
+            _constrain(trial, "below_region", below)
+            return _prune(trial, f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
+                                 f"{spec.region.floor:g} points below the best result there")
         if rung + 1 < len(subsets):
-            # a trial re-queued after its worker died carries a copy of the FAIL original's attributes: count
-            # the original out (the copy's own rungs were reset when it started)
-            peers = [t.user_attrs["rungs"][rung] | {"n_params": t.user_attrs["n_params"], "number": t.number}
-                     for t in trial.study.get_trials(deepcopy=False)
-                     if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
             points = [(p["val_acc"], p["n_params"]) for p in peers]
             me = [p["number"] for p in peers].index(trial.number)
             if not promoted(points, me, spec.fidelity.eta):
+                if spec.region.floor:
+                    _constrain(trial, "below_region", below)
                 return _prune(trial, f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not "
                                      f"in the top 1/{spec.fidelity.eta} of the {len(points)} results there")
+    if spec.pareto and spec.region.floor:
+        _constrain(trial, "below_region", below)  # <= 0: in the region
     attach_trial_files(trial, export_form(config, spec.training, config.name), n_params, history, out)
     return (accuracy, n_params) if spec.pareto else accuracy
+
+
+def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict]:
+    """Every trial's result at `rung`, with its size and number. A trial re-queued after its worker
+    died carries a copy of the FAIL original's attributes: the original is counted out (the copy's
+    own rungs are reset when it starts)."""
+    return [t.user_attrs["rungs"][rung] | {"n_params": t.user_attrs["n_params"], "number": t.number}
+            for t in trials if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
 
 
 def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, start: float) -> list[dict]:
@@ -120,12 +138,13 @@ def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, star
     return history
 
 
-def _constrain(trial: optuna.Trial, over_limit: int) -> None:
-    """trial.set_constraint("params_over_limit", ...); a trial re-queued after its worker died
-    already holds the same value (Optuna copies it), and Optuna's warning about it is noise."""
+def _constrain(trial: optuna.Trial, key: str, value: float) -> None:
+    """trial.set_constraint(key, value): > 0 is infeasible, and TPE learns the feasible region from
+    it. A trial re-queued after its worker died already holds the same value (Optuna copies it),
+    and Optuna's warning about it is noise."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The constraint value is ignored")
-        trial.set_constraint("params_over_limit", over_limit)
+        trial.set_constraint(key, value)
 
 
 def _prune(trial: optuna.Trial, reason: str) -> float:

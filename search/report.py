@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from search.pareto import front_indices, hypervolume  # noqa: E402
-from search.results import best_trial, confirmed_rows, format_row  # noqa: E402
+from search.results import best_trial, confirmed_rows, format_row, front_in_region, holds  # noqa: E402
 from search.storage import load_existing_study, output_folder  # noqa: E402
 from search.studyfile import stored_spec  # noqa: E402
 from space import blocks  # noqa: E402
@@ -34,10 +34,63 @@ def report_command(study_name: str, storage: str | None, out: Path | None) -> No
     print("wrote " + ", ".join(str(p) for p in write_report(study, out)))
 
 
+def hypervolume_reference(study: optuna.Study) -> tuple[float, int]:
+    """(accuracy, parameters) below which nothing counts: the region's floor under the best
+    COMPLETE result when the study has a region, else HYPERVOLUME_FLOOR; and the limit."""
+    spec = stored_spec(study)
+    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    floor = max(values) - spec.region.floor if spec.region.floor and values else HYPERVOLUME_FLOOR
+    return floor, spec.max_params
+
+
 def front_hypervolume(study: optuna.Study) -> float:
-    """Area (accuracy points x parameters) the COMPLETE trials dominate above HYPERVOLUME_FLOOR and below the limit."""
+    """Area (accuracy points x parameters) the COMPLETE trials dominate above and below `hypervolume_reference`."""
     points = [(t.values[0], t.user_attrs["n_params"]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return hypervolume(points, (HYPERVOLUME_FLOOR, stored_spec(study).max_params))
+    return hypervolume(points, hypervolume_reference(study))
+
+
+def budget_summary(study: optuna.Study, within: float = 2.0) -> str | None:
+    """Where a Pareto study spent its training: the trained trials whose last result lies within
+    `within` accuracy points of the best result at that rung, their share of the training
+    seconds, and the front's points in the region."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rungs")]
+    if not trials:
+        return None
+    best = {}
+    for t in trials:
+        for r in t.user_attrs["rungs"]:
+            best[r["rung"]] = max(best.get(r["rung"], 0.0), r["val_acc"])
+    near = [t for t in trials if t.user_attrs["rungs"][-1]["val_acc"] >= best[t.user_attrs["rungs"][-1]["rung"]] - within]
+    seconds = lambda ts: sum(t.user_attrs.get("seconds", 0.0) for t in ts)  # noqa: E731
+    front, region = study.best_trials, front_in_region(study)
+    return (f"trained trials within {within:g} points of the best result of their last rung: {len(near)} of {len(trials)} "
+            f"({len(near) / len(trials):.0%}), {seconds(near) / max(seconds(trials), 1e-9):.0%} of the training seconds; "
+            f"front: {len(region)} of {len(front)} points in the region")
+
+
+RANKINGS = {"val_acc": "mean val acc of the last 3 epochs", "final_val_acc": "final val acc", "train_loss_sum": "sum of training losses (negated)"}
+
+
+def ranking_summary(study: optuna.Study) -> list[str]:
+    """How well each rung's statistics rank the confirmed candidates: Spearman's correlation of
+    each with the confirmed mean (the sum of training losses negated: lower is better), over the
+    candidates confirmed at one budget, none diverged."""
+    rows = [r for r in confirmed_rows(study) if holds(r) and r["epochs"] is not None]
+    if not rows:
+        return []
+    budget_of = max({(r["epochs"], r["images"]) for r in rows}, key=lambda b: sum((r["epochs"], r["images"]) == b for r in rows))
+    rows = [r for r in rows if (r["epochs"], r["images"]) == budget_of]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    lines = []
+    rungs = {len(trials[r["trial"]].user_attrs.get("rungs", [])) for r in rows}
+    for rung in range(min(rungs)):
+        for key, name in RANKINGS.items():
+            sign = -1 if key == "train_loss_sum" else 1
+            pairs = pd.DataFrame([(sign * trials[r["trial"]].user_attrs["rungs"][rung].get(key, float("nan")), r["mean"]) for r in rows]).dropna()
+            if len(pairs) >= 3:
+                rho = pairs[0].corr(pairs[1], method="spearman")
+                lines.append(f"rung {rung}, {name}: Spearman {rho:+.2f} with the confirmed mean over {len(pairs)} candidates")
+    return lines
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
@@ -149,9 +202,12 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
     plot_params_vs_objective(study, out / "params_vs_objective.png")
     written.append(out / "params_vs_objective.png")
     if len(study.directions) > 1:
-        limit = stored_spec(study).max_params
-        print(f"front hypervolume: {front_hypervolume(study):,.0f} (accuracy points x parameters above {HYPERVOLUME_FLOOR:g} % "
+        floor, limit = hypervolume_reference(study)
+        print(f"front hypervolume: {front_hypervolume(study):,.0f} (accuracy points x parameters above {floor:.2f} % "
               f"and below {limit:,} parameters)")
+        spent = budget_summary(study)
+        if spent:
+            print(spent)
     refused = refused_summary(table)
     if refused:
         print(refused)
@@ -169,4 +225,6 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
               "smallest first:")
         for row in rows:
             print("  " + format_row(row))
+        for line in ranking_summary(study):
+            print(line)
     return written

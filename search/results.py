@@ -1,6 +1,6 @@
-"""What a study has found: its confirmed candidates (mean ± std per candidate, stored by
-search/confirm.py), the best trial, and the smallest candidate that reaches a target. Read by
-`export`, `report`, the dashboard's note and `run`; needs no torch."""
+"""What a study has found: its front in the region, its confirmed candidates (mean ± std per
+candidate, stored by search/confirm.py), the best trial, and the smallest candidate that
+reaches a target. Read by `export`, `report`, the dashboard's note and `run`; needs no torch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,19 @@ import optuna
 from optuna.trial import TrialState
 
 from search.errors import UsageError
+from search.studyfile import stored_spec
+
+
+def front_in_region(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """A Pareto study's front (Optuna's: feasible COMPLETE trials) within its region: at most
+    [region] floor points below the best COMPLETE result (a trial in the region when it ended
+    can fall out of it as better ones arrive)."""
+    front = study.best_trials
+    floor = stored_spec(study).region.floor
+    if not floor or not front:
+        return front
+    best = max(t.values[0] for t in front)
+    return [t for t in front if t.values[0] >= best - floor]
 
 
 def confirmed_rows(study: optuna.Study) -> list[dict]:

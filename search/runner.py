@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from search.data import resolve_data_dir
-from search.export import export_best
-from search.results import best_trial, confirmed_rows, holds
+from search.errors import TargetMissed
+from search.export import export_best, export_target
+from search.results import best_trial, confirmed_rows, format_row, holds
 from search.storage import default_storage, fail_stale, heartbeat_enabled, mask_password, open_storage, output_folder, stale_trials
 from search.studyfile import load_study_spec
 from space.families import FAMILIES
@@ -58,10 +59,17 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
         print("no trial has completed yet, so there is no best.json; rerun to go on")
         return
     if spec.confirm.after_run:
-        confirm(study, url, spec.confirm.top, spec.confirm.seeds, torch_device, data, workers, spec.confirm.subset)
+        confirm(study, url, spec.confirm, torch_device, data, workers)
     best = best_trial(study)
     path = export_best(study, out)
     publish_best(study)
+    if spec.region.target_acc and confirmed_rows(study):  # the answer to the study's question, when it has one
+        try:
+            target_path, row = export_target(study, out, spec.region.target_acc)
+            print(f"smallest confirmed config reaching {spec.region.target_acc:g} % validation accuracy: {format_row(row)}; "
+                  f"written to {target_path}")
+        except TargetMissed as e:
+            print(str(e))
     print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in confirmed_rows(study)) else ""))
     print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3)")
     default_place = not storage and out == Path("studies") / spec.name

@@ -65,6 +65,18 @@ class Confirm:
     seeds: int = 2
     after_run: bool = False
     subset: int = TRAIN_SPLIT
+    max_seeds: int = 0  # > seeds: a candidate whose mean is within noise of [region] target_acc gets seeds up to this many
+
+
+@dataclass(frozen=True)
+class Region:
+    """What matters (Pareto studies). `floor`: a trial whose result at a rung is more than this
+    many accuracy points below the best result there stops, is infeasible for the sampler and
+    stays off the front (0: no floor). `target_acc`: the validation accuracy (%) at the export
+    budget that answers the question; confirmation adds seeds to candidates near it, and `run`
+    exports the smallest confirmed config that reaches it (0: none)."""
+    floor: float = 0.0
+    target_acc: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class StudySpec:
     objective: str = "accuracy"  # or "pareto": maximise accuracy and minimise n_params
     fidelity: Fidelity = Fidelity()
     confirm: Confirm = Confirm()
+    region: Region = Region()
 
     @property
     def pareto(self) -> bool:
@@ -103,8 +116,10 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     pruner = Pruner(**({"kind": "none"} if objective == "pareto" else {}) | parse_section(top.get("pruner", {}), Pruner, "pruner"))
     fidelity = Fidelity(**parse_section(top.get("fidelity", {}), Fidelity, "fidelity"))
     confirm = Confirm(**parse_section(top.get("confirm", {}), Confirm, "confirm"))
+    region = Region(**parse_section(top.get("region", {}), Region, "region"))
     space = FAMILIES[family].space_from_dict(top.get("space", {}))
-    spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space, "fidelity": fidelity, "confirm": confirm})
+    spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space, "fidelity": fidelity, "confirm": confirm,
+                        "region": region})
     check(re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name) is not None, "name", f"letters, digits, '_', '.' and '-' only, got {spec.name!r}")
     for key in ("trials", "max_params", "heartbeat_interval"):
         check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
@@ -128,6 +143,11 @@ def _spec_from_dict(raw: dict) -> StudySpec:
           f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
     check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")
     check(0 < confirm.subset <= TRAIN_SPLIT, "confirm.subset", f"must be in 1..{TRAIN_SPLIT:,} (the training split), got {confirm.subset}")
+    check(confirm.max_seeds == 0 or confirm.max_seeds >= confirm.seeds, "confirm.max_seeds",
+          f"must be 0 (no extra seeds) or >= seeds ({confirm.seeds}), got {confirm.max_seeds}")
+    check(0.0 <= region.floor <= 100.0, "region.floor", f"must be in [0, 100] accuracy points (0: no floor), got {region.floor}")
+    check(0.0 <= region.target_acc <= 100.0, "region.target_acc", f"must be a percentage in [0, 100] (0: none), got {region.target_acc}")
+    check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")
     return spec
 
 
@@ -185,6 +205,7 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 
 def same_settings(a: StudySpec, b: StudySpec) -> bool:
     """Whether a study created from `a` may resume with `b`: only its name, trial count,
-    heartbeat timing, sampler options and confirmation settings may differ."""
+    heartbeat timing, sampler options, confirmation settings and target may differ."""
     volatile = dict(name="", trials=1, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
-    return replace(a, **volatile) == replace(b, **volatile)
+    return (replace(a, **volatile, region=replace(a.region, target_acc=0.0))
+            == replace(b, **volatile, region=replace(b.region, target_acc=0.0)))

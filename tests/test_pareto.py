@@ -93,7 +93,8 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
     study = load(storage)
     companion = load(storage, "tinypareto.confirm")
     runs = [t for t in companion.trials if t.state == TrialState.COMPLETE]
-    front = sorted(study.best_trials, key=lambda t: -t.values[0])[:2]
+    by_size = sorted(study.best_trials, key=lambda t: t.user_attrs["n_params"])
+    front = [by_size[0], by_size[-1]] if len(by_size) > 2 else by_size  # top = 2: both ends of the front
     assert sorted((t.user_attrs["candidate"], t.user_attrs["seed"]) for t in runs) == sorted((c.number, s) for c in front for s in (4, 5))
     for run in runs:  # trained at the confirmation budget on the validation split, from the export config with its own seed
         config = run.user_attrs["config"]
@@ -343,3 +344,131 @@ def test_as_trained_retrains_a_stopped_trial_at_its_rung_and_refuses_one_never_t
     assert_one_line_error(run_cli("reproduce", "--study", "tinypareto", "--storage", storage, "--trial", str(over.number), "--as-trained",
                                   "--allow-over-limit", "--device", "cpu", "--out", str(tmp_path / "o.json")),
                           f"trial {over.number}", "never trained", "over the parameter limit")
+
+
+# ---------------------------------------------------------------- the region, confirmation across the front, ranking
+
+
+def test_region_and_adaptive_seeds_are_checked(tmp_path):
+    def spec(text):
+        path = tmp_path / "s.toml"
+        path.write_text(text)
+        return load_study_spec(path)
+
+    ok = spec(PARETO + "\n[region]\nfloor = 1.5\ntarget_acc = 99.1\n")
+    assert (ok.region.floor, ok.region.target_acc) == (1.5, 99.1)
+    with pytest.raises(ConfigError, match=r"region.floor: must be in \[0, 100\]"):
+        spec(PARETO + "\n[region]\nfloor = -1\n")
+    with pytest.raises(ConfigError, match="region.target_acc: must be a percentage"):
+        spec(PARETO + "\n[region]\ntarget_acc = 101\n")
+    with pytest.raises(ConfigError, match="region: needs objective = \"pareto\""):
+        spec(PARETO.replace('objective = "pareto"', "").replace("rungs = 2", "rungs = 1") + "\n[region]\nfloor = 1.0\n")
+    with pytest.raises(ConfigError, match=r"confirm.max_seeds: must be 0 \(no extra seeds\) or >= seeds \(2\)"):
+        spec(PARETO.replace("seeds = 2", "seeds = 2\nmax_seeds = 1"))
+    result = run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "s.toml", "confirm.max_seeds")
+
+
+def region_study(floor: float, target: float = 0.0) -> optuna.Study:
+    """An in-memory Pareto study with PARETO's settings, a region, and no trials."""
+    import tempfile
+
+    from search.studyfile import spec_to_dict
+
+    path = Path(tempfile.mkdtemp()) / "p.toml"
+    path.write_text(PARETO + f"\n[region]\nfloor = {floor}\ntarget_acc = {target}\n")
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("spec", spec_to_dict(load_study_spec(path)))
+    return study
+
+
+def test_a_trial_far_below_the_best_result_of_its_rung_stops_and_is_infeasible(tmp_path, data_dir):
+    import torch
+
+    from search.data import load_split
+    from search.objective import objective
+    from search.studyfile import stored_spec
+
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)
+    tiny = {"conv1_width": 4, "conv2_width": 4, "transition_width": 4, "conv3_width": 4, "conv4_width": 4, "conv5_width": 4,
+            "dropout": 0.0, "lr": 0.1, "step_size": 2, "gamma": 0.1, "rotation": 0.0, "brightness": 0.0, "contrast": 0.0}
+    for floor, stops in ((1.0, True), (100.0, False)):
+        study = region_study(floor)
+        study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"rungs": [{"rung": 0, "images": 256, "val_acc": 99.0}],
+                                                                                       "n_params": 100_000}))
+        study.enqueue_trial(tiny)
+        study.optimize(lambda t: objective(t, stored_spec(study), split, tmp_path), n_trials=1)
+        mine = study.trials[-1]
+        accuracy = mine.user_attrs["rungs"][0]["val_acc"]
+        assert accuracy < 98.0  # 3 epochs on 256 images: far below the 99 % at rung 0
+        if stops:  # infeasible for the sampler, and not a point of any front
+            assert mine.state == TrialState.PRUNED and mine.values is None
+            assert mine.user_attrs["reason"].startswith("below the region at rung 0 (256 images)")
+            assert mine.constraints["below_region"] == pytest.approx(99.0 - 1.0 - accuracy)
+        else:  # within 100 points: the region does not stop it, and its constraint says feasible
+            assert "below the region" not in mine.user_attrs.get("reason", "")
+            assert mine.constraints["below_region"] <= 0
+
+
+def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_region():
+    from search.confirm import candidates
+    from search.results import front_in_region
+
+    study = region_study(floor=1.0)
+    for acc, size in ((97.0, 500), (98.2, 1000), (98.5, 2000), (98.6, 3000), (98.7, 4000), (98.8, 6000), (99.0, 8000), (98.0, 7000)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size}, constraints={"params_over_limit": -1}))
+    region = front_in_region(study)
+    assert {t.user_attrs["n_params"] for t in region} == {1000, 2000, 3000, 4000, 6000, 8000}  # 97 % at 500: 2 points below the best
+    assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [1000, 3000, 8000]  # both ends and the log-middle
+    assert [t.user_attrs["n_params"] for t in candidates(study, 1)] == [8000]  # one: the most accurate
+    assert len(candidates(study, 10)) == 6
+
+
+def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
+    from search.confirm import undecided
+
+    row = {"seeds": [4, 5], "mean": 99.10, "std": 0.02, "diverged": {}}
+    assert undecided(row, 99.12, 4)  # within two standard errors (at least 0.05 spread): one more seed decides
+    assert not undecided(row, 99.40, 4)  # far above: settled
+    assert not undecided(row, 98.60, 4)  # far below: settled
+    assert not undecided({**row, "seeds": [4, 5, 6, 7]}, 99.12, 4)  # at max_seeds
+    assert not undecided(row, 99.12, 0) and not undecided(row, 0.0, 4)  # no max_seeds, or no target
+    assert not undecided({**row, "diverged": {"6": "nan"}}, 99.12, 4)
+
+
+def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_study, tmp_path):
+    tmp, storage = copy_of(shared_pareto_study, tmp_path)
+    confirmed = load(storage).user_attrs["confirmed"]
+    near = min(confirmed, key=lambda n: confirmed[n]["mean"])
+    target = confirmed[near]["mean"]
+    (tmp / "tiny.toml").write_text((tmp / "tiny.toml").read_text().replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\n")
+                                   + f"\n[region]\ntarget_acc = {target}\n")
+    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    after = load(storage).user_attrs["confirmed"]
+    assert after[near]["seeds"] == [4, 5, 6]  # exactly on the target: undecided after two seeds
+    for number, entry in after.items():  # the others got a third seed only if they too were within noise of it
+        from search.confirm import undecided
+
+        assert len(entry["seeds"]) == (3 if undecided({**confirmed[number], "diverged": {}}, target, 3) else 2)
+    assert f"reaching {target:g} % validation accuracy" in result.stdout or "no confirmed config" in result.stdout
+
+
+def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared_pareto_study, tmp_path):
+    from search.report import ranking_summary
+
+    _, storage, _ = shared_pareto_study.folder, shared_pareto_study.storage, None
+    result = run_cli("report", "--study", "tinypareto", "--storage", storage, "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "trained trials within 2 points of the best result of their last rung:" in result.stdout
+    study = region_study(floor=0.0)
+    rows = {}
+    for k, (acc, loss, confirmed) in enumerate(((95.0, 3.0, 99.0), (96.0, 2.0, 99.1), (97.0, 1.0, 99.2), (98.0, 4.0, 99.3))):
+        rung = {"rung": 0, "images": 256, "val_acc": acc, "final_val_acc": acc, "train_loss_sum": loss}
+        study.add_trial(optuna.trial.create_trial(values=[acc, 1000 + k], user_attrs={"n_params": 1000 + k, "rungs": [rung]}))
+        rows[str(k)] = {"n_params": 1000 + k, "mean": confirmed, "std": 0.0, "seeds": [4, 5], "planned_seeds": [4, 5], "diverged": {},
+                        "complete": True, "epochs": 3, "images": 512}
+    study.set_user_attr("confirmed", rows)
+    lines = ranking_summary(study)
+    assert "rung 0, mean val acc of the last 3 epochs: Spearman +1.00 with the confirmed mean over 4 candidates" in lines
+    assert "rung 0, sum of training losses (negated): Spearman -0.20 with the confirmed mean over 4 candidates" in lines
