@@ -105,9 +105,9 @@ def test_split_is_fixed_disjoint_and_complete():
 def test_mnist_is_read_as_torchvision_reads_it(data_dir):
     from torchvision.datasets import MNIST
 
-    for train in (True, False):
-        images, labels = load_mnist(data_dir, train=train)
-        reference = MNIST(str(data_dir), train=train, download=False)
+    for training_file in (True, False):
+        images, labels = load_mnist(data_dir, train=training_file)
+        reference = MNIST(str(data_dir), train=training_file, download=False)
         assert torch.equal(images, reference.data) and torch.equal(labels, reference.targets)
         assert images.dtype == torch.uint8 and labels.dtype == torch.int64
 
