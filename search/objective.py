@@ -80,27 +80,35 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         # what the rung measured, kept for the ranking statistics `report` compares with confirmed accuracy
         rungs.append({"rung": rung, "images": images, "val_acc": accuracy, "final_val_acc": history[-1]["val_acc"],
                       "train_loss_sum": sum(m["train_loss"] for m in history)})
-        if not spec.pareto:
-            continue
-        trial.set_user_attr("rungs", rungs)
-        peers = rung_results(trial.study.get_trials(deepcopy=False), rung)
-        below = max(p["val_acc"] for p in peers) - spec.region.floor - accuracy  # > 0: below the region
-        if spec.region.floor and below > 0:
-            _constrain(trial, "below_region", below)
-            return _prune(trial, f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
-                                 f"{spec.region.floor:g} points below the best result there")
-        if rung + 1 < len(subsets):
-            points = [(p["val_acc"], p["n_params"]) for p in peers]
-            me = [p["number"] for p in peers].index(trial.number)
-            if not promoted(points, me, spec.fidelity.eta):
-                if spec.region.floor:
-                    _constrain(trial, "below_region", below)
-                return _prune(trial, f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not "
-                                     f"in the top 1/{spec.fidelity.eta} of the {len(points)} results there")
-    if spec.pareto and spec.region.floor:
-        _constrain(trial, "below_region", below)  # <= 0: in the region
+        if spec.pareto:
+            trial.set_user_attr("rungs", rungs)
+            stop = _halving_verdict(trial, spec, rung, images, accuracy, n_params, last=rung + 1 == len(subsets))
+            if stop:
+                return _prune(trial, stop)
     attach_trial_files(trial, export_form(config, spec.training, config.name), n_params, history, out)
     return (accuracy, n_params) if spec.pareto else accuracy
+
+
+def _halving_verdict(trial: optuna.Trial, spec: StudySpec, rung: int, images: int, accuracy: float, n_params: int,
+                     last: bool) -> str | None:
+    """Whether a Pareto trial stops after `rung` (the reason) or goes on (None): below the region
+    (more than [region] floor points under the best result there), or, before the last rung,
+    not promoted by successive halving. With a region, the trial's constraint "below_region"
+    is set where it ends: > 0 (how far below) makes it infeasible for the sampler."""
+    peers = rung_results(trial.study.get_trials(deepcopy=False), rung)
+    below = max(p["val_acc"] for p in peers) - spec.region.floor - accuracy  # > 0: below the region
+    if spec.region.floor and below > 0:
+        _constrain(trial, "below_region", below)
+        return (f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
+                f"{spec.region.floor:g} points below the best result there")
+    promoted_here = last or promoted([(p["val_acc"], p["n_params"]) for p in peers], [p["number"] for p in peers].index(trial.number),
+                                     spec.fidelity.eta)
+    if spec.region.floor and (last or not promoted_here):
+        _constrain(trial, "below_region", below)  # <= 0: in the region
+    if promoted_here:
+        return None
+    return (f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not "
+            f"in the top 1/{spec.fidelity.eta} of the {len(peers)} results there")
 
 
 def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict]:
