@@ -1,7 +1,7 @@
 """Confirmation: a search's candidates retrained at the export budget with more seeds.
 
 A search ranks its trials on one seed at a low fidelity, which is partly a ranking of luck.
-`confirm` retrains the candidates (the Pareto front's most accurate points, or the top
+`confirm` retrains the candidates (points of the Pareto front spread along its size axis, or the top
 trials of an accuracy study) for the export epoch count on the training images of the split
 that [confirm] subset says (all of them by default), once per confirmation seed, and
 measures the final validation accuracy (the test set stays unseen).
@@ -29,16 +29,17 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.dashboard import publish_best
+from search.note import publish_best
 from search.data import Split, load_mnist, load_split, resolve_data_dir
 from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
 from search.export import export_best, export_config
 from search.results import confirmed_rows, format_row, front_in_region, holds
-from search.storage import fail_stale, load_existing_study, mask_password, open_storage, output_folder, storage_of_existing, worker_id, worker_is_gone
+from search.storage import check_workers, fail_stale, load_existing_study, open_storage, output_folder, storage_of_existing, worker_id, worker_is_gone
 from search.studyfile import Confirm, stored_spec
 from search.teacher import teacher_for
-from search.train import DivergedError, log_line, train
+from search.console import log_line
+from search.train import DivergedError, train
 from search.workers import run_in_workers
 from space.config import config_from_dict, config_to_dict
 
@@ -68,8 +69,7 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     images) in this process or in `workers` processes sharing `url`; then, while a candidate's
     mean is within noise of the study's target and it has fewer than max_seeds seeds, one more
     seed for it. Store and print the mean ± std per candidate, and return them."""
-    if workers > 1 and url.startswith("sqlite"):
-        raise UsageError(f"{mask_password(url)} is SQLite, which is not safe for several workers; rerun with --workers 1 or use a journal file or PostgreSQL")
+    check_workers(url, workers)
     chosen = candidates(study, settings.top)
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")

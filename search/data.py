@@ -111,9 +111,9 @@ def validation_indices() -> tuple[torch.Tensor, torch.Tensor]:
     return order[N_VAL:], order[:N_VAL]
 
 
-def load_split(root: Path, device: torch.device, validation: bool, subset: int | None = None) -> Split:
+def load_split(root: Path, device: torch.device, validation: bool, subset: int | None = None, eval_subset: int | None = None) -> Split:
     """validation=True: 50,000 train / 10,000 validation (the search); else 60,000 train / 10,000 test.
-    `subset` keeps the first N training images of the split; the evaluation set stays whole."""
+    `subset` keeps the first N training images of the split, `eval_subset` the first N evaluation images."""
     images, labels = load_mnist(root, train=True)
     if validation:
         train_idx, val_idx = validation_indices()
@@ -124,5 +124,7 @@ def load_split(root: Path, device: torch.device, validation: bool, subset: int |
         eval_name = "test"
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
+    if eval_subset is not None:
+        eval_images, eval_labels = eval_images[:eval_subset], eval_labels[:eval_subset]
     move = lambda t: t.to(device).contiguous()  # noqa: E731
     return Split(move(images), move(labels), move(eval_images), move(eval_labels), eval_name, root)

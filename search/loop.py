@@ -18,7 +18,7 @@ from search.objective import FINISHED, SurplusTrial, make_pruner, objective
 from search.storage import heartbeat_enabled, open_storage, worker_is_gone
 from search.study import seed_sampler
 from search.studyfile import StudySpec
-from search.train import log_line
+from search.console import log_line
 from search.workers import run_in_workers
 
 
@@ -49,7 +49,8 @@ def search_worker(spec: StudySpec, url: str, out: Path, device: str, data_dir: P
     storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
     study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner))
     seed_sampler(study, spec, url, created, index)
-    split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset)  # noqa: E731
+    split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset,  # noqa: E731
+                                      eval_subset=spec.training.validation)
     run_trials(spec, study, split_loader, out, timeout, show_bar=False, label=f"[worker {index}] ")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from search.console import log_line
 from search.data import Split, load_split, resolve_data_dir
 from search.device import resolve_device
 from search.errors import Diverged, UsageError
@@ -22,8 +23,9 @@ from search.export import export_config, trial_config
 from search.model_files import save_model_files
 from search.results import best_trial
 from search.storage import load_existing_study, output_folder
+from search.studyfile import stored_spec
 from search.teacher import teacher_for
-from search.train import DivergedError, log_line, train
+from search.train import DivergedError, train
 from space.config import DEFAULT_MAX_PARAMS, RunConfig, config_to_dict, count_params, load_config
 
 
@@ -32,18 +34,21 @@ def reproduce_command(config_file: Path | None, study_name: str | None, storage:
                       data_dir: str | None, device: str) -> None:
     """`reproduce`: train a config file, or a study's trial (its best by default), once per seed on
     all 60,000 training images and report test accuracy; with `as_trained`, retrain the trial
-    exactly as the study did (its split, training images, seed, epochs and CPU threads) and say
+    exactly as the study did (its split, training and validation images, seed, epochs and CPU threads) and say
     whether the curve is the recorded one."""
     if (config_file is None) == (study_name is None):
         raise UsageError("reproduce takes a CONFIG.json or --study NAME (one of the two)")
+    if config_file is not None and (trial_number is not None or as_trained):
+        raise UsageError("--trial and --as-trained choose a trial of a study: use them with --study NAME, not with a config file")
     if as_trained and trial_number is None:
         raise UsageError("--as-trained needs --trial N")
-    validation, subset, trial = False, None, None
+    validation, subset, eval_subset, trial = False, None, None, None
     if config_file is not None:
         config, source = load_config(config_file), str(config_file)
         default_out = Path("runs") / f"reproduce-{config.name or config_file.stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
     else:
         study = load_existing_study(study_name, storage)
+        max_params = max_params or stored_spec(study).max_params  # the study's own limit, not the default
         trial = best_trial(study) if trial_number is None else _trial(study, trial_number)
         source = f"study {study_name!r} trial {trial.number}"
         if as_trained:  # exactly as the study trained it: same split, subset, seed, epochs and CPU threads
@@ -51,6 +56,7 @@ def reproduce_command(config_file: Path | None, study_name: str | None, storage:
                 raise UsageError(f"trial {trial.number} of {study_name!r} was never trained ({trial.user_attrs.get('reason', trial.state.name)}); "
                                  f"--as-trained needs a trial that trained")
             config, validation, seeds = trial_config(trial), True, [trial_config(trial).seed]
+            eval_subset = stored_spec(study).training.validation
             # a Pareto trial's record is the curve of the last rung it trained (a stopped one: the rung it stopped at)
             subset = trial.user_attrs["rungs"][-1]["images"] if trial.user_attrs.get("rungs") else trial.user_attrs["subset"]
         else:
@@ -66,7 +72,7 @@ def reproduce_command(config_file: Path | None, study_name: str | None, storage:
     torch_device = resolve_device(device)
     if as_trained and "threads" in trial.user_attrs and torch_device.type == "cpu":  # the CPU's numbers depend on the thread count
         torch.set_num_threads(trial.user_attrs["threads"])
-    split = load_split(resolve_data_dir(data_dir), torch_device, validation=validation, subset=subset)
+    split = load_split(resolve_data_dir(data_dir), torch_device, validation=validation, subset=subset, eval_subset=eval_subset)
     record = reproduce(config, seeds, split, out)
     if not record["runs"]:
         raise Diverged(f"{source}: training diverged on every seed ({', '.join(map(str, seeds))}); lower its learning rate")

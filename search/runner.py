@@ -9,7 +9,7 @@ from search.data import resolve_data_dir
 from search.errors import TargetMissed
 from search.export import export_best, export_target
 from search.results import best_trial, confirmed_rows, format_row, holds
-from search.storage import default_storage, fail_stale, heartbeat_enabled, mask_password, open_storage, output_folder, stale_trials
+from search.storage import check_workers, default_storage, fail_stale, heartbeat_enabled, mask_password, open_storage, output_folder, stale_trials
 from search.studyfile import load_study_spec
 from space.families import FAMILIES
 
@@ -25,12 +25,14 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
                "seed": ("--seed", seed), "training.epochs": ("--epochs", epochs), "training.subset": ("--subset", subset)}
     spec = load_study_spec(study_file, {field: option for field, option in options.items() if option[1] is not None})
     out = output_folder(out or Path("studies") / spec.name, "--out")
+    url = storage or default_storage(out, workers)
+    check_workers(url, workers)
     # torch and the training modules only now: a bad study file or option answers at once
     from search.confirm import confirm
-    from search.dashboard import publish_best
     from search.data import load_mnist, load_split
     from search.device import cpu_threads, resolve_device
     from search.loop import run_search, trial_line
+    from search.note import publish_best
     from search.study import create_or_resume
     from search.teacher import teacher
 
@@ -38,12 +40,11 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
     data = resolve_data_dir(data_dir)
     split = None
     if workers == 1:  # the data before the study: a data error leaves the study as it was
-        split = load_split(data, torch_device, validation=True, subset=spec.training.subset)
+        split = load_split(data, torch_device, validation=True, subset=spec.training.subset, eval_subset=spec.training.validation)
     else:
         load_mnist(data, train=True)  # the same check; each worker then loads its own copy
     for path in FAMILIES[spec.family].teachers(spec.space):  # trained (or loaded) now, on its own line, not inside a trial
-        teacher(path, split or load_split(data, torch_device, validation=True, subset=spec.training.subset))
-    url = storage or default_storage(out, workers)
+        teacher(path, split or load_split(data, torch_device, validation=True))
     study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url)
     stale = [] if heartbeat_enabled(study._storage) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
     for trial in stale:

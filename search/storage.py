@@ -51,6 +51,13 @@ def default_storage(out: Path, workers: int) -> str:
     return str(out / JOURNAL_FILE) if workers > 1 else f"sqlite:///{out / SQLITE_FILE}"
 
 
+def check_workers(url: str, workers: int) -> None:
+    """Refuse SQLite for several workers with one line: its locking is not safe for several writing processes."""
+    if workers > 1 and url.startswith("sqlite"):
+        raise UsageError(f"{mask_password(url)} is SQLite, which is not safe for several workers; rerun with --workers 1, "
+                         f"or use a journal file or PostgreSQL (--storage postgresql://...)")
+
+
 def open_storage(url: str, heartbeat: tuple[int, int] = (HEARTBEAT_INTERVAL, GRACE_PERIOD)) -> optuna.storages.BaseStorage:
     """Open `url` (an RDB URL or a journal file path); a one-line UsageError when that fails."""
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats and retries are "experimental" since Optuna 2.8

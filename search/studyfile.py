@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from search.data import TRAIN_SPLIT
+from search.data import N_VAL, TRAIN_SPLIT
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
 from space.config import ConfigError, check, parse_section, read_text_file
@@ -39,6 +39,9 @@ class Training:
     momentum: float = 0.9
     weight_decay: float = 0.0
     export_epochs: int = 15
+    # the validation images a trial is evaluated on (the first N of the held-out 10,000): fewer for
+    # quick checks, where evaluating 10,000 images costs more than training a few thousand
+    validation: int = N_VAL
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
           f"must be a multiple of training.epochs ({training.epochs}), got {training.export_epochs}: only then does the exported "
           f"StepLR schedule drop the learning rate as often and at the same fractions of training as the trial's")
     check(training.subset <= TRAIN_SPLIT, "training.subset", f"the training split has {TRAIN_SPLIT:,} images, got {training.subset}")
+    check(0 < training.validation <= N_VAL, "training.validation", f"must be in 1..{N_VAL:,} (the validation split), got {training.validation}")
     check(pruner.kind != "hyperband", "pruner.kind", "hyperband is not supported (its rungs would compare trials at different "
           "epochs of their schedules; see docs/design.md, pruning); use \"median\" or \"none\"")
     check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")

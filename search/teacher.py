@@ -21,7 +21,8 @@ from pathlib import Path
 from torch import nn
 
 from search.data import Split, load_split
-from search.train import log_line, train
+from search.console import log_line
+from search.train import DivergedError, train
 from space.config import ConfigError, RunConfig, config_to_json, load_config
 from space.model import build_model
 
@@ -75,7 +76,10 @@ def teacher(path: str, split: Split) -> tuple[nn.Module, dict]:
         log_line(f"teacher {path}: training it once for {folder} ({len(full.train_images):,} images, {config.epochs} epochs); "
                  f"cached in {cache_dir()}")
         start = time.perf_counter()
-        model, history = train(replace(config, name=config.name or "teacher"), full)
+        try:
+            model, history = train(replace(config, name=config.name or "teacher"), full)
+        except DivergedError as e:  # nothing is cached: a corrected teacher config trains afresh
+            raise ConfigError(f"distill.teacher: {path} diverged in training ({e}); lower its learning rate") from None
         seconds = time.perf_counter() - start
         record = {"teacher": path, "name": config.name, "key": key, "data": folder, "eval_set": full.eval_name,
                   "train_images": len(full.train_images), "final_acc": history[-1][f"{full.eval_name}_acc"], "seconds": seconds,

@@ -37,12 +37,6 @@ class DivergedError(Exception):
     """The training loss became NaN or infinite."""
 
 
-def log_line(text: str) -> None:
-    """One line of output that does not break a progress bar and is flushed at once, also into a file."""
-    tqdm.write(text)
-    sys.stdout.flush()
-
-
 def keep_freed_memory() -> None:
     """Make glibc's malloc keep freed activation memory in the process instead of handing it
     back to the OS (on 2 CPU cores a training step of the step-3 model page-faulted its

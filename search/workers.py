@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from search.errors import WorkerDied
 from search.storage import fail_stale
-from search.train import log_line
+from search.console import log_line
 
 
 def run_in_workers(body: Callable[..., None], args: tuple, workers: int, threads: int | None, study: optuna.Study) -> None:

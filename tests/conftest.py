@@ -44,6 +44,7 @@ seed = 3
 epochs = 3
 subset = 256
 export_epochs = 6
+validation = 1000
 
 [pruner]
 kind = "median"
@@ -69,6 +70,7 @@ seed = 3
 epochs = 3
 subset = 512
 export_epochs = 3
+validation = 1000
 
 [fidelity]
 rungs = 2
@@ -189,7 +191,7 @@ def shared_tiny_study(tmp_path_factory, data_dir) -> StudyRun:
 
 @pytest.fixture(scope="session")
 def shared_pareto_study(tmp_path_factory, data_dir) -> StudyRun:
-    """PARETO, run once: two rungs, then its two most accurate front points confirmed with seeds 4 and 5."""
+    """PARETO, run once: two rungs, then two front points (its smallest and largest) confirmed with seeds 4 and 5."""
     return _shared_study(tmp_path_factory, "pareto", PARETO)
 
 

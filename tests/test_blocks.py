@@ -151,7 +151,7 @@ def test_a_tiny_blocks_study_runs_records_refusals_and_exports(tmp_path, data_di
     text = (ROOT_STUDIES / "blocks-quick.toml").read_text()
     path = tmp_path / "b.toml"
     path.write_text(text.replace('name = "blocks-quick"', 'name = "bt"').replace("trials = 80 ", "trials = 12 ")
-                    .replace("subset = 8000 ", "subset = 256 ").replace("width = [4, 32]", "width = [4, 12]"))
+                    .replace("subset = 8000 ", "subset = 256\nvalidation = 1000 ").replace("width = [4, 32]", "width = [4, 12]"))
     out = tmp_path / "out"
     result = run_cli("run", str(path), "--out", str(out), "--device", "cpu")
     assert result.returncode == 0, result.stderr

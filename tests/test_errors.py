@@ -132,3 +132,13 @@ def test_absurd_geometry_within_the_limit_is_refused_at_load(tmp_path):
     path = tmp_path / "wide.json"
     path.write_text(json.dumps(config))
     assert_one_line_error(run_cli("summary", str(path)), "layers[0]", "10x826x826", "values an image", "lower its padding")
+
+
+def test_reproduce_of_a_config_file_refuses_trial_options(tmp_path):
+    assert_one_line_error(run_cli("reproduce", str(REFERENCE / "step3.json"), "--trial", "3", "--as-trained"), "--trial and --as-trained", "--study NAME")
+
+
+def test_sqlite_for_several_workers_is_refused_before_anything_runs(tmp_path):
+    result = run_cli("run", str(write_study(tmp_path)), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--workers", "2")
+    assert_one_line_error(result, "is SQLite", "not safe for several workers", "--workers 1")
+    assert not (tmp_path / "x.db").exists()

@@ -2,11 +2,14 @@
 
 from dataclasses import replace
 
+import pytest
 import torch
 
 from conftest import TINY_TEACHER, assert_one_line_error, run_cli
 from search import teacher as teachers
 from search.data import load_split
+from search.errors import ConfigError
+from search.train import DivergedError
 from space.config import Distill, save_config
 
 
@@ -55,3 +58,18 @@ def test_a_missing_or_distilling_teacher_is_one_line(tmp_path):
     save_config(replace(TINY_TEACHER, distill=Distill(str(tmp_path / "teacher.json"))), tmp_path / "student.json")
     assert_one_line_error(run_cli("reproduce", str(tmp_path / "student.json"), "--out", str(tmp_path / "r.json"), "--device", "cpu"),
                           "distill.teacher", "learns from a teacher itself")
+
+
+def test_a_teacher_that_diverges_is_one_line_and_caches_nothing(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv(teachers.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(teachers, "_loaded", {})
+
+    def diverging(config, split, **kwargs):
+        raise DivergedError("training loss is nan at epoch 1")
+
+    monkeypatch.setattr(teachers, "train", diverging)  # as a teacher config with a runaway learning rate would
+    save_config(TINY_TEACHER, tmp_path / "teacher.json")
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
+    with pytest.raises(ConfigError, match="teacher.json diverged in training .*nan.*lower its learning rate"):
+        teachers.teacher(str(tmp_path / "teacher.json"), split)
+    assert not list((tmp_path / "cache").glob("teacher-*"))
