@@ -107,8 +107,9 @@ def _halving_verdict(trial: optuna.Trial, spec: StudySpec, rung: int, images: in
         _constrain(trial, "below_region", below)  # <= 0: in the region
     if promoted_here:
         return None
-    return (f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not "
-            f"in the top 1/{spec.fidelity.eta} of the {len(peers)} results there")
+    rule = (f"the best of the {len(peers)} results there" if len(peers) < spec.fidelity.eta  # promoted(): the best so far
+            else f"in the top 1/{spec.fidelity.eta} of the {len(peers)} results there")
+    return f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not {rule}"
 
 
 def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict]:

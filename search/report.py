@@ -53,7 +53,8 @@ def budget_summary(study: optuna.Study, within: float = 2.0) -> str | None:
     """Where a Pareto study spent its training: the trained trials whose last result lies within
     `within` accuracy points of the best result at that rung, their share of the training
     seconds, and the front's points in the region."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rungs")]
+    # a FAIL trial's re-queued copy carries its rungs too: count the copy only
+    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rungs") and t.state != TrialState.FAIL]
     if not trials:
         return None
     best = {}

@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
+from search.note import study_note
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
 from search.studyfile import load_study_spec
 from space.config import ConfigError, count_params, load_config
@@ -221,7 +222,7 @@ def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
 def pareto_cpu_tiny(tmp: Path) -> Path:
     """studies/pareto-cpu.toml (its space, rungs and eta) on a tiny budget, confirmed on demand only."""
     text = (ROOT / "studies" / "pareto-cpu.toml").read_text()
-    text = text.replace("export_epochs = 15", "export_epochs = 3").replace("after_run = true", "after_run = false\nsubset = 300")
+    text = text.replace("export_epochs = 15", "export_epochs = 3\nvalidation = 1000").replace("after_run = true", "after_run = false\nsubset = 300")
     path = tmp / "pareto-cpu-tiny.toml"
     path.write_text(text)
     return path
@@ -255,7 +256,6 @@ def test_a_changed_confirmation_budget_trains_new_runs_instead_of_reusing_the_ol
     assert sorted({t.user_attrs["budget"]["images"] for t in companion.trials}) == [256, 512]
     study = load(storage)
     assert {e["images"] for e in study.user_attrs["confirmed"].values()} == {256}
-    from search.dashboard import study_note
     from search.results import best_trial
 
     note = study_note(study, best_trial(study))
@@ -302,7 +302,6 @@ def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candid
 
     table = pd.read_csv(tmp / "report" / "confirmed.csv")
     assert "nan in epoch 1" in table.loc[table["trial"] == number, "diverged"].item()
-    from search.dashboard import study_note
     from search.results import best_trial
 
     assert "seed 4: training loss is nan in epoch 1" in study_note(load(storage), best_trial(load(storage)))
