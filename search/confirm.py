@@ -81,12 +81,13 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         runs = plan(study, companion, wanted, settings.subset)
         left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} epochs "
-                 f"on {settings.subset:,} training images) on the validation split: {left} of {len(runs)} run(s) to train "
+                 f"on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {left} of {len(runs)} run(s) to train "
                  f"(study {companion.study_name!r})")
         if workers == 1:
-            run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=settings.subset))
+            run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=settings.subset,
+                                                            eval_subset=spec.training.validation))
         else:
-            run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset), workers,
+            run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset, spec.training.validation), workers,
                            cpu_threads(device, workers), companion)
         summary = summarize(study, companion)
         wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)
@@ -98,10 +99,10 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     return summary
 
 
-def confirm_worker(name: str, url: str, device: str, data_dir: Path, subset: int, index: int) -> None:
+def confirm_worker(name: str, url: str, device: str, data_dir: Path, subset: int, validation: int, index: int) -> None:
     """One of several confirmation worker processes."""
     companion = optuna.load_study(study_name=companion_name(name), storage=open_storage(url))
-    run_confirmations(companion, lambda: load_split(data_dir, torch.device(device), validation=True, subset=subset),
+    run_confirmations(companion, lambda: load_split(data_dir, torch.device(device), validation=True, subset=subset, eval_subset=validation),
                       label=f"[worker {index}] ")
 
 

@@ -39,7 +39,7 @@ class Training:
     momentum: float = 0.9
     weight_decay: float = 0.0
     export_epochs: int = 15
-    # the validation images a trial is evaluated on (the first N of the held-out 10,000): fewer for
+    # the validation images a trial and its confirmation runs are evaluated on (the first N of the held-out 10,000): fewer for
     # quick checks, where evaluating 10,000 images costs more than training a few thousand
     validation: int = N_VAL
 

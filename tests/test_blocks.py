@@ -221,7 +221,7 @@ def test_a_blocks_study_searches_the_recipe_options_and_shows_them(tmp_path, dat
     text = (ROOT_STUDIES / "blocks-quick.toml").read_text()
     path = tmp_path / "b.toml"
     path.write_text(text.replace('name = "blocks-quick"', 'name = "recipe"').replace("trials = 80 ", "trials = 8 ")
-                    .replace("subset = 8000 ", "subset = 256 ").replace("width = [4, 32]", "width = [4, 8]")
+                    .replace("subset = 8000 ", "subset = 256\nvalidation = 1000 ").replace("width = [4, 32]", "width = [4, 8]")
                     + f'ema = [0.0, 0.99]\nelastic_alpha = [0.0, 34.0]\ndistill_weight = [0.0, 0.5]\nteacher = ["{tmp_path / "teacher.json"}"]\n')
     out = tmp_path / "out"
     env = {"SEARCH_CACHE_DIR": str(tmp_path / "cache")}

@@ -97,6 +97,7 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
     by_size = sorted(study.best_trials, key=lambda t: t.user_attrs["n_params"])
     front = [by_size[0], by_size[-1]] if len(by_size) > 2 else by_size  # top = 2: both ends of the front
     assert sorted((t.user_attrs["candidate"], t.user_attrs["seed"]) for t in runs) == sorted((c.number, s) for c in front for s in (4, 5))
+    assert "on 512 training images) on 1,000 validation images" in stdout  # [training] validation holds for confirmation too
     for run in runs:  # trained at the confirmation budget on the validation split, from the export config with its own seed
         config = run.user_attrs["config"]
         assert config["seed"] == run.user_attrs["seed"] and config["epochs"] == 3 and len(run.user_attrs["epochs"]) == 3
