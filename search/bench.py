@@ -24,8 +24,8 @@ from torch import nn
 
 from search.data import Split, load_mnist
 from search.reproduce import environment
-from search.train import keep_freed_memory, train_epoch
-from space.config import load_config
+from search.train import ema_of, keep_freed_memory, make_optimizer, train_epoch
+from space.config import Distill, Elastic, RunConfig, count_params, load_config
 from space.model import build_model
 
 REFERENCE = Path(__file__).resolve().parent.parent / "studies" / "reference" / "step3.json"
@@ -45,12 +45,60 @@ def seed_style_loader(root: Path) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2, persistent_workers=True)
 
 
-def bench_command(data_dir: str | None, device: str, steps: int, rounds: int, warmup: int) -> None:
-    """`bench`: images/s of our pipeline against the seed's PIL DataLoader, side by side."""
+def bench_command(data_dir: str | None, device: str, steps: int, rounds: int, warmup: int, recipe: list[Path] | None = None) -> None:
+    """`bench`: images/s of our pipeline against the seed's PIL DataLoader, side by side; with
+    `recipe` (config files), the cost of a training step with each recipe option instead."""
     from search.data import resolve_data_dir
     from search.device import resolve_device
 
-    bench(resolve_data_dir(data_dir), resolve_device(device), steps, rounds, warmup)
+    if recipe:
+        for path in recipe:
+            bench_recipe(load_config(path), resolve_data_dir(data_dir), resolve_device(device), steps, rounds, warmup)
+    else:
+        bench(resolve_data_dir(data_dir), resolve_device(device), steps, rounds, warmup)
+
+
+TEACHER = REFERENCE.parent / "teacher.json"
+
+
+def bench_recipe(config: RunConfig, root: Path, device: torch.device, steps: int, rounds: int, warmup: int) -> dict[str, float]:
+    """Milliseconds a training step of `config` takes with no recipe option, with `ema` (0.999),
+    `elastic` (alpha 34, sigma 4) and `distill` (the reference teacher's forward pass; its
+    weights do not change the cost), in alternating rounds; print the medians side by side and
+    return them."""
+    plain = replace(config, ema=0.0, distill=None, augment=replace(config.augment, elastic=None))
+    variants = {"none": plain, "ema": replace(plain, ema=0.999),
+                "elastic": replace(plain, augment=replace(plain.augment, elastic=Elastic(34.0, 4.0))),
+                "distill": replace(plain, distill=Distill(str(TEACHER)))}
+    teacher = build_model(load_config(TEACHER)).to(device).eval()
+    images, labels = load_mnist(root, train=True)
+    n = steps * config.batch_size
+    split = Split(images[:n].to(device), labels[:n].to(device), images[:0].to(device), labels[:0].to(device), "none")
+
+    def round_ms(variant: RunConfig) -> float:
+        model = build_model(variant).to(device)
+        optimizer = make_optimizer(variant, model)
+        ema = ema_of(model, variant.ema) if variant.ema else None
+        start = time.perf_counter()
+        train_epoch(model, optimizer, variant, split, torch.Generator(device=device).manual_seed(0), ema=ema,
+                    teacher=teacher if variant.distill else None)  # ends in .item(): synchronised
+        return 1000 * (time.perf_counter() - start) / steps
+
+    if device.type == "cpu":
+        keep_freed_memory()
+    print(f"bench --recipe: {config.name or 'config'} ({count_params(config):,} params), {steps} steps of {config.batch_size} images "
+          f"a round, {warmup} warm-up + {rounds} timed rounds per option, alternating; device {environment(device)['device_name']}",
+          flush=True)
+    for _ in range(warmup):
+        for variant in variants.values():
+            round_ms(variant)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, variant in variants.items():
+            times[name].append(round_ms(variant))
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print("  ".join(f"{name} {ms:.1f} ms/step ({ms / medians['none']:.2f}x)" for name, ms in medians.items()))
+    return medians
 
 
 def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int) -> float:

@@ -109,7 +109,7 @@ def test_reproduce_goes_on_after_a_diverged_seed(tmp_path, data_dir, monkeypatch
         return train(config, split, **kwargs)
 
     monkeypatch.setattr(reproduce_module, "train", train_or_diverge)
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256, eval_subset=1000)
     record = reproduce_module.reproduce(config_from_params(SMALL, epochs=1, name="small"), [1, 2, 3], split, tmp_path / "r.json")
     out = capsys.readouterr().out
     assert out.count("DIVERGED") == 1 and "seed   2: DIVERGED (training loss is nan in epoch 1)" in out

@@ -318,7 +318,7 @@ def test_failed_trials_are_not_counted_at_a_rung(tmp_path, data_dir):
 
     (tmp_path / "p.toml").write_text(PARETO)
     spec = load_study_spec(tmp_path / "p.toml")
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512, eval_subset=1000)
     study = optuna.create_study(directions=["maximize", "minimize"])
     rung0 = lambda acc: {"rungs": [{"rung": 0, "images": 256, "val_acc": acc}]}  # noqa: E731
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL, user_attrs={**rung0(100.0), "n_params": 1}))
@@ -389,7 +389,7 @@ def test_a_trial_far_below_the_best_result_of_its_rung_stops_and_is_infeasible(t
     from search.objective import objective
     from search.studyfile import stored_spec
 
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512, eval_subset=1000)
     tiny = {"conv1_width": 4, "conv2_width": 4, "transition_width": 4, "conv3_width": 4, "conv4_width": 4, "conv5_width": 4,
             "dropout": 0.0, "lr": 0.1, "step_size": 2, "gamma": 0.1, "rotation": 0.0, "brightness": 0.0, "contrast": 0.0}
     for floor, stops in ((1.0, True), (100.0, False)):

@@ -7,12 +7,13 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from conftest import REFERENCE
+from conftest import REFERENCE, SMALL_PARAMS
 from search.data import load_mnist, load_split, validation_indices
 from search.augment import MEAN, STD, _affine_grid, _uniform, augment_batch, normalize
 from search.train import loss_fn, train
 from space.config import Augment, Optimizer, Scheduler, load_config
 from space.model import Conv2d, PackedBitsDropout, _ConvWeightGradAsConv
+from space.step3 import config_from_params as step3_config
 
 N = 64
 
@@ -122,7 +123,7 @@ def test_search_split_and_full_split(data_dir):
 
 def test_training_is_deterministic_on_cpu_and_learns(data_dir):
     config = replace(load_config(REFERENCE / "step3.json"), epochs=2, seed=7)
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=2000)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=2000, eval_subset=1000)  # 1,000 validation images: training is what is checked
     first = train(config, split)[1]
     second = train(config, split)[1]
     keys = ["lr", "train_loss", "train_acc", "val_loss", "val_acc"]
@@ -135,7 +136,7 @@ def test_training_is_deterministic_on_cpu_and_learns(data_dir):
 def test_step_lr_schedule_is_applied(data_dir):
     config = replace(load_config(REFERENCE / "step3.json"), epochs=3)
     config = replace(config, scheduler=replace(config.scheduler, step_size=1, gamma=0.5))
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256, eval_subset=1000)
     assert [m["lr"] for m in train(config, split)[1]] == pytest.approx([0.2, 0.1, 0.05])
 
 
@@ -166,7 +167,7 @@ def test_label_smoothing_is_torchs():
 
 def test_onecycle_is_stepped_every_batch(data_dir):
     config = replace(load_config(REFERENCE / "step3.json"), epochs=3, scheduler=Scheduler(kind="onecycle", warmup=0.3))
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512)  # 4 batches an epoch
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512, eval_subset=1000)  # 4 batches an epoch
     lrs = [m["lr"] for m in train(config, split)[1]]
     reference = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD([torch.zeros(1)], lr=0.2), max_lr=0.2, total_steps=12,
                                                     pct_start=0.3, cycle_momentum=False)
@@ -184,7 +185,7 @@ def test_onecycle_is_stepped_every_batch(data_dir):
 def test_every_optimizer_learns(data_dir, optimizer):
     config = replace(load_config(REFERENCE / "step3.json"), epochs=2, optimizer=optimizer, label_smoothing=0.1,
                      augment=Augment(rotation=5.0, translate=0.05, scale=0.05))
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000, eval_subset=1000)
     history = train(config, split)[1]
     assert history[1]["train_loss"] < history[0]["train_loss"] - 0.1
     assert history[1]["val_acc"] > 25.0  # 2 epochs on 1,000 images (SGD as today: 31 %): well above chance (10 %)
@@ -343,7 +344,7 @@ def test_ema_training_returns_and_scores_the_averaged_model(data_dir):
     from search.train import evaluate
 
     config = replace(load_config(REFERENCE / "step3.json"), epochs=2, ema=0.99)
-    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=1000, eval_subset=1000)
     model, history = train(config, split)
     assert evaluate(model, split.eval_images, split.eval_labels)[1] == history[-1]["val_acc"]
     plain_model, plain = train(replace(config, ema=0.0), split)
@@ -364,3 +365,11 @@ def test_distillation_loss_is_hintons_mix():
     p_teacher = torch.softmax(teacher / t, 1)
     kl = (p_teacher * (p_teacher.log() - torch.log_softmax(student / t, 1))).sum(1).mean()
     assert torch.allclose(distill_loss(student, teacher, hard, Distill("t.json", weight=w, temperature=t)), (1 - w) * hard + w * t * t * kl)
+
+
+def test_bench_recipe_prints_each_options_step_cost_side_by_side(data_dir):
+    from search.bench import bench_recipe
+
+    small = step3_config(SMALL_PARAMS, epochs=1, name="small")
+    medians = bench_recipe(small, data_dir, torch.device("cpu"), steps=2, rounds=1, warmup=0)
+    assert set(medians) == {"none", "ema", "elastic", "distill"} and all(ms > 0 for ms in medians.values())
