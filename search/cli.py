@@ -164,11 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, nargs="?", help="a config file, or --study NAME for its best trial (or --trial N)")
     existing_study(p, required=False)
     p.add_argument("--trial", type=non_negative_int, help="with --study: this trial instead of the best")
-    p.add_argument("--as-trained", action="store_true", help="with --trial: retrain exactly as the study did (its split, subset, seed, epochs)")
+    p.add_argument("--as-trained", action="store_true", help="with --trial: retrain exactly as the study did (its split, training and validation images, seed, epochs)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1], help="one run per seed (default: 1)")
     p.add_argument("--epochs", type=positive_int, help="override the config's epoch count")
     p.add_argument("--out", type=Path, help="JSON record of the run (default: runs/reproduce-NAME-TIME.json, or in the study's folder)")
-    p.add_argument("--max-params", type=positive_int, help=f"(default: {DEFAULT_MAX_PARAMS:,})")
+    p.add_argument("--max-params", type=positive_int, help=f"(default: a study's own limit with --study, else {DEFAULT_MAX_PARAMS:,})")
     p.add_argument("--allow-over-limit", action="store_true", help="train a config over --max-params")
     data_and_device(p)
     p.set_defaults(func=cmd_reproduce)
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dashboard)
 
     p = commands.add_parser("bench", help="images/s of our pipeline against the seed's PIL DataLoader")
-    p.add_argument("--steps", type=positive_int, default=40, help="training steps of 128 images per round (default: 40)")
+    p.add_argument("--steps", type=positive_int, default=40, help="training steps per round (of 128 images; with --recipe, of the config's batch) (default: 40)")
     p.add_argument("--rounds", type=positive_int, default=15, help="timed rounds per pipeline, alternating (default: 15)")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed rounds per pipeline first (default: 2)")
     p.add_argument("--recipe", type=Path, nargs="+", metavar="CONFIG",

@@ -50,6 +50,7 @@ def confirm_command(study_name: str, storage: str | None, top: int | None, seeds
     print the table, write best.json (the best confirmed mean) into `out` (default: studies/NAME/)."""
     study = load_existing_study(study_name, storage)
     url = storage_of_existing(study_name, storage)
+    check_workers(url, workers)  # before the output folder and the data
     settings = stored_spec(study).confirm
     seeds = seeds or settings.seeds
     max_seeds = max_seeds if max_seeds is not None else settings.max_seeds
@@ -69,7 +70,7 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     images) in this process or in `workers` processes sharing `url`; then, while a candidate's
     mean is within noise of the study's target and it has fewer than max_seeds seeds, one more
     seed for it. Store and print the mean ± std per candidate, and return them."""
-    check_workers(url, workers)
+    check_workers(url, workers)  # (for callers other than confirm_command)
     chosen = candidates(study, settings.top)
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
@@ -196,7 +197,8 @@ def plan(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], i
 
 
 def run_key(attrs: dict) -> tuple:
-    """What decides a confirmation run's result: (candidate, seed, epochs, training images)."""
+    """What decides a confirmation run's result: (candidate, seed, epochs, training images); the
+    validation images are a study setting, which no resumed study can change."""
     budget = attrs.get("budget", {})
     return attrs.get("candidate"), attrs.get("seed"), budget.get("epochs"), budget.get("images")
 

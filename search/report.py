@@ -53,8 +53,10 @@ def budget_summary(study: optuna.Study, within: float = 2.0) -> str | None:
     """Where a Pareto study spent its training: the trained trials whose last result lies within
     `within` accuracy points of the best result at that rung, their share of the training
     seconds, and the front's points in the region."""
-    # a FAIL trial's re-queued copy carries its rungs too: count the copy only
-    trials = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("rungs") and t.state != TrialState.FAIL]
+    # a trial re-queued by the heartbeat callback carries its FAIL original's rungs: count the retry only
+    everything = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["failed_trial"] for t in everything if "failed_trial" in t.system_attrs}
+    trials = [t for t in everything if t.user_attrs.get("rungs") and t.number not in retried]
     if not trials:
         return None
     best = {}

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from search.data import resolve_data_dir
+from search.data import N_VAL, resolve_data_dir
 from search.errors import TargetMissed
 from search.export import export_best, export_target
 from search.results import best_trial, confirmed_rows, format_row, holds
 from search.storage import check_workers, default_storage, fail_stale, heartbeat_enabled, mask_password, open_storage, output_folder, stale_trials
 from search.studyfile import load_study_spec
+from space.config import DEFAULT_MAX_PARAMS
 from space.families import FAMILIES
 
 
@@ -24,9 +25,10 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
     options = {"name": ("--study", name), "trials": ("--trials", trials), "max_params": ("--max-params", max_params),
                "seed": ("--seed", seed), "training.epochs": ("--epochs", epochs), "training.subset": ("--subset", subset)}
     spec = load_study_spec(study_file, {field: option for field, option in options.items() if option[1] is not None})
+    if storage:
+        check_workers(storage, workers)  # before the output folder exists
     out = output_folder(out or Path("studies") / spec.name, "--out")
     url = storage or default_storage(out, workers)
-    check_workers(url, workers)
     # torch and the training modules only now: a bad study file or option answers at once
     from search.confirm import confirm
     from search.data import load_mnist, load_split
@@ -43,8 +45,11 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
         split = load_split(data, torch_device, validation=True, subset=spec.training.subset, eval_subset=spec.training.validation)
     else:
         load_mnist(data, train=True)  # the same check; each worker then loads its own copy
-    for path in FAMILIES[spec.family].teachers(spec.space):  # trained (or loaded) now, on its own line, not inside a trial
-        teacher(path, split or load_split(data, torch_device, validation=True))
+    teachers = FAMILIES[spec.family].teachers(spec.space)
+    if teachers and split is None:
+        split = load_split(data, torch_device, validation=True, subset=spec.training.subset, eval_subset=spec.training.validation)
+    for path in teachers:  # trained (or loaded) now, on its own line, not inside a trial
+        teacher(path, split)
     study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url)
     stale = [] if heartbeat_enabled(study._storage) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
     for trial in stale:
@@ -52,8 +57,9 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
               + ("; marking it FAIL" if fail_stale_trials else "; rerun with --fail-stale to mark it FAIL"))
     if stale and fail_stale_trials:
         fail_stale(study, stale)
+    checked_on = f" (evaluated on {spec.training.validation:,} validation images)" if spec.training.validation < N_VAL else ""
     print(f"study {spec.name!r} ({spec.family} family): {spec.trials} trials, {spec.training.epochs} epochs on {spec.training.subset:,} "
-          f"training images a trial, limit {spec.max_params:,} params, device {torch_device}, {workers} worker(s), storage {mask_password(url)}",
+          f"training images a trial{checked_on}, limit {spec.max_params:,} params, device {torch_device}, {workers} worker(s), storage {mask_password(url)}",
           flush=True)
     run_search(spec, study, created, url, out, torch_device, data, split, timeout, workers, cpu_threads(torch_device, workers))
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
@@ -72,7 +78,8 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
         except TargetMissed as e:
             print(str(e))
     print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in confirmed_rows(study)) else ""))
-    print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3)")
+    limit = "" if spec.max_params == DEFAULT_MAX_PARAMS else f" --max-params {spec.max_params}"
+    print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3{limit})")
     default_place = not storage and out == Path("studies") / spec.name
     ours = f"python -m search dashboard --study {spec.name}" + ("" if default_place else f" --storage {mask_password(url)} --artifacts {out}")
     print(f"dashboard: {ours}   (or: optuna-dashboard {mask_password(url)} --artifact-dir {out / 'artifacts'})")

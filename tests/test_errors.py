@@ -139,6 +139,7 @@ def test_reproduce_of_a_config_file_refuses_trial_options(tmp_path):
 
 
 def test_sqlite_for_several_workers_is_refused_before_anything_runs(tmp_path):
-    result = run_cli("run", str(write_study(tmp_path)), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--workers", "2")
+    result = run_cli("run", str(write_study(tmp_path)), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--workers", "2",
+                     "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "is SQLite", "not safe for several workers", "--workers 1")
-    assert not (tmp_path / "x.db").exists()
+    assert not (tmp_path / "x.db").exists() and not (tmp_path / "out").exists()

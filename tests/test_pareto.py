@@ -216,6 +216,7 @@ def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
     assert_one_line_error(run_cli("confirm", "--study", "nope", "--storage", storage), "no study named 'nope'", "tinypareto")
     assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "101"), "--target-acc", "[0, 100]")
     assert_one_line_error(run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--workers", "2"), "SQLite", "--workers 1")
+    assert not (ROOT / "studies" / "tinypareto").exists()  # refused before its default output folder was made
 
 
 # ---------------------------------------------------------------- results that can be trusted

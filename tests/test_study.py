@@ -169,6 +169,7 @@ BAD_STUDIES = [
     ("export_epochs = 6", "export_epochs = 10", ["training.export_epochs", "must be a multiple of training.epochs (3)"]),
     ("[training]", "[training", ["not valid TOML"]),
     ("validation = 1000", "validation = 20000", ["training.validation", "must be in 1..10,000"]),
+    ("validation = 1000", "validation = 0", ["training.validation", "must be in 1..10,000"]),
 ]
 
 
