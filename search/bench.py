@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.data import Split, load_mnist
+from search.errors import UsageError
 from search.reproduce import environment
 from search.train import ema_of, keep_freed_memory, make_optimizer, train_epoch
 from space.config import Distill, Elastic, RunConfig, count_params, load_config
@@ -61,6 +62,12 @@ def bench_command(data_dir: str | None, device: str, steps: int, rounds: int, wa
 TEACHER = REFERENCE.parent / "teacher.json"
 
 
+def check_steps(images_needed: int, images: int, batch_size: int) -> None:
+    """A round trains on distinct images: more steps than the training set holds would time fewer."""
+    if images_needed > images:
+        raise UsageError(f"--steps asks for {images_needed:,} images a round, MNIST has {images:,}: use --steps <= {images // batch_size}")
+
+
 def bench_recipe(config: RunConfig, root: Path, device: torch.device, steps: int, rounds: int, warmup: int) -> dict[str, float]:
     """Milliseconds a training step of `config` takes with no recipe option, with `ema` (0.999),
     `elastic` (alpha 34, sigma 4) and `distill` (the reference teacher's forward pass; its
@@ -73,6 +80,7 @@ def bench_recipe(config: RunConfig, root: Path, device: torch.device, steps: int
     teacher = build_model(load_config(TEACHER)).to(device).eval()
     images, labels = load_mnist(root, train=True)
     n = steps * config.batch_size
+    check_steps(n, len(images), config.batch_size)
     split = Split(images[:n].to(device), labels[:n].to(device), images[:0].to(device), labels[:0].to(device), "none")
 
     def round_ms(variant: RunConfig) -> float:
@@ -107,6 +115,7 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
     config = replace(load_config(REFERENCE), batch_size=128)
     images, labels = load_mnist(root, train=True)
     n = steps * config.batch_size
+    check_steps(n, len(images), config.batch_size)
     split = Split(images[:n].to(device), labels[:n].to(device), images[:0].to(device), labels[:0].to(device), "none")
     loader = seed_style_loader(root)
 

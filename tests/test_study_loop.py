@@ -115,6 +115,7 @@ def test_numeric_options_outside_their_meaning_are_refused(tmp_path):
     assert_one_line_error(run_cli("dashboard", "--study", "x", "--port", "70000"), "--port", "1-65535")
     assert_one_line_error(run_cli("reproduce", "--study", "x", "--trial", "-1"), "--trial", ">= 0")
     assert_one_line_error(run_cli("bench", "--warmup", "-1"), "--warmup", ">= 0")
+    assert_one_line_error(run_cli("bench", "--steps", "500", "--device", "cpu"), "--steps", "MNIST has 60,000", "--steps <= 468")
 
 
 # ---------------------------------------------------------------- reproducible numbers
