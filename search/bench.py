@@ -9,6 +9,9 @@ ours, ...) so that both see the same machine state, and each pair of rounds give
 ratio; the median over many pairs is what a noisy shared machine cannot move much. The
 DataLoader's workers are started and warmed up before any timing, which favours the seed's
 pipeline if anything.
+
+`bench --recipe CONFIG...` times a config's training step instead with no recipe option, `ema`,
+`elastic` and `distill`, in alternating rounds, and prints the four medians side by side.
 """
 
 from __future__ import annotations
