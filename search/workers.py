@@ -34,6 +34,7 @@ def _worker(body: Callable[..., None], args: tuple, index: int, threads: int | N
     signal.signal(signal.SIGINT, signal.default_int_handler)  # see search/cli.py main
     if threads:
         torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a spawned process starts at INFO: keep its log lines ours (search/study.py)
     # tqdm's default lock is a multiprocessing semaphore; a worker killed while holding one
     # makes the parent's resource tracker print warnings at exit. A thread lock is enough here.
     tqdm.set_lock(threading.RLock())

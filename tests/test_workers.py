@@ -180,6 +180,7 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
     assert "[worker 0] confirm trial" in stdout or "[worker 1] confirm trial" in stdout
+    assert "finished with values" not in stdout + stderr  # Optuna's INFO log stays off in spawned workers
     companion = optuna.load_study(study_name="pg-pareto.confirm", storage=postgres_url)
     runs = [(t.user_attrs["candidate"], t.user_attrs["seed"]) for t in companion.trials if t.state == optuna.trial.TrialState.COMPLETE]
     plans = optuna.load_study(study_name="pg-pareto", storage=postgres_url).user_attrs["confirm_plans"]
