@@ -84,12 +84,13 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} epochs "
                  f"on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {left} of {len(runs)} run(s) to train "
                  f"(study {companion.study_name!r})")
-        if workers == 1:
+        busy = min(workers, left)  # one run left (an added seed): one process with all the threads, not an idle worker
+        if busy <= 1:
             run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=settings.subset,
                                                             eval_subset=spec.training.validation))
         else:
-            run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset, spec.training.validation), workers,
-                           cpu_threads(device, workers), companion)
+            run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset, spec.training.validation), busy,
+                           cpu_threads(device, busy), companion)
         summary = summarize(study, companion)
         wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)
                   if row["trial"] in wanted and undecided(row, spec.region.target_acc, settings.max_seeds)}
