@@ -84,7 +84,9 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} epochs "
                  f"on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {left} of {len(runs)} run(s) to train "
                  f"(study {companion.study_name!r})")
-        busy = min(workers, left)  # one run left (an added seed): one process with all the threads, not an idle worker
+        # One run left (an added seed): one process with all the threads, not an idle worker. `left`
+        # counts every waiting run of the companion study (another confirm's too): at worst one idle worker.
+        busy = min(workers, left)
         if busy <= 1:
             run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=settings.subset,
                                                             eval_subset=spec.training.validation))
