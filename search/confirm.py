@@ -69,7 +69,7 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     """Confirm `study`'s candidates (`settings`: how many, with how many seeds, on how many
     images) in this process or in `workers` processes sharing `url`; then, while a candidate's
     mean is within noise of the study's target and it has fewer than max_seeds seeds, one more
-    seed for it. Store and print the mean ± std per candidate, and return them."""
+    seed for it (a round that settings.timeout leaves time for). Store and print the mean ± std per candidate, and return them."""
     check_workers(url, workers)  # (for callers other than confirm_command)
     chosen = candidates(study, settings.top)
     if not chosen:
@@ -78,6 +78,7 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     companion = open_companion(study)
     wanted = {t.number: settings.seeds for t in chosen}
     summary: dict[str, dict] = {}
+    started = time.monotonic()
     while wanted:
         runs = plan(study, companion, wanted, settings.subset)
         left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
@@ -96,6 +97,12 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         summary = summarize(study, companion)
         wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)
                   if row["trial"] in wanted and undecided(row, spec.region.target_acc, settings.max_seeds)}
+        if wanted and settings.timeout is not None:
+            expected, elapsed = longest_run(companion, wanted), time.monotonic() - started
+            if elapsed + expected > settings.timeout:
+                log_line(f"no time for {len(wanted)} more seed(s) near the target: about {expected:.0f} s a run, {elapsed:.0f} s of "
+                         f"[confirm] timeout {settings.timeout:g} s spent")
+                wanted = {}
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:
@@ -145,6 +152,13 @@ def undecided(row: dict, target: float, max_seeds: int) -> bool:
     if not target or not max_seeds or n >= max_seeds or not holds(row):
         return False
     return abs(row["mean"] - target) <= 2 * max(row["std"], MIN_SPREAD) / math.sqrt(n)
+
+
+def longest_run(companion: optuna.Study, candidates: dict[int, int]) -> float:
+    """Seconds of the longest finished confirmation run of these candidates: what one more seed
+    of each is expected to take (at most: a round of fewer runs than workers gets more threads)."""
+    return max((t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("candidate") in candidates), default=0.0)
 
 
 def confirmation_seeds(study: optuna.Study, count: int) -> list[int]:

@@ -94,3 +94,7 @@ def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], 
                 continue
             study.optimize(lambda trial: objective(trial, spec, split, out), n_trials=1, callbacks=[after_trial],
                            catch=(SurplusTrial,), gc_after_trial=False)
+        else:
+            finished = sum(s in FINISHED for s in states())
+            log_line(f"{label}the search's time budget ({timeout:g} s) is spent: no more trials started here "
+                     f"({finished} of {spec.trials} finished)")

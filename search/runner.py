@@ -23,7 +23,8 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
     `storage` (default: OUT/study.db, or OUT/journal.log for several workers) with its outputs
     in `out` (default: studies/NAME/), on `workers` processes."""
     options = {"name": ("--study", name), "trials": ("--trials", trials), "max_params": ("--max-params", max_params),
-               "seed": ("--seed", seed), "training.epochs": ("--epochs", epochs), "training.subset": ("--subset", subset)}
+               "seed": ("--seed", seed), "training.epochs": ("--epochs", epochs), "training.subset": ("--subset", subset),
+               "timeout": ("--timeout", timeout)}
     spec = load_study_spec(study_file, {field: option for field, option in options.items() if option[1] is not None})
     if storage:
         check_workers(storage, workers)  # before the output folder exists
@@ -61,7 +62,7 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
     print(f"study {spec.name!r} ({spec.family} family): {spec.trials} trials, {spec.training.epochs} epochs on {spec.training.subset:,} "
           f"training images a trial{checked_on}, limit {spec.max_params:,} params, device {torch_device}, {workers} worker(s), storage {mask_password(url)}",
           flush=True)
-    run_search(spec, study, created, url, out, torch_device, data, split, timeout, workers, cpu_threads(torch_device, workers))
+    run_search(spec, study, created, url, out, torch_device, data, split, spec.timeout, workers, cpu_threads(torch_device, workers))
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         print("no trial has completed yet, so there is no best.json; rerun to go on")
         return

@@ -9,6 +9,7 @@ the same checks.
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from dataclasses import asdict, dataclass, replace
@@ -69,6 +70,9 @@ class Confirm:
     after_run: bool = False
     subset: int = TRAIN_SPLIT
     max_seeds: int = 0  # > seeds: a candidate whose mean is within noise of [region] target_acc gets seeds up to this many
+    # seconds: a round of added seeds starts only if it is expected to end within this many seconds of the start of
+    # confirmation (its longest earlier run of the same candidates); the first `seeds` runs always train. None: no limit
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class StudySpec:
     seed: int
     training: Training
     space: Any  # the family's Space
+    timeout: float | None = None  # seconds after which the search starts no more trials (running ones finish); None: no limit
     pruner: Pruner = Pruner()  # a Pareto study's default is "none" (see _spec_from_dict)
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # RDB storage: seconds between a worker's heartbeats
     grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
@@ -123,6 +128,9 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     space = FAMILIES[family].space_from_dict(top.get("space", {}))
     spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space, "fidelity": fidelity, "confirm": confirm,
                         "region": region})
+    check_seconds(spec.timeout, "timeout")
+    check_seconds(confirm.timeout, "confirm.timeout")
+    spec = replace(spec, timeout=_float_or_none(spec.timeout), confirm=replace(confirm, timeout=_float_or_none(confirm.timeout)))
     check(re.fullmatch(r"[A-Za-z0-9_.-]+", spec.name) is not None, "name", f"letters, digits, '_', '.' and '-' only, got {spec.name!r}")
     for key in ("trials", "max_params", "heartbeat_interval"):
         check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
@@ -153,6 +161,17 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(0.0 <= region.target_acc <= 100.0, "region.target_acc", f"must be a percentage in [0, 100] (0: none), got {region.target_acc}")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")
     return spec
+
+
+def check_seconds(value: Any, where: str) -> None:
+    """A time budget: a finite number of seconds >= 0, or absent (None: no limit)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    check(value is None or (number and math.isfinite(value) and value >= 0), where,
+          f"must be a finite number of seconds >= 0 (leave it out for no limit), got {json.dumps(value, default=str)}")
+
+
+def _float_or_none(value: int | float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def load_study_spec(path: Path, overrides: dict[str, tuple[str, Any]] | None = None) -> StudySpec:
@@ -208,8 +227,8 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 
 
 def same_settings(a: StudySpec, b: StudySpec) -> bool:
-    """Whether a study created from `a` may resume with `b`: only its name, trial count,
-    heartbeat timing, sampler options, confirmation settings and target may differ."""
-    volatile = dict(name="", trials=1, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
+    """Whether a study created from `a` may resume with `b`: only its name, trial count, time
+    budget, heartbeat timing, sampler options, confirmation settings and target may differ."""
+    volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
     return (replace(a, **volatile, region=replace(a.region, target_acc=0.0))
             == replace(b, **volatile, region=replace(b.region, target_acc=0.0)))

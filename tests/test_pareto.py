@@ -370,6 +370,30 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
     assert_one_line_error(result, "s.toml", "confirm.max_seeds")
 
 
+@pytest.mark.parametrize("line", ["timeout = -1", 'timeout = "soon"', "timeout = inf", "timeout = true", "[confirm]\ntimeout = -5"])
+def test_time_budgets_are_checked(tmp_path, line):
+    path = tmp_path / "s.toml"
+    text = PARETO.replace("[confirm]\n", line + "\n") if line.startswith("[confirm]") else line + "\n" + PARETO
+    path.write_text(text)
+    field = "confirm.timeout" if line.startswith("[confirm]") else "timeout"
+    with pytest.raises(ConfigError, match=rf"{field}: must be a finite number of seconds >= 0 \(leave it out for no limit\)"):
+        load_study_spec(path)
+    if line == "timeout = -1":  # on the command line: one line naming the field, exit 2, nothing created
+        result = run_cli("run", str(path), "--out", str(tmp_path / "out"))
+        assert_one_line_error(result, "s.toml", "timeout")
+        assert not (tmp_path / "out").exists()
+
+
+def test_the_study_file_bounds_the_search_and_the_added_seeds(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text("timeout = 1380\n" + PARETO.replace("[confirm]\n", "[confirm]\ntimeout = 2100\n"))
+    spec = load_study_spec(path)
+    assert (spec.timeout, spec.confirm.timeout) == (1380.0, 2100.0)
+    assert load_study_spec(path, {"timeout": ("--timeout", 60.0)}).timeout == 60.0  # --timeout overrides the file
+    path.write_text(PARETO)
+    assert load_study_spec(path).timeout is None and load_study_spec(path).confirm.timeout is None  # absent: no limit
+
+
 def region_study(floor: float, target: float = 0.0) -> optuna.Study:
     """An in-memory Pareto study with PARETO's settings, a region, and no trials."""
     import tempfile
@@ -442,8 +466,17 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
     confirmed = load(storage).user_attrs["confirmed"]
     near = min(confirmed, key=lambda n: confirmed[n]["mean"])
     target = confirmed[near]["mean"]
-    (tmp / "tiny.toml").write_text((tmp / "tiny.toml").read_text().replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\n")
+    original = (tmp / "tiny.toml").read_text()
+    # time budgets of 0 s: the search starts no trial, and no seed is added (the first two of each candidate are held)
+    (tmp / "tiny.toml").write_text("timeout = 0\n" + original.replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\ntimeout = 0\n")
                                    + f"\n[region]\ntarget_acc = {target}\n")
+    before = len(load(storage).trials)
+    result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "20")
+    assert result.returncode == 0, result.stderr
+    assert "the search's time budget (0 s) is spent: no more trials started here" in result.stdout
+    assert re.search(r"no time for \d+ more seed\(s\) near the target: about \d+ s a run", result.stdout), result.stdout
+    assert len(load(storage).trials) == before and load(storage).user_attrs["confirmed"][near]["seeds"] == [4, 5]
+    (tmp / "tiny.toml").write_text(original.replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\n") + f"\n[region]\ntarget_acc = {target}\n")
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     after = load(storage).user_attrs["confirmed"]
