@@ -57,7 +57,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 def cmd_confirm(a: argparse.Namespace) -> None:
     from search.confirm import confirm_command
 
-    confirm_command(a.study, a.storage, a.top, a.seeds, a.max_seeds, a.workers, a.out, a.data_dir, a.device)
+    confirm_command(a.study, a.storage, a.top, a.seeds, a.max_seeds, a.timeout, a.workers, a.out, a.data_dir, a.device)
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate, after the study's own (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="more seeds, up to this many, for a candidate within noise of the study's "
                    "[region] target_acc (default: the study file's; 0: none)")
+    p.add_argument("--timeout", type=seconds, help="a round of added seeds starts only if expected to end within S seconds of the "
+                   "start of confirmation (default: the study file's [confirm] timeout, else none)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")
     p.add_argument("--out", type=Path, help="where best.json goes (default: studies/NAME/)")
     data_and_device(p)

@@ -44,8 +44,8 @@ from search.workers import run_in_workers
 from space.config import config_from_dict, config_to_dict
 
 
-def confirm_command(study_name: str, storage: str | None, top: int | None, seeds: int | None, max_seeds: int | None, workers: int,
-                    out: Path | None, data_dir: str | None, device: str) -> None:
+def confirm_command(study_name: str, storage: str | None, top: int | None, seeds: int | None, max_seeds: int | None,
+                    timeout: float | None, workers: int, out: Path | None, data_dir: str | None, device: str) -> None:
     """`confirm`: confirm a study's candidates (the study file's [confirm] settings unless given),
     print the table, write best.json (the best confirmed mean) into `out` (default: studies/NAME/)."""
     study = load_existing_study(study_name, storage)
@@ -59,7 +59,9 @@ def confirm_command(study_name: str, storage: str | None, top: int | None, seeds
     out = output_folder(out or Path("studies") / study_name, "--out")  # before hours of training, not after
     data = resolve_data_dir(data_dir)
     load_mnist(data, train=True)  # a data error before any run is enqueued
-    confirm(study, url, replace(settings, top=top or settings.top, seeds=seeds, max_seeds=max_seeds), resolve_device(device), data, workers)
+    timeout = timeout if timeout is not None else settings.timeout
+    confirm(study, url, replace(settings, top=top or settings.top, seeds=seeds, max_seeds=max_seeds, timeout=timeout), resolve_device(device),
+            data, workers)
     path = export_best(study, out)
     publish_best(study)
     print(f"best config (best confirmed mean) written to {path}")
@@ -98,10 +100,10 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)
                   if row["trial"] in wanted and undecided(row, spec.region.target_acc, settings.max_seeds)}
         if wanted and settings.timeout is not None:
-            expected, elapsed = longest_run(companion, wanted), time.monotonic() - started
+            expected, elapsed = round_seconds(study, companion, wanted, workers), time.monotonic() - started
             if elapsed + expected > settings.timeout:
-                log_line(f"no time for {len(wanted)} more seed(s) near the target: about {expected:.0f} s a run, {elapsed:.0f} s of "
-                         f"[confirm] timeout {settings.timeout:g} s spent")
+                log_line(f"no time for {len(wanted)} more seed(s) near the target: about {expected:.0f} s for the round, {elapsed:.0f} s "
+                         f"of the confirmation's timeout {settings.timeout:g} s spent")
                 wanted = {}
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
@@ -154,11 +156,15 @@ def undecided(row: dict, target: float, max_seeds: int) -> bool:
     return abs(row["mean"] - target) <= 2 * max(row["std"], MIN_SPREAD) / math.sqrt(n)
 
 
-def longest_run(companion: optuna.Study, candidates: dict[int, int]) -> float:
-    """Seconds of the longest finished confirmation run of these candidates: what one more seed
-    of each is expected to take (at most: a round of fewer runs than workers gets more threads)."""
-    return max((t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("candidate") in candidates), default=0.0)
+def round_seconds(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], workers: int) -> float:
+    """What a round of one more seed for each candidate in `wanted` is expected to take: its
+    longest finished run at the budget of the plan, times the runs each worker trains in turn
+    (at most: a round of fewer runs than workers gives each more threads)."""
+    plans = study.user_attrs.get("confirm_plans", {})
+    budget = lambda number: {k: plans.get(str(number), {}).get(k) for k in ("epochs", "images")}  # noqa: E731
+    longest = max((t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                   if (number := t.user_attrs.get("candidate")) in wanted and t.user_attrs.get("budget") == budget(number)), default=0.0)
+    return longest * math.ceil(len(wanted) / workers)
 
 
 def confirmation_seeds(study: optuna.Study, count: int) -> list[int]:

@@ -58,7 +58,8 @@ def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], 
                show_bar: bool = True, label: str = "") -> None:
     """Run trials until the study holds spec.trials finished trials (or `timeout` seconds pass).
     Several workers can run this on one study: none starts a trial the count does not need, and
-    each stays until the last trial is done, to take over one re-queued from a dead worker."""
+    each stays until the last trial is done, to take over one re-queued from a dead worker (until
+    its `timeout`, counted from when its data are loaded)."""
     states = lambda: [t.state for t in study.get_trials(deepcopy=False)]  # noqa: E731
     finished = sum(s in FINISHED for s in states())
     if finished >= spec.trials:

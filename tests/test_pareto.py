@@ -384,7 +384,7 @@ def test_time_budgets_are_checked(tmp_path, line):
         assert not (tmp_path / "out").exists()
 
 
-def test_the_study_file_bounds_the_search_and_the_added_seeds(tmp_path):
+def test_time_budgets_are_read_from_the_study_file_and_overridden(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text("timeout = 1380\n" + PARETO.replace("[confirm]\n", "[confirm]\ntimeout = 2100\n"))
     spec = load_study_spec(path)
@@ -392,6 +392,22 @@ def test_the_study_file_bounds_the_search_and_the_added_seeds(tmp_path):
     assert load_study_spec(path, {"timeout": ("--timeout", 60.0)}).timeout == 60.0  # --timeout overrides the file
     path.write_text(PARETO)
     assert load_study_spec(path).timeout is None and load_study_spec(path).confirm.timeout is None  # absent: no limit
+
+
+def test_a_round_of_added_seeds_is_expected_to_take_its_longest_run_times_the_runs_per_worker():
+    from search.confirm import round_seconds
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("confirm_plans", {"1": {"seeds": [4, 5], "epochs": 15, "images": 50_000},
+                                          "2": {"seeds": [4, 5], "epochs": 15, "images": 50_000}})
+    companion = optuna.create_study(directions=["maximize", "minimize"])
+    for candidate, seconds, images in ((1, 300.0, 50_000), (1, 340.0, 50_000), (2, 500.0, 50_000), (2, 900.0, 5_000), (3, 999.0, 50_000)):
+        companion.add_trial(optuna.trial.create_trial(values=[99.0, 1000], user_attrs={
+            "candidate": candidate, "seconds": seconds, "budget": {"epochs": 15, "images": images}}))
+    assert round_seconds(study, companion, {1: 3}, workers=2) == 340.0  # one run: its candidate's longest
+    assert round_seconds(study, companion, {1: 3, 2: 3}, workers=2) == 500.0  # (900 s was at another budget; 999 s another candidate)
+    assert round_seconds(study, companion, {1: 3, 2: 3}, workers=1) == 1000.0  # two runs in turn on one worker
+    assert round_seconds(study, companion, {4: 3}, workers=2) == 0.0  # nothing measured yet
 
 
 def region_study(floor: float, target: float = 0.0) -> optuna.Study:
@@ -474,9 +490,11 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "20")
     assert result.returncode == 0, result.stderr
     assert "the search's time budget (0 s) is spent: no more trials started here" in result.stdout
-    assert re.search(r"no time for \d+ more seed\(s\) near the target: about \d+ s a run", result.stdout), result.stdout
+    assert re.search(r"no time for \d+ more seed\(s\) near the target: about \d+ s for the round", result.stdout), result.stdout
     assert len(load(storage).trials) == before and load(storage).user_attrs["confirmed"][near]["seeds"] == [4, 5]
-    (tmp / "tiny.toml").write_text(original.replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\n") + f"\n[region]\ntarget_acc = {target}\n")
+    # an hour leaves time for the round: it starts
+    (tmp / "tiny.toml").write_text(original.replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\ntimeout = 3600\n")
+                                   + f"\n[region]\ntarget_acc = {target}\n")
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     after = load(storage).user_attrs["confirmed"]
