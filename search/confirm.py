@@ -71,7 +71,8 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     """Confirm `study`'s candidates (`settings`: how many, with how many seeds, on how many
     images) in this process or in `workers` processes sharing `url`; then, while a candidate's
     mean is within noise of the study's target and it has fewer than max_seeds seeds, one more
-    seed for it (a round that settings.timeout leaves time for). Store and print the mean ± std per candidate, and return them."""
+    seed for it, in a round that settings.timeout leaves time for. Store and print the mean ±
+    std per candidate, and return them."""
     check_workers(url, workers)  # (for callers other than confirm_command)
     chosen = candidates(study, settings.top)
     if not chosen:
