@@ -10,7 +10,7 @@ from search.errors import TargetMissed
 from search.export import export_best, export_target
 from search.results import best_trial, confirmed_rows, format_row, holds
 from search.storage import check_workers, default_storage, fail_stale, heartbeat_enabled, mask_password, open_storage, output_folder, stale_trials
-from search.studyfile import load_study_spec
+from search.studyfile import load_study_spec, start_points
 from space.config import DEFAULT_MAX_PARAMS
 from space.families import FAMILIES
 
@@ -26,6 +26,7 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
                "seed": ("--seed", seed), "training.epochs": ("--epochs", epochs), "training.subset": ("--subset", subset),
                "timeout": ("--timeout", timeout)}
     spec = load_study_spec(study_file, {field: option for field, option in options.items() if option[1] is not None})
+    starts = start_points(spec)  # read on every run, so that a bad one answers before anything is written
     if storage:
         check_workers(storage, workers)  # before the output folder exists
     out = output_folder(out or Path("studies") / spec.name, "--out")
@@ -51,7 +52,7 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
         split = load_split(data, torch_device, validation=True, subset=spec.training.subset, eval_subset=spec.training.validation)
     for path in teachers:  # trained (or loaded) now, on its own line, not inside a trial
         teacher(path, split)
-    study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url)
+    study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url, starts)
     stale = [] if heartbeat_enabled(study._storage) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
     for trial in stale:
         print(f"trial {trial.number} is RUNNING but its worker {trial.user_attrs['worker']} is gone"

@@ -21,7 +21,7 @@ import optuna
 from search.data import N_VAL, TRAIN_SPLIT
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from space.config import ConfigError, check, parse_section, read_text_file
+from space.config import ConfigError, check, check_shapes, count_params, load_config, parse_section, read_text_file
 from space.families import FAMILIES, RECIPE_IN_TRAINING
 
 OBJECTIVE_EPOCHS = 3  # the objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
@@ -104,6 +104,9 @@ class StudySpec:
     fidelity: Fidelity = Fidelity()
     confirm: Confirm = Confirm()
     region: Region = Region()
+    # config files (the reference model format) whose nets and recipes are the study's first trials after the hand-made
+    # model: the best nets known so far, for the sampler to start from (family "blocks"; read when the study is created)
+    start: tuple[str, ...] = ()
 
     @property
     def pareto(self) -> bool:
@@ -128,6 +131,10 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     space = FAMILIES[family].space_from_dict(top.get("space", {}))
     spec = StudySpec(**{**top, "training": training, "pruner": pruner, "space": space, "fidelity": fidelity, "confirm": confirm,
                         "region": region})
+    start = top.get("start", [])
+    check(isinstance(start, (list, tuple)) and all(isinstance(p, str) and p.strip() for p in start), "start",
+          f"must be a list of config file paths, got {json.dumps(start, default=str)}")
+    spec = replace(spec, start=tuple(start))
     check_seconds(spec.timeout, "timeout")
     check_seconds(confirm.timeout, "confirm.timeout")
     spec = replace(spec, timeout=_float_or_none(spec.timeout), confirm=replace(confirm, timeout=_float_or_none(confirm.timeout)))
@@ -161,6 +168,27 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(0.0 <= region.target_acc <= 100.0, "region.target_acc", f"must be a percentage in [0, 100] (0: none), got {region.target_acc}")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")
     return spec
+
+
+def start_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """The study file's start configs as points of its space (each a trial to enqueue), checked
+    as a trial would be: a file that cannot be read, is no point of the space, has an
+    impossible shape or is over the limit is an error naming the file."""
+    points = []
+    for path in spec.start:
+        try:
+            config = load_config(path)  # its errors name the file
+        except ConfigError as e:
+            raise ConfigError(f"start: {e}") from None
+        try:
+            point = FAMILIES[spec.family].point_from_config(config, spec.space, spec.training.epochs)
+            check_shapes(config.layers)
+        except ConfigError as e:
+            raise ConfigError(f"start: {path}: {e}") from None
+        if count_params(config) > spec.max_params:
+            raise ConfigError(f"start: {path} has {count_params(config):,} parameters, over max_params ({spec.max_params:,})")
+        points.append(point)
+    return points
 
 
 def check_seconds(value: Any, where: str) -> None:

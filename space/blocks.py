@@ -24,12 +24,13 @@ A point's geometry may be invalid (a 4-stage net without padding shrinks below a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
 
-from space.config import (MAX_DROPOUT, MAX_ELASTIC_SIGMA, N_CLASSES, OPTIMIZERS, SCHEDULES, Augment, Conv, Distill, Elastic,
+from space.config import (MAX_DROPOUT, MAX_ELASTIC_SIGMA, N_CLASSES, OPTIMIZERS, SCHEDULES, Augment, ConfigError, Conv, Distill, Elastic,
                           GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler)
 from space.ranges import Rules, parse_space
 
@@ -246,25 +247,80 @@ def reference_point(space: Space, epochs: int) -> dict[str, Any] | None:
     `epochs`), or None when the space does not contain it. (Enqueued as a whole: Optuna ignores
     the values of parameters a trial never suggests, such as a kernel size with one choice.)"""
     point = {**STEP3_PARAMS, "step_size": max(1, round(STEP3_PARAMS["step_size"] * epochs / 15))}
-    ranges = {"stages": space.stages, "width": space.width, "dropout": space.dropout, "sgd_lr": space.sgd_lr, "momentum": space.momentum,
-              "weight_decay": space.weight_decay, "gamma": space.gamma, "label_smoothing": space.label_smoothing,
-              **{k: getattr(space, k) for k in ("rotation", "translate", "scale", "brightness", "contrast")}}
+    return point if outside_space(point, space) is None else None
+
+
+def outside_space(point: dict[str, Any], space: Space) -> str | None:
+    """The first value of `point` that `space` does not offer, as "key = value (offered: ...)";
+    None when every value is offered (step_size always is: it ranges over 1..epochs)."""
     for key, value in point.items():
-        family = "width" if key.endswith("_width") else "kernel" if key.endswith("_kernel") else "convs" if key.endswith("_convs") else \
-            "padding" if key.endswith("_padding") else "transition" if key.endswith("_transition") else key
-        if family == "convs":
-            low, high = space.convs
-            ok = low <= value <= high
-        elif family in ranges:
-            low, high = ranges[family]
-            ok = low <= value <= high
-        elif family in RULES.choices:
-            ok = value in getattr(space, family)
-        else:  # step_size: always 1..epochs
-            ok = True
+        family = key.rsplit("_", 1)[-1] if re.fullmatch(r"s\d+_.+", key) else key  # s2_c1_width: a width
+        offered = getattr(space, family, None)
+        if key == "step_size" or offered is None:
+            continue
+        if family in RULES.choices:
+            ok = value in offered
+        else:
+            ok = offered[0] <= value <= offered[1]
         if not ok:
-            return None
-    return point
+            return f"{key} = {value!r} (offered: {list(offered)})"
+    return None
+
+
+def point_from_config(config: RunConfig, space: Space, epochs: int) -> dict[str, Any]:
+    """The point of `space` whose config is `config` (its step size scaled from the config's
+    epochs to `epochs`): the inverse of config_from_params. Raises ConfigError when `config` is
+    no net of this family (the point read off its layers must rebuild exactly its config) or
+    holds a value that `space` does not offer."""
+    p: dict[str, Any] = {}
+    stages: list[list[Layer]] = [[]]
+    for layer in config.layers:
+        if isinstance(layer, MaxPool):
+            stages.append([])
+        elif not isinstance(layer, LogSoftmax):
+            stages[-1].append(layer)
+    p["stages"] = len(stages)
+    convs = [layer for layer in config.layers if isinstance(layer, Conv)]
+    p["bias"] = bool(convs) and convs[0].bias
+    every_conv = False
+    for s, layers in enumerate(stages, start=1):
+        body = [layer for layer in layers if isinstance(layer, Conv) and layer.bn]
+        rest = [layer for layer in layers if not (isinstance(layer, Conv) and layer.bn)]
+        p[f"s{s}_convs"] = len(body)
+        for j, conv in enumerate(body, start=1):
+            p[f"s{s}_c{j}_width"], p[f"s{s}_c{j}_kernel"] = conv.out, conv.kernel
+            every_conv |= conv.dropout and j < len(body)
+        p[f"s{s}_padding"] = body[0].padding if body else 0
+        if s < len(stages):
+            p[f"s{s}_transition"] = bool(rest)
+            if rest and isinstance(rest[0], Conv):
+                p[f"s{s}_transition_width"] = rest[0].out
+        else:
+            p["head"] = ("gap_conv" if rest[:1] == [GlobalAvgPool()] else "conv_gap" if rest[-1:] == [GlobalAvgPool()] else "conv_reduce")
+    p["dropout"], p["dropout_at"] = config.dropout, "every_conv" if every_conv or all(len(b) == 1 for b in stages) else "stage_end"
+    o, sc, a = config.optimizer, config.scheduler, config.augment
+    p["optimizer"] = o.kind
+    p.update({"sgd_lr": o.lr, "momentum": o.momentum} if o.kind in ("sgd", "nesterov") else {"adam_lr": o.lr})
+    p["weight_decay"], p["schedule"] = o.weight_decay, sc.kind
+    p.update({"step_size": sc.step_size, "gamma": sc.gamma} if sc.kind == "step" else {"warmup": sc.warmup})
+    p["label_smoothing"], p["batch_size"] = config.label_smoothing, config.batch_size
+    p.update(rotation=a.rotation, translate=a.translate, scale=a.scale, brightness=a.brightness, contrast=a.contrast, ema=config.ema)
+    p.update({"elastic_alpha": a.elastic.alpha, "elastic_sigma": a.elastic.sigma} if a.elastic else {"elastic_alpha": 0.0})
+    p.update({"distill_weight": config.distill.weight, "distill_temperature": config.distill.temperature, "teacher": config.distill.teacher}
+             if config.distill else {"distill_weight": 0.0})
+    try:
+        rebuilt = config_from_params(p, epochs=config.epochs, seed=config.seed, name=config.name)
+    except (KeyError, IndexError, AttributeError):
+        rebuilt = None
+    if rebuilt != config:
+        raise ConfigError("not a net of the blocks family (stages of 3x3 convs with BatchNorm and ReLU, max-pools, "
+                          "an optional 1x1 transition per stage, one of the heads " + ", ".join(HEADS) + ")")
+    if p["schedule"] == "step":
+        p["step_size"] = max(1, round(p["step_size"] * epochs / config.epochs))
+    outside = outside_space(p, space)
+    if outside is not None:
+        raise ConfigError(f"not a point of the study's [space]: {outside}")
+    return p
 
 
 def teachers(space: Space) -> tuple[str, ...]:

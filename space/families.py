@@ -6,6 +6,8 @@
 - `config_from_params(params, *, epochs, seed, name)`: a point as a RunConfig;
 - `reference_point(space, epochs)`: the hand-made step-3 model as a point, or None where the
   space does not hold it;
+- `point_from_config(config, space, epochs)`: a config file's net and recipe as a point of the
+  space (a study file's `start`), or ConfigError saying why it is none;
 - `teachers(space)`: the teacher config files its points may distill from;
 - `FROM_TRAINING`: the recipe values the family takes from the study's [training] instead of
   searching them (a point carries them like any other value).

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from space.config import MAX_DROPOUT, N_CLASSES, Augment, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler
+from space.config import MAX_DROPOUT, N_CLASSES, ConfigError, Augment, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler
 from space.ranges import Rules, parse_space
 
 WIDTHS = ("conv1", "conv2", "transition", "conv3", "conv4", "conv5")
@@ -68,6 +68,11 @@ def reference_point(space: Space, epochs: int) -> dict[str, Any] | None:
         if not low <= point[name] <= high:
             return None
     return point
+
+
+def point_from_config(config: RunConfig, space: Space, epochs: int) -> dict[str, Any]:
+    """Start configs are for the blocks family, whose space holds any net of stages of convs."""
+    raise ConfigError("the step3 family takes no start configs (its trial 0 is the hand-made model); use family = \"blocks\"")
 
 
 def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, Any]:

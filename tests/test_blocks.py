@@ -12,8 +12,10 @@ import pytest
 from conftest import REFERENCE, assert_one_line_error, run_cli
 from search.export import export_form
 from search.objective import may_prune, settled_after
-from search.studyfile import Training, load_study_spec
-from space.blocks import NET4838_PARAMS, STEP3_PARAMS, Space, config_from_params, reference_point, space_from_dict, suggest_params
+from search.study import create_or_resume
+from search.studyfile import Training, load_study_spec, start_points
+from space.blocks import (NET4838_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point, space_from_dict,
+                          suggest_params)
 from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
                           config_to_dict, count_params, load_config)
 from space.model import build_model
@@ -242,3 +244,50 @@ def test_a_blocks_study_searches_the_recipe_options_and_shows_them(tmp_path, dat
     import pandas as pd
 
     assert {"ema", "elastic_alpha", "distill_weight"} <= set(pd.read_csv(tmp_path / "report" / "trials.csv").columns)
+
+
+def test_a_config_file_is_read_back_as_the_point_that_builds_it():
+    wide = replace(Space(), bias=(False, True))  # net4838's convs carry biases
+    for name in ("step3", "front3991", "net4838-onecycle"):
+        config = load_config(REFERENCE / f"{name}.json")
+        point = point_from_config(config, wide, 15)
+        assert config_from_params(point, epochs=15, seed=config.seed, name=config.name) == config
+    step3 = point_from_config(load_config(REFERENCE / "step3.json"), Space(), 15)
+    assert step3 == {**STEP3_PARAMS, "ema": 0.0, "elastic_alpha": 0.0, "distill_weight": 0.0}
+    assert point_from_config(load_config(REFERENCE / "front3991.json"), Space(), 5)["step_size"] == 2  # 6 of 15 epochs: 2 of 5
+    with pytest.raises(ConfigError, match="not a net of the blocks family"):
+        point_from_config(load_config(REFERENCE / "step1.json"), Space(), 15)  # no BatchNorm
+    with pytest.raises(ConfigError, match=r"not a point of the study's \[space\]: bias = True \(offered: \[False\]\)"):
+        point_from_config(load_config(REFERENCE / "net4838.json"), Space(), 15)
+
+
+START_STUDY = (ROOT_STUDIES / "blocks-quick.toml").read_text().replace('name = "blocks-quick"', 'name = "st"')
+
+
+def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(f'start = ["{REFERENCE / "front3991.json"}", "{REFERENCE / "step3.json"}"]\n' + START_STUDY)
+    spec = load_study_spec(path)
+    study, created = create_or_resume(spec, optuna.storages.InMemoryStorage(), "memory", start_points(spec))
+    assert created
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    front3991 = point_from_config(load_config(REFERENCE / "front3991.json"), spec.space, spec.training.epochs)
+    # trial 0 the hand-made model; step3.json again is that same point, so it is not enqueued twice
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [reference_point(spec.space, 3), front3991]
+    assert front3991["s2_c2_width"] == 15 and front3991["step_size"] == 1  # its step size of 6 in 15 epochs, at 3 epochs
+
+
+@pytest.mark.parametrize("line, fragments", [
+    ('start = "front3991.json"', ["start: must be a list of config file paths"]),
+    ('start = [3]', ["start: must be a list of config file paths"]),
+    ('start = ["nowhere.json"]', ["start:", "nowhere.json"]),
+    ('start = ["studies/reference/step1.json"]', ["start: studies/reference/step1.json: not a net of the blocks family"]),
+    ('start = ["studies/reference/net4838.json"]', ["start: studies/reference/net4838.json: not a point of the study's [space]: bias = True"]),
+    ('start = ["studies/reference/step3.json"]\nmax_params = 5000', ["start: studies/reference/step3.json has 7,944 parameters, over max_params (5,000)"]),
+])
+def test_bad_start_configs_are_one_line_errors_before_anything_is_written(tmp_path, line, fragments):
+    path = tmp_path / "s.toml"
+    path.write_text(line + "\n" + START_STUDY.replace("max_params = 8000", "" if "max_params" in line else "max_params = 8000"))
+    result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert_one_line_error(result, *fragments)
+    assert not (tmp_path / "out").exists()
