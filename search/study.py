@@ -22,7 +22,7 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str,
-                     starts: list[dict[str, Any]] | None = None) -> tuple[optuna.Study, bool]:
+                     starts: list[tuple[str, dict[str, Any]]] | None = None) -> tuple[optuna.Study, bool]:
     """The study named spec.name in `storage`: (study, True) when this call created it, with the
     settings stored, the hand-made reference as first trial and the points `starts` (the study
     file's start configs, see start_points) next; (study, False) when it existed with the same
@@ -43,14 +43,14 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
             study.set_user_attr("spec", spec_to_dict(spec))
         return study, False
     reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
-    firsts = [reference] if reference is not None and count_params(config_from_point(spec, reference, "")) <= spec.max_params else []
-    for point in starts or []:  # a start config that is the hand-made model, or given twice, is one trial
-        if all(config_from_point(spec, point, "") != config_from_point(spec, first, "") for first in firsts):
-            firsts.append(point)
+    firsts = [(reference, {})] if reference is not None and count_params(config_from_point(spec, reference, "")) <= spec.max_params else []
+    for path, point in starts or []:  # a start config that is the hand-made model, or given twice, is one trial
+        if all(config_from_point(spec, point, "") != config_from_point(spec, first, "") for first, _ in firsts):
+            firsts.append((point, {"start": path}))
     # The hand-made model is trial 0, the number to beat. The points are enqueued before the spec
     # is stored: workers elsewhere wait for the spec, so none can take a trial number first.
-    for point in firsts:
-        study.enqueue_trial(point)
+    for point, attrs in firsts:
+        study.enqueue_trial(point, user_attrs=attrs)
     study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs"
                         + (", and the parameter count" if spec.pareto else ""))
     with warnings.catch_warnings():  # Optuna marks metric names experimental; the dashboard shows them

@@ -170,8 +170,8 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     return spec
 
 
-def start_points(spec: StudySpec) -> list[dict[str, Any]]:
-    """The study file's start configs as points of its space (each a trial to enqueue), checked
+def start_points(spec: StudySpec) -> list[tuple[str, dict[str, Any]]]:
+    """The study file's start configs as (path, point of its space), each a trial to enqueue, checked
     as a trial would be: a file that cannot be read, is no point of the space, has an
     impossible shape or is over the limit is an error naming the file."""
     points = []
@@ -187,7 +187,7 @@ def start_points(spec: StudySpec) -> list[dict[str, Any]]:
             raise ConfigError(f"start: {path}: {e}") from None
         if count_params(config) > spec.max_params:
             raise ConfigError(f"start: {path} has {count_params(config):,} parameters, over max_params ({spec.max_params:,})")
-        points.append(point)
+        points.append((path, point))
     return points
 
 

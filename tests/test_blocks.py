@@ -274,6 +274,7 @@ def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
     front3991 = point_from_config(load_config(REFERENCE / "front3991.json"), spec.space, spec.training.epochs)
     # trial 0 the hand-made model; step3.json again is that same point, so it is not enqueued twice
     assert [t.system_attrs["fixed_params"] for t in waiting] == [reference_point(spec.space, 3), front3991]
+    assert [t.user_attrs for t in waiting] == [{}, {"start": str(REFERENCE / "front3991.json")}]  # the dashboard shows where it came from
     assert front3991["s2_c2_width"] == 15 and front3991["step_size"] == 1  # its step size of 6 in 15 epochs, at 3 epochs
 
 
