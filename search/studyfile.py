@@ -105,7 +105,8 @@ class StudySpec:
     confirm: Confirm = Confirm()
     region: Region = Region()
     # config files (the reference model format) whose nets and recipes are the study's first trials after the hand-made
-    # model: the best nets known so far, for the sampler to start from (family "blocks"; read when the study is created)
+    # model: the best nets known so far, for the sampler to start from (family "blocks"; read by every `run`, enqueued when
+    # the study is created)
     start: tuple[str, ...] = ()
 
     @property
@@ -135,6 +136,8 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(isinstance(start, (list, tuple)) and all(isinstance(p, str) and p.strip() for p in start), "start",
           f"must be a list of config file paths, got {json.dumps(start, default=str)}")
     spec = replace(spec, start=tuple(start))
+    check(len(spec.start) < spec.trials, "start", f"{len(spec.start)} start configs need trials > {len(spec.start)} (got {spec.trials}): "
+          f"each is a trial, after the hand-made model")
     check_seconds(spec.timeout, "timeout")
     check_seconds(confirm.timeout, "confirm.timeout")
     spec = replace(spec, timeout=_float_or_none(spec.timeout), confirm=replace(confirm, timeout=_float_or_none(confirm.timeout)))

@@ -24,6 +24,7 @@ A point's geometry may be invalid (a 4-stage net without padding shrinks below a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 import optuna
 
 from space.config import (MAX_DROPOUT, MAX_ELASTIC_SIGMA, N_CLASSES, OPTIMIZERS, SCHEDULES, Augment, ConfigError, Conv, Distill, Elastic,
-                          GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler)
+                          GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler, config_to_dict)
 from space.ranges import Rules, parse_space
 
 HEADS = ("gap_conv", "conv_gap", "conv_reduce")
@@ -255,9 +256,11 @@ def outside_space(point: dict[str, Any], space: Space) -> str | None:
     None when every value is offered (step_size always is: it ranges over 1..epochs)."""
     for key, value in point.items():
         family = key.rsplit("_", 1)[-1] if re.fullmatch(r"s\d+_.+", key) else key  # s2_c1_width: a width
-        offered = getattr(space, family, None)
-        if key == "step_size" or offered is None:
+        if key == "step_size":
             continue
+        offered = getattr(space, family, None)
+        if offered is None:
+            return f"{key} (not a parameter of the space)"
         if family in RULES.choices:
             ok = value in offered
         else:
@@ -297,7 +300,9 @@ def point_from_config(config: RunConfig, space: Space, epochs: int) -> dict[str,
                 p[f"s{s}_transition_width"] = rest[0].out
         else:
             p["head"] = ("gap_conv" if rest[:1] == [GlobalAvgPool()] else "conv_gap" if rest[-1:] == [GlobalAvgPool()] else "conv_reduce")
-    p["dropout"], p["dropout_at"] = config.dropout, "every_conv" if every_conv or all(len(b) == 1 for b in stages) else "stage_end"
+    # with one conv in every stage both places build the same net: the space's first choice then
+    one_each = all(p[f"s{s}_convs"] == 1 for s in range(1, len(stages) + 1))
+    p["dropout"], p["dropout_at"] = config.dropout, space.dropout_at[0] if one_each else "every_conv" if every_conv else "stage_end"
     o, sc, a = config.optimizer, config.scheduler, config.augment
     p["optimizer"] = o.kind
     p.update({"sgd_lr": o.lr, "momentum": o.momentum} if o.kind in ("sgd", "nesterov") else {"adam_lr": o.lr})
@@ -309,14 +314,18 @@ def point_from_config(config: RunConfig, space: Space, epochs: int) -> dict[str,
     p.update({"distill_weight": config.distill.weight, "distill_temperature": config.distill.temperature, "teacher": config.distill.teacher}
              if config.distill else {"distill_weight": 0.0})
     try:
-        rebuilt = config_from_params(p, epochs=config.epochs, seed=config.seed, name=config.name)
+        rebuilt = config_to_dict(config_from_params(p, epochs=config.epochs, seed=config.seed, name=config.name))
     except (KeyError, IndexError, AttributeError):
-        rebuilt = None
-    if rebuilt != config:
-        raise ConfigError("not a net of the blocks family (stages of 3x3 convs with BatchNorm and ReLU, max-pools, "
-                          "an optional 1x1 transition per stage, one of the heads " + ", ".join(HEADS) + ")")
-    if p["schedule"] == "step":
-        p["step_size"] = max(1, round(p["step_size"] * epochs / config.epochs))
+        rebuilt = {}
+    given = config_to_dict(config)
+    differs = [key for key in given if rebuilt.get(key) != given[key]]
+    if not rebuilt or "layers" in differs:
+        raise ConfigError("not a net of the blocks family (stages of convs with BatchNorm and ReLU, max-pools, an optional plain "
+                          "1x1 transition per stage, one of the heads " + ", ".join(HEADS) + ")")
+    if differs:
+        raise ConfigError(f"its {differs[0]} is not one the blocks family builds (its form: {json.dumps(given[differs[0]])})")
+    if p["schedule"] == "step":  # scaled to the trial's epochs, as the hand-made model is (1..epochs, as a sampled one)
+        p["step_size"] = min(epochs, max(1, round(p["step_size"] * epochs / config.epochs)))
     outside = outside_space(p, space)
     if outside is not None:
         raise ConfigError(f"not a point of the study's [space]: {outside}")

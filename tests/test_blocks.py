@@ -259,6 +259,15 @@ def test_a_config_file_is_read_back_as_the_point_that_builds_it():
         point_from_config(load_config(REFERENCE / "step1.json"), Space(), 15)  # no BatchNorm
     with pytest.raises(ConfigError, match=r"not a point of the study's \[space\]: bias = True \(offered: \[False\]\)"):
         point_from_config(load_config(REFERENCE / "net4838.json"), Space(), 15)
+    bilinear = load_config(REFERENCE / "front3991.json")
+    with pytest.raises(ConfigError, match="its augment is not one the blocks family builds"):
+        point_from_config(replace(bilinear, augment=replace(bilinear.augment, interpolation="bilinear")), Space(), 15)
+    # one conv per stage: both dropout places build the same net, so the point takes the one the space offers
+    single = config_from_params({**NET4838_PARAMS, "bias": False, "s1_convs": 1, "s2_convs": 1, "s3_convs": 1}, epochs=15)
+    for place in ("every_conv", "stage_end"):
+        assert point_from_config(single, replace(Space(), dropout_at=(place,)), 15)["dropout_at"] == place
+    late = replace(bilinear, scheduler=replace(bilinear.scheduler, step_size=20))  # never drops in 15 epochs: at 3, step 3
+    assert point_from_config(late, Space(), 3)["step_size"] == 3
 
 
 START_STUDY = (ROOT_STUDIES / "blocks-quick.toml").read_text().replace('name = "blocks-quick"', 'name = "st"')
@@ -285,10 +294,12 @@ def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
     ('start = ["studies/reference/step1.json"]', ["start: studies/reference/step1.json: not a net of the blocks family"]),
     ('start = ["studies/reference/net4838.json"]', ["start: studies/reference/net4838.json: not a point of the study's [space]: bias = True"]),
     ('start = ["studies/reference/step3.json"]\nmax_params = 5000', ["start: studies/reference/step3.json has 7,944 parameters, over max_params (5,000)"]),
+    ('start = ["studies/reference/step3.json"]\ntrials = 1', ["start: 1 start configs need trials > 1 (got 1)"]),
 ])
 def test_bad_start_configs_are_one_line_errors_before_anything_is_written(tmp_path, line, fragments):
     path = tmp_path / "s.toml"
-    path.write_text(line + "\n" + START_STUDY.replace("max_params = 8000", "" if "max_params" in line else "max_params = 8000"))
+    text = "\n".join(row for row in START_STUDY.splitlines() if row.split("=")[0].strip() not in ("max_params", "trials") or row.split("=")[0].strip() not in line)
+    path.write_text(line + "\n" + text)
     result = run_cli("run", str(path), "--out", str(tmp_path / "out"), "--device", "cpu")
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "out").exists()
