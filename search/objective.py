@@ -80,9 +80,12 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
         # what the rung measured, kept for the ranking statistics `report` compares with confirmed accuracy
         rungs.append({"rung": rung, "images": images, "val_acc": accuracy, "final_val_acc": history[-1]["val_acc"],
                       "train_loss_sum": sum(m["train_loss"] for m in history)})
+        last = rung + 1 == len(subsets)
         if spec.pareto:
             trial.set_user_attr("rungs", rungs)
-            stop = _halving_verdict(trial, spec, rung, images, accuracy, n_params, last=rung + 1 == len(subsets))
+            # A start config (the study file's `start`) goes on through every rung: it is there for what it does at
+            # larger budgets, which a first rung of a few thousand images does not show (a one-cycle recipe barely starts there).
+            stop = _halving_verdict(trial, spec, rung, images, accuracy, n_params, last) if last or "start" not in trial.user_attrs else None
             if stop:
                 return _prune(trial, stop)
     attach_trial_files(trial, export_form(config, spec.training, config.name), n_params, history, out)

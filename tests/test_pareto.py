@@ -239,6 +239,8 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     assert study.best_trials, result.stdout  # a non-empty front
     first = study.trials[0]  # the hand-made model: the first result of rung 0 is the best so far, so it goes on
     assert first.user_attrs["n_params"] == 7944 and len(first.user_attrs["rungs"]) == 2
+    starts = [t for t in study.trials if "start" in t.user_attrs]  # the study file's start configs, trials 1-3: through every rung
+    assert [t.number for t in starts] == [1, 2, 3] and all(len(t.user_attrs["rungs"]) == 2 for t in starts)
     storage = f"sqlite:///{out / 'study.db'}"
     confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "1", "--seeds", "1", "--out", str(out), "--device", "cpu")
     assert confirmed.returncode == 0, confirmed.stderr
