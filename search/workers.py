@@ -38,10 +38,20 @@ def _worker(body: Callable[..., None], args: tuple, index: int, threads: int | N
     # tqdm's default lock is a multiprocessing semaphore; a worker killed while holding one
     # makes the parent's resource tracker print warnings at exit. A thread lock is enough here.
     tqdm.set_lock(threading.RLock())
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         body(*args, index)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """A worker whose command is gone (killed by `kill` or SIGKILL, which it cannot pass on as it
+    does Ctrl-C) stops as after Ctrl-C, its trial marked FAIL, instead of training on unseen
+    beside whatever runs next (seen: a killed run's workers wrote into the next run's study)."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def supervise(processes: list[Any], study: optuna.Study) -> None:

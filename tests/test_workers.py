@@ -195,3 +195,27 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     assert "1 of 3 run(s) to train" in more.stdout and "[worker" not in more.stdout, more.stdout
     companion = optuna.load_study(study_name="pg-pareto.confirm", storage=postgres_url)
     assert not [t for t in companion.trials if t.state == optuna.trial.TrialState.FAIL]
+
+
+def test_workers_stop_when_their_run_is_killed(tmp_path, data_dir):
+    study_file = write_study(tmp_path, TINY.replace("subset = 256", "subset = 10000"))
+    log = tmp_path / "journal.log"
+    run = start_run(study_file, "--storage", str(log), "--out", str(tmp_path / "out"), "--workers", "2")
+    wait_for_running_trial(lambda: journal(log), run)
+    run.send_signal(signal.SIGKILL)  # nothing the run can pass on: its workers must notice by themselves
+    run.communicate()
+    trials = optuna.load_study(study_name="tiny", storage=journal(log)).trials
+    pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials if "worker" in t.user_attrs}
+
+    def alive(pid: int) -> bool:
+        try:
+            return " Z " not in Path(f"/proc/{pid}/stat").read_text()  # a zombie has stopped
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert pids and not any(alive(pid) for pid in pids)
+    trials = optuna.load_study(study_name="tiny", storage=journal(log)).trials
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]  # each marked its trial FAIL on the way out
