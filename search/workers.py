@@ -47,7 +47,7 @@ def _worker(body: Callable[..., None], args: tuple, index: int, threads: int | N
 
 def _stop_when_orphaned(parent: int) -> None:
     """A worker whose command is gone (killed by `kill` or SIGKILL, which it cannot pass on as it
-    does Ctrl-C) stops as after Ctrl-C, its trial marked FAIL, instead of training on unseen
+    does Ctrl-C) stops as after Ctrl-C, its trial marked FAIL, instead of training on unattended
     beside whatever runs next (seen: a killed run's workers wrote into the next run's study)."""
     while os.getppid() == parent:
         time.sleep(1)
