@@ -136,7 +136,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(isinstance(start, (list, tuple)) and all(isinstance(p, str) and p.strip() for p in start), "start",
           f"must be a list of config file paths, got {json.dumps(start, default=str)}")
     spec = replace(spec, start=tuple(start))
-    check(len(spec.start) < spec.trials, "start", f"{len(spec.start)} start configs need trials > {len(spec.start)} (got {spec.trials}): "
+    check(not spec.start or len(spec.start) < spec.trials, "start", f"{len(spec.start)} start configs need trials > {len(spec.start)} (got {spec.trials}): "
           f"each is a trial, after the hand-made model")
     check_seconds(spec.timeout, "timeout")
     check_seconds(confirm.timeout, "confirm.timeout")
