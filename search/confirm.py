@@ -34,7 +34,7 @@ from search.data import Split, load_mnist, load_split, resolve_data_dir
 from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
 from search.export import export_best, export_config
-from search.results import confirmed_rows, format_row, front_in_region, holds
+from search.results import confirmed_rows, format_row, front, holds, in_region
 from search.storage import check_workers, fail_stale, load_existing_study, open_storage, output_folder, storage_of_existing, worker_id, worker_is_gone
 from search.studyfile import Confirm, stored_spec
 from search.teacher import teacher_for
@@ -51,7 +51,11 @@ def confirm_command(study_name: str, storage: str | None, top: int | None, seeds
     study = load_existing_study(study_name, storage)
     url = storage_of_existing(study_name, storage)
     check_workers(url, workers)  # before the output folder and the data
-    settings = stored_spec(study).confirm
+    spec = stored_spec(study)
+    settings = spec.confirm
+    if top is not None and top <= len(spec.start):
+        raise UsageError(f"--top {top} leaves no candidate for the search's own nets beside the {len(spec.start)} start configs "
+                         f"(confirmed first); pass --top {len(spec.start) + 1} or more")
     seeds = seeds or settings.seeds
     max_seeds = max_seeds if max_seeds is not None else settings.max_seeds
     if max_seeds and max_seeds < seeds:
@@ -128,23 +132,36 @@ def companion_name(study_name: str) -> str:
 
 
 def candidates(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    """An accuracy study's `top` best trials. A Pareto study's: `top` points of its front in the
-    region, spread along the size axis (the nearest to sizes evenly spaced on a log scale from
-    the smallest to the largest, both ends included; with one, the most accurate), so that
-    confirmation answers "how small still holds" and not only "how accurate"."""
+    """`top` trials in all: first the start trials that finished (the nets the study file names
+    to compare against; in a Pareto study, those still in the region), then the search's own best:
+    an accuracy study's best other trials; a Pareto study's front of its other trials in the
+    region, spread along the size axis (the nearest to sizes evenly spaced on a log scale from the
+    smallest to the largest, both ends included; with one slot, the most accurate), so that
+    confirmation answers "how small still holds" and not only "how accurate". A start net is
+    confirmed even when a net of the search outranks it at the search's budget: there they
+    differ by tenths of a point on one seed, which is noise at the export budget (docs/results.md)."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    own = [t for t in finished if "start" not in t.user_attrs]
     if len(study.directions) == 1:
-        return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: -t.values[0])[:top]
-    front = sorted(front_in_region(study), key=lambda t: t.user_attrs["n_params"])
-    if len(front) <= top:
-        return front
-    if top == 1:  # one slot: the most accurate point, as best.json would be without confirmation
+        starts = [t for t in finished if "start" in t.user_attrs]
+        return starts + sorted(own, key=lambda t: -t.values[0])[:max(top - len(starts), 0)]
+    starts = [t for t in in_region(study, finished) if "start" in t.user_attrs]
+    return sorted(starts + spread(in_region(study, front(own)), top - len(starts)), key=lambda t: t.user_attrs["n_params"])
+
+
+def spread(front: list[optuna.trial.FrozenTrial], slots: int) -> list[optuna.trial.FrozenTrial]:
+    """`slots` points of `front` spread along its size axis (see `candidates`)."""
+    front = sorted(front, key=lambda t: t.user_attrs["n_params"])
+    if len(front) <= slots or slots <= 0:
+        return front[:max(slots, 0)]
+    if slots == 1:  # one slot: the most accurate point, as best.json would be without confirmation
         return [max(front, key=lambda t: t.values[0])]
     low, high = math.log(front[0].user_attrs["n_params"]), math.log(front[-1].user_attrs["n_params"])
     chosen: list[optuna.trial.FrozenTrial] = []
-    for k in range(top):
-        size = low + (high - low) * k / (top - 1)
+    for k in range(slots):
+        size = low + (high - low) * k / (slots - 1)
         chosen.append(min((t for t in front if t not in chosen), key=lambda t: abs(math.log(t.user_attrs["n_params"]) - size)))
-    return sorted(chosen, key=lambda t: t.user_attrs["n_params"])
+    return chosen
 
 
 def undecided(row: dict, target: float, max_seeds: int) -> bool:

@@ -8,19 +8,28 @@ import optuna
 from optuna.trial import TrialState
 
 from search.errors import UsageError
+from search.pareto import front_indices
 from search.studyfile import stored_spec
 
 
 def front_in_region(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """A Pareto study's front (Optuna's: feasible COMPLETE trials) within its region: at most
-    [region] floor points below the best COMPLETE result (a trial in the region when it ended
-    can fall out of it as better ones arrive)."""
-    front = study.best_trials
+    """A Pareto study's front (Optuna's: feasible COMPLETE trials) within its region."""
+    return in_region(study, study.best_trials)
+
+
+def in_region(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """Those of `trials` at most [region] floor points below the study's best COMPLETE result (a
+    trial in the region when it ended can fall out of it as better ones arrive)."""
     floor = stored_spec(study).region.floor
-    if not floor or not front:
-        return front
-    best = max(t.values[0] for t in front)
-    return [t for t in front if t.values[0] >= best - floor]
+    if not floor or not trials:
+        return trials
+    best = max(t.values[0] for t in study.best_trials)
+    return [t for t in trials if t.values[0] >= best - floor]
+
+
+def front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The non-dominated ones of these COMPLETE Pareto trials (accuracy up, size down)."""
+    return [trials[i] for i in front_indices([(t.values[0], t.values[1]) for t in trials])]
 
 
 def confirmed_rows(study: optuna.Study) -> list[dict]:

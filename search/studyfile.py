@@ -176,7 +176,11 @@ def _spec_from_dict(raw: dict) -> StudySpec:
 def start_points(spec: StudySpec) -> list[tuple[str, dict[str, Any]]]:
     """The study file's start configs as (path, point of its space), each a trial to enqueue, checked
     as a trial would be: a file that cannot be read, is no point of the space, has an
-    impossible shape or is over the limit is an error naming the file."""
+    impossible shape or is over the limit is an error naming the file; [confirm] top must
+    leave a candidate for the search's own nets."""
+    if spec.start and spec.confirm.top <= len(spec.start):  # here, not in the checks of a stored study: [confirm] may change on resume
+        raise ConfigError(f"confirm.top: must be > {len(spec.start)}, the start configs (confirmed first), so that the search's own "
+                          f"nets get a candidate too; got {spec.confirm.top}")
     points = []
     for path in spec.start:
         try:

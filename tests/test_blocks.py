@@ -295,6 +295,9 @@ def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
     ('start = ["studies/reference/net4838.json"]', ["start: studies/reference/net4838.json: not a point of the study's [space]: bias = True"]),
     ('start = ["studies/reference/step3.json"]\nmax_params = 5000', ["start: studies/reference/step3.json has 7,944 parameters, over max_params (5,000)"]),
     ('start = ["studies/reference/step3.json"]\ntrials = 1', ["start: 1 start configs need trials > 1 (got 1)"]),
+    # three start configs and the default [confirm] top = 3: no candidate would be left for the search's own nets
+    ('start = ["studies/reference/step3.json", "studies/reference/front3991.json", "studies/reference/front4985-onecycle.json"]',
+     ["confirm.top: must be > 3, the start configs (confirmed first)", "got 3"]),
 ])
 def test_bad_start_configs_are_one_line_errors_before_anything_is_written(tmp_path, line, fragments):
     path = tmp_path / "s.toml"

@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
 from search.note import study_note
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
+from search.results import in_region
 from search.studyfile import load_study_spec
 from space.config import ConfigError, count_params, load_config
 
@@ -242,9 +243,15 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     starts = [t for t in study.trials if "start" in t.user_attrs]  # the study file's start configs, trials 1-3: through every rung
     assert [t.number for t in starts] == [1, 2, 3] and all(len(t.user_attrs["rungs"]) == 2 for t in starts)
     storage = f"sqlite:///{out / 'study.db'}"
-    confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "1", "--seeds", "1", "--out", str(out), "--device", "cpu")
+    refused = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "3", "--out", str(out), "--device", "cpu")
+    assert_one_line_error(refused, "--top 3 leaves no candidate for the search's own nets beside the 3 start configs", "--top 4")
+    confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--seeds", "1", "--out", str(out), "--device", "cpu")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "3 epochs on 300 training images" in confirmed.stdout
+    # the start trials still in the region are confirmed, whatever their rank at the search's budget; the rest of the 4 are the search's own
+    region = {t.number for t in in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))}
+    chosen = {int(n) for n in load(storage, "tiny").user_attrs["confirmed"]}
+    assert {t.number for t in starts} & region <= chosen and len(chosen) <= 4 and chosen <= region
     exported = run_cli("export", "--study", "tiny", "--storage", storage, "--out", str(out), "--target-acc", "0")
     assert exported.returncode == 0, exported.stderr
     assert load_config(out / "target-0.json").name.startswith("tiny-trial")
@@ -465,6 +472,14 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
     assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [1000, 3000, 8000]  # both ends and the log-middle
     assert [t.user_attrs["n_params"] for t in candidates(study, 1)] == [8000]  # one: the most accurate
     assert len(candidates(study, 10)) == 6
+    # start configs: confirmed first when in the region, even when dominated (3,200 at 98.4 % by 3,000 at 98.6 %); the slots left
+    # are spread over the front of the search's own trials, which a start point does not change
+    for acc, size in ((98.4, 3200), (96.0, 900)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size, "start": "s.json"},
+                                                  constraints={"params_over_limit": -1}))
+    assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [1000, 3200, 8000]
+    assert [t.user_attrs["n_params"] for t in candidates(study, 2)] == [3200, 8000]  # one slot left: the most accurate of the search's own
+    assert [t.user_attrs["n_params"] for t in candidates(study, 1)] == [3200]  # (run and confirm refuse a top that leaves none)
 
 
 def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
