@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("confirm", help="retrain a study's candidates at the export budget with more seeds (validation split)")
     existing_study(p)
-    p.add_argument("--top", type=positive_int, help="candidates: K points of the Pareto front in its region, spread by size, or the top K "
-                   "trials (default: the study file's)")
+    p.add_argument("--top", type=positive_int, help="candidates: K in all, the start configs first, then points of the Pareto front in its region, "
+                   "spread by size, or the best trials (default: the study file's)")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate, after the study's own (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="more seeds, up to this many, for a candidate within noise of the study's "
                    "[region] target_acc (default: the study file's; 0: none)")
