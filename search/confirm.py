@@ -1,8 +1,8 @@
 """Confirmation: a search's candidates retrained at the export budget with more seeds.
 
 A search ranks its trials on one seed at a low fidelity, which is partly a ranking of luck.
-`confirm` retrains the candidates (points of the Pareto front spread along its size axis, or the top
-trials of an accuracy study) for the export epoch count on the training images of the split
+`confirm` retrains the candidates (the start configs' trials, then points of the Pareto front
+spread along its size axis, or the top trials of an accuracy study) for the export epoch count on the training images of the split
 that [confirm] subset says (all of them by default), once per confirmation seed, and
 measures the final validation accuracy (the test set stays unseen).
 
@@ -53,8 +53,9 @@ def confirm_command(study_name: str, storage: str | None, top: int | None, seeds
     check_workers(url, workers)  # before the output folder and the data
     spec = stored_spec(study)
     settings = spec.confirm
-    if top is not None and top <= len(spec.start):
-        raise UsageError(f"--top {top} leaves no candidate for the search's own nets beside the {len(spec.start)} start configs "
+    if spec.start and (top or settings.top) <= len(spec.start):  # (the study file's top: a study stored before this rule)
+        given = f"--top {top}" if top else f"the study's [confirm] top = {settings.top}"
+        raise UsageError(f"{given} leaves no candidate for the search's own nets beside the {len(spec.start)} start configs "
                          f"(confirmed first); pass --top {len(spec.start) + 1} or more")
     seeds = seeds or settings.seeds
     max_seeds = max_seeds if max_seeds is not None else settings.max_seeds
@@ -132,20 +133,21 @@ def companion_name(study_name: str) -> str:
 
 
 def candidates(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    """`top` trials in all: first the start trials that finished (the nets the study file names
+    """`top` trials at most: the start trials that finished (the nets the study file names
     to compare against; in a Pareto study, those still in the region), then the search's own best:
     an accuracy study's best other trials; a Pareto study's front of its other trials in the
     region, spread along the size axis (the nearest to sizes evenly spaced on a log scale from the
     smallest to the largest, both ends included; with one slot, the most accurate), so that
     confirmation answers "how small still holds" and not only "how accurate". A start net is
     confirmed even when a net of the search outranks it at the search's budget: there they
-    differ by tenths of a point on one seed, which is noise at the export budget (docs/results.md)."""
+    differ by tenths of a point on one seed, which is noise at the export budget (docs/design.md).
+    A Pareto study's candidates are returned smallest first."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     own = [t for t in finished if "start" not in t.user_attrs]
     if len(study.directions) == 1:
-        starts = [t for t in finished if "start" in t.user_attrs]
-        return starts + sorted(own, key=lambda t: -t.values[0])[:max(top - len(starts), 0)]
-    starts = [t for t in in_region(study, finished) if "start" in t.user_attrs]
+        starts = [t for t in finished if "start" in t.user_attrs][:top]
+        return starts + sorted(own, key=lambda t: -t.values[0])[:top - len(starts)]
+    starts = [t for t in in_region(study, finished) if "start" in t.user_attrs][:top]
     return sorted(starts + spread(in_region(study, front(own)), top - len(starts)), key=lambda t: t.user_attrs["n_params"])
 
 

@@ -21,9 +21,9 @@ def in_region(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> li
     """Those of `trials` at most [region] floor points below the study's best COMPLETE result (a
     trial in the region when it ended can fall out of it as better ones arrive)."""
     floor = stored_spec(study).region.floor
-    if not floor or not trials:
+    best = max((t.values[0] for t in study.best_trials), default=None)
+    if not floor or best is None:
         return trials
-    best = max(t.values[0] for t in study.best_trials)
     return [t for t in trials if t.values[0] >= best - floor]
 
 

@@ -180,7 +180,7 @@ def start_points(spec: StudySpec) -> list[tuple[str, dict[str, Any]]]:
     leave a candidate for the search's own nets."""
     if spec.start and spec.confirm.top <= len(spec.start):  # here, not in the checks of a stored study: [confirm] may change on resume
         raise ConfigError(f"confirm.top: must be > {len(spec.start)}, the start configs (confirmed first), so that the search's own "
-                          f"nets get a candidate too; got {spec.confirm.top}")
+                          f"nets get a candidate too; got {spec.confirm.top}: set [confirm] top = {len(spec.start) + 1} or more")
     points = []
     for path in spec.start:
         try:

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
 from search.note import study_note
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
-from search.results import in_region
+from search.results import front as pareto_front, in_region
 from search.studyfile import load_study_spec
 from space.config import ConfigError, count_params, load_config
 
@@ -249,9 +249,12 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     assert confirmed.returncode == 0, confirmed.stderr
     assert "3 epochs on 300 training images" in confirmed.stdout
     # the start trials still in the region are confirmed, whatever their rank at the search's budget; the rest of the 4 are the search's own
-    region = {t.number for t in in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))}
+    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    region_starts = {t.number for t in in_region(study, finished) if "start" in t.user_attrs}
+    own_front = in_region(study, pareto_front([t for t in finished if "start" not in t.user_attrs]))
     chosen = {int(n) for n in load(storage, "tiny").user_attrs["confirmed"]}
-    assert {t.number for t in starts} & region <= chosen and len(chosen) <= 4 and chosen <= region
+    assert region_starts and chosen & {1, 2, 3} == region_starts
+    assert len(chosen - region_starts) == min(4 - len(region_starts), len(own_front)) and chosen - region_starts <= {t.number for t in own_front}
     exported = run_cli("export", "--study", "tiny", "--storage", storage, "--out", str(out), "--target-acc", "0")
     assert exported.returncode == 0, exported.stderr
     assert load_config(out / "target-0.json").name.startswith("tiny-trial")
@@ -474,12 +477,24 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
     assert len(candidates(study, 10)) == 6
     # start configs: confirmed first when in the region, even when dominated (3,200 at 98.4 % by 3,000 at 98.6 %); the slots left
     # are spread over the front of the search's own trials, which a start point does not change
-    for acc, size in ((98.4, 3200), (96.0, 900)):
+    for acc, size in ((98.4, 3200), (96.0, 900), (98.75, 3900)):  # the last dominates 4,000 at 98.7 %: off Optuna's front
         study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size, "start": "s.json"},
                                                   constraints={"params_over_limit": -1}))
-    assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [1000, 3200, 8000]
-    assert [t.user_attrs["n_params"] for t in candidates(study, 2)] == [3200, 8000]  # one slot left: the most accurate of the search's own
-    assert [t.user_attrs["n_params"] for t in candidates(study, 1)] == [3200]  # (run and confirm refuse a top that leaves none)
+    assert 4000 not in {t.user_attrs["n_params"] for t in front_in_region(study)}
+    assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [3200, 3900, 8000]  # one slot left: the most accurate of the search's own
+    assert [t.user_attrs["n_params"] for t in candidates(study, 5)] == [1000, 3000, 3200, 3900, 8000]
+    assert [t.user_attrs["n_params"] for t in candidates(study, 7)] == [1000, 2000, 3200, 3900, 4000, 6000, 8000]  # 4,000: its own front's
+    assert [t.user_attrs["n_params"] for t in candidates(study, 2)] == [3200, 3900]  # (run and confirm refuse a top that leaves none)
+
+
+def test_an_accuracy_study_confirms_its_start_trials_then_its_best_others():
+    from search.confirm import candidates
+
+    study = optuna.create_study(direction="maximize")
+    for value, start in ((98.0, False), (99.0, False), (97.0, True), (98.5, False), (96.0, True)):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={"start": "s.json"} if start else {}))
+    assert [t.value for t in candidates(study, 3)] == [97.0, 96.0, 99.0]
+    assert [t.value for t in candidates(study, 4)] == [97.0, 96.0, 99.0, 98.5]
 
 
 def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
