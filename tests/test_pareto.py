@@ -483,7 +483,7 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
     assert 4000 not in {t.user_attrs["n_params"] for t in front_in_region(study)}
     assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [3200, 3900, 8000]  # one slot left: the most accurate of the search's own
     assert [t.user_attrs["n_params"] for t in candidates(study, 5)] == [1000, 3000, 3200, 3900, 8000]
-    assert [t.user_attrs["n_params"] for t in candidates(study, 7)] == [1000, 2000, 3200, 3900, 4000, 6000, 8000]  # 4,000: its own front's
+    assert [t.user_attrs["n_params"] for t in candidates(study, 7)] == [1000, 2000, 3000, 3200, 3900, 4000, 8000]  # 4,000: on its own front
     assert [t.user_attrs["n_params"] for t in candidates(study, 2)] == [3200, 3900]  # (run and confirm refuse a top that leaves none)
 
 
