@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seeds", type=non_negative_int, help="more seeds, up to this many, for a candidate within noise of the study's "
                    "[region] target_acc (default: the study file's; 0: none)")
     p.add_argument("--timeout", type=seconds, help="a round of added seeds starts only if expected to end within S seconds of the "
-                   "start of confirmation (default: the study file's [confirm] timeout, else none)")
+                   "start of confirmation, or for as many candidates as fit, the smallest first (default: the study file's "
+                   "[confirm] timeout, else none)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")
     p.add_argument("--out", type=Path, help="where best.json goes (default: studies/NAME/)")
     data_and_device(p)

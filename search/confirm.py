@@ -103,14 +103,16 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
             run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset, spec.training.validation), busy,
                            cpu_threads(device, busy), companion)
         summary = summarize(study, companion)
-        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)
+        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)  # smallest first
                   if row["trial"] in wanted and undecided(row, spec.region.target_acc, settings.max_seeds)}
         if wanted and settings.timeout is not None:
-            expected, elapsed = round_seconds(study, companion, wanted, workers), time.monotonic() - started
-            if elapsed + expected > settings.timeout:
-                log_line(f"no time for {len(wanted)} more seed(s) near the target: about {expected:.0f} s for the round, {elapsed:.0f} s "
-                         f"of the confirmation's timeout {settings.timeout:g} s spent")
-                wanted = {}
+            elapsed = time.monotonic() - started
+            fitting = fitting_round(study, companion, wanted, workers, settings.timeout - elapsed)
+            if len(fitting) < len(wanted):
+                log_line(f"time for {len(fitting)} of {len(wanted)} more seed(s) near the target (the smallest candidates first): about "
+                         f"{round_seconds(study, companion, wanted, workers):.0f} s for all, {elapsed:.0f} s of the confirmation's timeout "
+                         f"{settings.timeout:g} s spent")
+            wanted = fitting
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:
@@ -185,6 +187,17 @@ def round_seconds(study: optuna.Study, companion: optuna.Study, wanted: dict[int
     longest = max((t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if (number := t.user_attrs.get("candidate")) in wanted and t.user_attrs.get("budget") == budget(number)), default=0.0)
     return longest * math.ceil(len(wanted) / workers)
+
+
+def fitting_round(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], workers: int, seconds: float) -> dict[int, int]:
+    """The first candidates of `wanted` (smallest first) whose round of added seeds is expected
+    to end within `seconds`, as many as fit: the question is how small a net still holds the
+    target, so a seed for a small candidate comes before one for a larger."""
+    for count in range(len(wanted), 0, -1):
+        first = dict(list(wanted.items())[:count])
+        if round_seconds(study, companion, first, workers) <= seconds:
+            return first
+    return {}
 
 
 def confirmation_seeds(study: optuna.Study, count: int) -> list[int]:

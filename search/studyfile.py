@@ -71,7 +71,8 @@ class Confirm:
     subset: int = TRAIN_SPLIT
     max_seeds: int = 0  # > seeds: a candidate whose mean is within noise of [region] target_acc gets seeds up to this many
     # seconds: a round of added seeds starts only if it is expected to end within this many seconds of the start of
-    # confirmation (its candidates' longest earlier run, times the runs per worker); the first `seeds` runs always train. None: no limit
+    # confirmation (its candidates' longest earlier run, times the runs per worker), or for as many of its candidates as fit,
+    # the smallest first; the first `seeds` runs always train. None: no limit
     timeout: float | None = None
 
 

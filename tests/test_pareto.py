@@ -407,7 +407,7 @@ def test_time_budgets_are_read_from_the_study_file_and_overridden(tmp_path):
 
 
 def test_a_round_of_added_seeds_is_expected_to_take_its_longest_run_times_the_runs_per_worker():
-    from search.confirm import round_seconds
+    from search.confirm import fitting_round, round_seconds
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("confirm_plans", {"1": {"seeds": [4, 5], "epochs": 15, "images": 50_000},
@@ -420,6 +420,10 @@ def test_a_round_of_added_seeds_is_expected_to_take_its_longest_run_times_the_ru
     assert round_seconds(study, companion, {1: 3, 2: 3}, workers=2) == 500.0  # (900 s was at another budget; 999 s another candidate)
     assert round_seconds(study, companion, {1: 3, 2: 3}, workers=1) == 1000.0  # two runs in turn on one worker
     assert round_seconds(study, companion, {4: 3}, workers=2) == 0.0  # nothing measured yet
+    # the time left decides how many of the candidates (smallest first) get their seed: all, the first, or none
+    assert fitting_round(study, companion, {1: 3, 2: 3}, workers=2, seconds=500.0) == {1: 3, 2: 3}
+    assert fitting_round(study, companion, {1: 3, 2: 3}, workers=2, seconds=400.0) == {1: 3}
+    assert fitting_round(study, companion, {1: 3, 2: 3}, workers=2, seconds=300.0) == {}
 
 
 def region_study(floor: float, target: float = 0.0) -> optuna.Study:
@@ -522,7 +526,8 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "20")
     assert result.returncode == 0, result.stderr
     assert "the search's time budget (0 s) is spent: no more trials started here" in result.stdout
-    assert re.search(r"no time for \d+ more seed\(s\) near the target: about \d+ s for the round", result.stdout), result.stdout
+    assert re.search(r"time for 0 of \d+ more seed\(s\) near the target \(the smallest candidates first\): about \d+ s for all",
+                     result.stdout), result.stdout
     assert len(load(storage).trials) == before and load(storage).user_attrs["confirmed"][near]["seeds"] == [4, 5]
     # an hour leaves time for the round: it starts
     (tmp / "tiny.toml").write_text(original.replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\ntimeout = 3600\n")
