@@ -2,9 +2,9 @@
 
 A search ranks its trials on one seed at a low fidelity, which is partly a ranking of luck.
 `confirm` retrains the candidates (the start configs' trials, then points of the Pareto front
-spread along its size axis, or the top trials of an accuracy study) for the export epoch count on the training images of the split
-that [confirm] subset says (all of them by default), once per confirmation seed, and
-measures the final validation accuracy (the test set stays unseen).
+spread along its size axis, or the top trials of an accuracy study) for the export epoch count
+on the training images of the split that [confirm] subset says (all of them by default), once
+per confirmation seed, and measures the final validation accuracy (the test set stays unseen).
 
 Each (candidate, seed, epochs, images) run is a trial of a companion study, NAME.confirm, in
 the same storage: Optuna hands each WAITING run to exactly one worker, marks a run
