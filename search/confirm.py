@@ -37,7 +37,7 @@ from search.export import export_best, export_config
 from search.results import confirmed_rows, format_row, front, holds, in_region
 from search.storage import check_workers, fail_stale, load_existing_study, open_storage, output_folder, storage_of_existing, worker_id, worker_is_gone
 from search.studyfile import Confirm, stored_spec
-from search.teacher import teacher_for
+from search.teacher import teacher_for, usable_cache_dir
 from search.console import log_line
 from search.train import DivergedError, train
 from search.workers import run_in_workers
@@ -83,6 +83,8 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
     spec = stored_spec(study)
+    if any(export_config(study, t).distill for t in chosen):
+        usable_cache_dir()  # its teachers are cached there: a folder that cannot be written fails now, not after an hour
     companion = open_companion(study)
     wanted = {t.number: settings.seeds for t in chosen}
     summary: dict[str, dict] = {}

@@ -91,9 +91,15 @@ def ranking_summary(study: optuna.Study) -> list[str]:
             sign = -1 if key == "train_loss_sum" else 1
             pairs = pd.DataFrame([(sign * trials[r["trial"]].user_attrs["rungs"][rung].get(key, float("nan")), r["mean"]) for r in rows]).dropna()
             if len(pairs) >= 3:
-                rho = pairs[0].corr(pairs[1], method="spearman")
+                rho = spearman(pairs[0], pairs[1])
                 lines.append(f"rung {rung}, {name}: Spearman {rho:+.2f} with the confirmed mean over {len(pairs)} candidates")
     return lines
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    """Spearman's rank correlation: Pearson's over the ranks, ties sharing their mean rank (as SciPy's
+    spearmanr; pandas' own method="spearman" would import SciPy for it)."""
+    return x.rank().corr(y.rank())
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:

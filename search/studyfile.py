@@ -147,6 +147,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
         check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
     for key in ("epochs", "subset", "batch_size", "export_epochs"):
         check(getattr(training, key) > 0, f"training.{key}", f"must be > 0, got {getattr(training, key)}")
+    check(training.batch_size <= TRAIN_SPLIT, "training.batch_size", f"must be at most {TRAIN_SPLIT:,} (the training split), got {training.batch_size}")
     check(OBJECTIVE_EPOCHS <= training.epochs, "training.epochs", f"must be >= {OBJECTIVE_EPOCHS} (the objective averages the last {OBJECTIVE_EPOCHS} epochs)")
     check(training.export_epochs % training.epochs == 0, "training.export_epochs",
           f"must be a multiple of training.epochs ({training.epochs}), got {training.export_epochs}: only then does the exported "

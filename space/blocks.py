@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from space.config import (MAX_DROPOUT, MAX_ELASTIC_SIGMA, N_CLASSES, OPTIMIZERS, SCHEDULES, Augment, ConfigError, Conv, Distill, Elastic,
+from space.config import (MAX_DROPOUT, MAX_ELASTIC_SIGMA, N_CLASSES, OPTIMIZERS, SCHEDULES, TRAIN_IMAGES, Augment, ConfigError, Conv, Distill, Elastic,
                           GlobalAvgPool, Layer, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler, config_to_dict)
 from space.ranges import Rules, parse_space
 
@@ -88,11 +88,14 @@ RULES = Rules(
     choices={"kernel": int, "padding": int, "transition": bool, "head": str, "bias": bool, "dropout_at": str, "optimizer": str,
              "schedule": str, "batch_size": int, "ema": float, "elastic_alpha": float, "elastic_sigma": float,
              "distill_weight": float, "distill_temperature": float, "teacher": str},
-    allowed={"kernel": lambda v: v in (1, 3, 5, 7), "padding": lambda v: v in (0, 1, 2, 3), "head": lambda v: v in HEADS,
-             "dropout_at": lambda v: v in DROPOUT_PLACES, "optimizer": lambda v: v in OPTIMIZERS,
-             "schedule": lambda v: v in SCHEDULES, "batch_size": lambda v: v >= 1, "ema": lambda v: 0 <= v < 1,
-             "elastic_alpha": lambda v: 0 <= v <= 1000, "elastic_sigma": lambda v: 0 < v <= MAX_ELASTIC_SIGMA,
-             "distill_weight": lambda v: 0 <= v <= 1, "distill_temperature": lambda v: 0 < v <= 100, "teacher": lambda v: v.strip() != ""},
+    allowed={"kernel": (lambda v: v in (1, 3, 5, 7), "1, 3, 5 or 7"), "padding": (lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3"),
+             "head": (lambda v: v in HEADS, ", ".join(HEADS)), "dropout_at": (lambda v: v in DROPOUT_PLACES, ", ".join(DROPOUT_PLACES)),
+             "optimizer": (lambda v: v in OPTIMIZERS, ", ".join(OPTIMIZERS)), "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
+             "batch_size": (lambda v: 1 <= v <= TRAIN_IMAGES, f"1..{TRAIN_IMAGES:,} (MNIST's training set)"),
+             "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "elastic_alpha": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
+             "elastic_sigma": (lambda v: 0 < v <= MAX_ELASTIC_SIGMA, f"in (0, {MAX_ELASTIC_SIGMA:g}]"),
+             "distill_weight": (lambda v: 0 <= v <= 1, "in [0, 1]"), "distill_temperature": (lambda v: 0 < v <= 100, "in (0, 100]"),
+             "teacher": (lambda v: v.strip() != "", "a config file's path")},
 )
 
 

@@ -21,6 +21,7 @@ from typing import Any, Union
 DEFAULT_MAX_PARAMS = 8000
 INPUT_SHAPE = (1, 28, 28)  # MNIST: channels, height, width
 N_CLASSES = 10
+TRAIN_IMAGES = 60_000  # MNIST's training set: no batch can be larger
 INTERPOLATIONS = ("nearest", "bilinear")
 MAX_DROPOUT = 0.99  # the CPU dropout quantises its rate to 1/65,536: a rate that rounds to 1 would keep nothing
 
@@ -347,7 +348,7 @@ def config_from_dict(raw: Any) -> RunConfig:
 
     check(0.0 <= config.dropout <= MAX_DROPOUT, "dropout", f"must be in [0, {MAX_DROPOUT}], got {config.dropout}")
     check(config.epochs > 0, "epochs", f"must be > 0, got {config.epochs}")
-    check(config.batch_size > 0, "batch_size", f"must be > 0, got {config.batch_size}")
+    check(0 < config.batch_size <= TRAIN_IMAGES, "batch_size", f"must be in 1..{TRAIN_IMAGES:,} (MNIST's training set), got {config.batch_size}")
     check(optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {optimizer.lr}")
     check(0.0 <= optimizer.momentum < 1.0, "optimizer.momentum", f"must be in [0, 1), got {optimizer.momentum}")
     check(optimizer.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {optimizer.weight_decay}")

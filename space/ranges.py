@@ -19,7 +19,7 @@ class Rules:
     log_scale: tuple[str, ...] = ()  # sampled on a log scale: low must be > 0
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # where a range must lie
     choices: dict[str, type] = field(default_factory=dict)  # lists of the values to try, by type
-    allowed: dict[str, Callable[[Any], bool]] = field(default_factory=dict)  # which choices make sense
+    allowed: dict[str, tuple[Callable[[Any], bool], str]] = field(default_factory=dict)  # which choices make sense, and in words
 
 
 def parse_space(raw: Any, space: type, rules: Rules, where: str = "space") -> Any:
@@ -40,8 +40,9 @@ def _choices(value: Any, rules: Rules, key: str, name: str) -> tuple:
     ok = isinstance(value, list) and len(value) >= 1 and all(
         isinstance(v, t) and (t is bool or not isinstance(v, bool)) or (t is float and type(v) is int) for v in value)
     check(ok, name, f"must be a non-empty list of the {t.__name__} values to try, got {json.dumps(value)}")
-    bad = [v for v in value if key in rules.allowed and not rules.allowed[key](v)]
-    check(not bad, name, f"{json.dumps(bad[0]) if bad else ''} is not allowed here")
+    ok, meaning = rules.allowed.get(key, (lambda v: True, ""))
+    bad = [v for v in value if not ok(v)]
+    check(not bad, name, f"{json.dumps(bad[0]) if bad else ''} is not allowed here (each must be {meaning})")
     return tuple(dict.fromkeys(t(v) for v in value))
 
 

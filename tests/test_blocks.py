@@ -104,7 +104,8 @@ def test_the_reference_is_in_the_default_space_and_out_of_a_narrower_one():
 @pytest.mark.parametrize("text, fragments", [
     ('padding = [0, 1]', None),
     ('bogus = [1, 2]', ["space.bogus", "unknown key"]),
-    ('head = ["gap_conv", "mlp"]', ["space.head", '"mlp" is not allowed']),
+    ('head = ["gap_conv", "mlp"]', ["space.head", '"mlp" is not allowed', "gap_conv, conv_gap, conv_reduce"]),
+    ('batch_size = [128, 1000000000]', ["space.batch_size", "1000000000 is not allowed here (each must be 1..60,000 (MNIST's training set))"]),
     ('optimizer = []', ["space.optimizer", "non-empty list"]),
     ('width = [32, 4]', ["space.width", "low must be <= high"]),
     ('stages = [1, 6]', ["space.stages", "within [1, 4]"]),

@@ -83,7 +83,8 @@ def test_dashboard_in_headless_chromium_shows_study_trials_and_best_n_params(stu
 
 def test_plain_optuna_dashboard_command_opens_the_study(study_dir):
     port = free_port()
-    process = subprocess.Popen(["optuna-dashboard", storage_of(study_dir), "--host", "127.0.0.1", "--port", str(port),
+    command = Path(sys.executable).parent / "optuna-dashboard"  # this environment's, whether or not it is activated
+    process = subprocess.Popen([str(command), storage_of(study_dir), "--host", "127.0.0.1", "--port", str(port),
                                 "--artifact-dir", str(study_dir / "artifacts")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         studies = json.loads(wait_for_http(f"http://127.0.0.1:{port}/api/studies", process))["study_summaries"]

@@ -143,3 +143,13 @@ def test_sqlite_for_several_workers_is_refused_before_anything_runs(tmp_path):
                      "--out", str(tmp_path / "out"))
     assert_one_line_error(result, "is SQLite", "not safe for several workers", "--workers 1")
     assert not (tmp_path / "x.db").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["summary", "reproduce"])
+def test_a_batch_larger_than_the_training_set_is_refused_before_anything_runs(tmp_path, command):
+    config = json.loads((REFERENCE / "step3.json").read_text()) | {"batch_size": 1_000_000_000}
+    (tmp_path / "big.json").write_text(json.dumps(config))
+    options = ["--out", str(tmp_path / "r.json"), "--device", "cpu"] if command == "reproduce" else []
+    result = run_cli(command, str(tmp_path / "big.json"), *options)
+    assert_one_line_error(result, "big.json", "batch_size: must be in 1..60,000 (MNIST's training set)")
+    assert result.stdout == "" and not (tmp_path / "r.json").exists()
