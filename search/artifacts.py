@@ -27,11 +27,11 @@ def artifact_store(out: Path) -> FileSystemArtifactStore:
 
 
 def plot_learning_curve(title: str, epochs: list[dict], path: Path) -> None:
-    """Train and validation accuracy per epoch."""
-    x = [m["epoch"] for m in epochs]
+    """Train accuracy per epoch, and validation accuracy where it was measured."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [m["train_acc"] for m in epochs], "o-", label="train (augmented)")
-    ax.plot(x, [m["val_acc"] for m in epochs], "o-", label="validation")
+    ax.plot([m["epoch"] for m in epochs], [m["train_acc"] for m in epochs], "o-", label="train (augmented)")
+    scored = [m for m in epochs if "val_acc" in m]
+    ax.plot([m["epoch"] for m in scored], [m["val_acc"] for m in scored], "o-", label="validation")
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()

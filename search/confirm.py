@@ -34,12 +34,13 @@ from search.data import Split, load_mnist, load_split, resolve_data_dir
 from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
 from search.export import export_best, export_config
-from search.results import confirmed_rows, format_row, front, holds, in_region
+from search.pareto import promotion_order
+from search.results import confirmed_rows, format_row, holds, in_region, within_noise
 from search.storage import check_workers, fail_stale, load_existing_study, open_storage, output_folder, storage_of_existing, worker_id, worker_is_gone
-from search.studyfile import Confirm, stored_spec
+from search.studyfile import OBJECTIVE_EPOCHS, Confirm, stored_spec
 from search.teacher import teacher_for, usable_cache_dir
 from search.console import log_line
-from search.train import DivergedError, train
+from search.train import DivergedError, OutOfTime, train
 from search.workers import run_in_workers
 from space.config import config_from_dict, config_to_dict
 
@@ -53,10 +54,6 @@ def confirm_command(study_name: str, storage: str | None, top: int | None, seeds
     check_workers(url, workers)  # before the output folder and the data
     spec = stored_spec(study)
     settings = spec.confirm
-    if spec.start and (top or settings.top) <= len(spec.start):  # (the study file's top: a study stored before this rule)
-        given = f"--top {top}" if top else f"the study's [confirm] top = {settings.top}"
-        raise UsageError(f"{given} leaves no candidate for the search's own nets beside the {len(spec.start)} start configs "
-                         f"(confirmed first); pass --top {len(spec.start) + 1} or more")
     seeds = seeds or settings.seeds
     max_seeds = max_seeds if max_seeds is not None else settings.max_seeds
     if max_seeds and max_seeds < seeds:
@@ -74,10 +71,13 @@ def confirm_command(study_name: str, storage: str | None, top: int | None, seeds
 
 def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.device, data_dir: Path, workers: int) -> dict[str, dict]:
     """Confirm `study`'s candidates (`settings`: how many, with how many seeds, on how many
-    images) in this process or in `workers` processes sharing `url`; then, while a candidate's
-    mean is within noise of the study's target and it has fewer than max_seeds seeds, one more
-    seed for it, in a round that settings.timeout leaves time for. Store and print the mean ±
-    std per candidate, and return them."""
+    images) in this process or in `workers` processes sharing `url`: a first round of
+    settings.seeds seeds each, then rounds of one more seed for the candidates whose mean is
+    within noise of the study's target and that could still change the answer (see
+    `in_question`), up to max_seeds. settings.timeout is a hard bound: a round starts only for
+    the candidates (smallest first) whose runs are expected to end within it, and a run still
+    training at it is stopped (FAIL; the next `confirm` trains it again). Store and print the
+    mean ± std per candidate, and return them."""
     check_workers(url, workers)  # (for callers other than confirm_command)
     chosen = candidates(study, settings.top)
     if not chosen:
@@ -86,10 +86,19 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     if any(export_config(study, t).distill for t in chosen):
         usable_cache_dir()  # its teachers are cached there: a folder that cannot be written fails now, not after an hour
     companion = open_companion(study)
-    wanted = {t.number: settings.seeds for t in chosen}
-    summary: dict[str, dict] = {}
-    started = time.monotonic()
+    deadline = None if settings.timeout is None else time.time() + settings.timeout  # wall-clock: the workers are other processes
+    wanted = {t.number: settings.seeds for t in chosen}  # smallest first
+    summary: dict[str, dict] = summarize(study, companion)
     while wanted:
+        if deadline is not None:
+            fitting = fitting_round(study, companion, wanted, settings.subset, workers, deadline - time.time())
+            if len(fitting) < len(wanted):
+                log_line(f"time for {len(fitting)} of {len(wanted)} candidate(s) in this round (the smallest first): about "
+                         f"{round_seconds(study, companion, wanted, settings.subset, workers):.0f} s for all, "
+                         f"{max(deadline - time.time(), 0):.0f} s left of the confirmation's timeout {settings.timeout:g} s")
+            wanted = fitting
+            if not wanted:
+                break
         runs = plan(study, companion, wanted, settings.subset)
         left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
         log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} epochs "
@@ -100,21 +109,16 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         busy = min(workers, left)
         if busy <= 1:
             run_confirmations(companion, lambda: load_split(data_dir, device, validation=True, subset=settings.subset,
-                                                            eval_subset=spec.training.validation))
+                                                            eval_subset=spec.training.validation), deadline)
         else:
-            run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset, spec.training.validation), busy,
-                           cpu_threads(device, busy), companion)
+            run_in_workers(confirm_worker, (study.study_name, url, str(device), data_dir, settings.subset, spec.training.validation,
+                                            deadline), busy, cpu_threads(device, busy), companion)
         summary = summarize(study, companion)
-        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in confirmed_rows(study)  # smallest first
-                  if row["trial"] in wanted and undecided(row, spec.region.target_acc, settings.max_seeds)}
-        if wanted and settings.timeout is not None:
-            elapsed = time.monotonic() - started
-            fitting = fitting_round(study, companion, wanted, workers, settings.timeout - elapsed)
-            if len(fitting) < len(wanted):
-                log_line(f"time for {len(fitting)} of {len(wanted)} more seed(s) near the target (the smallest candidates first): about "
-                         f"{round_seconds(study, companion, wanted, workers):.0f} s for all, {elapsed:.0f} s of the confirmation's timeout "
-                         f"{settings.timeout:g} s spent")
-            wanted = fitting
+        if deadline is not None and time.time() >= deadline:
+            log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
+            break
+        wanted = {row["trial"]: len(row["planned_seeds"]) + 1
+                  for row in in_question(confirmed_rows(study), spec.region.target_acc, settings.max_seeds) if row["trial"] in wanted}
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:
@@ -122,14 +126,12 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
     return summary
 
 
-def confirm_worker(name: str, url: str, device: str, data_dir: Path, subset: int, validation: int, index: int) -> None:
+def confirm_worker(name: str, url: str, device: str, data_dir: Path, subset: int, validation: int, deadline: float | None,
+                   index: int) -> None:
     """One of several confirmation worker processes."""
     companion = optuna.load_study(study_name=companion_name(name), storage=open_storage(url))
     run_confirmations(companion, lambda: load_split(data_dir, torch.device(device), validation=True, subset=subset, eval_subset=validation),
-                      label=f"[worker {index}] ")
-
-
-MIN_SPREAD = 0.05  # accuracy points: the least seed-to-seed spread assumed (two seeds can agree by chance)
+                      deadline, label=f"[worker {index}] ")
 
 
 def companion_name(study_name: str) -> str:
@@ -137,67 +139,70 @@ def companion_name(study_name: str) -> str:
 
 
 def candidates(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    """`top` trials at most: the start trials that finished (the nets the study file names
-    to compare against; in a Pareto study, those still in the region), then the search's own best:
-    an accuracy study's best other trials; a Pareto study's front of its other trials in the
-    region, spread along the size axis (the nearest to sizes evenly spaced on a log scale from the
-    smallest to the largest, both ends included; with one slot, the most accurate), so that
-    confirmation answers "how small still holds" and not only "how accurate". A start net is
-    confirmed even when a net of the search outranks it at the search's budget: there they
-    differ by tenths of a point on one seed, which is noise at the export budget (docs/design.md).
-    A Pareto study's candidates are returned smallest first."""
+    """`top` trials at most, chosen by one rule for every trial (a start config's trial too): an
+    accuracy study's best; in a Pareto study, the trials in the region (docs/design.md) in the
+    order successive halving promotes them (search/pareto.py): front by front, each front's
+    two ends and then the points that spread it along the size axis first, so that
+    confirmation answers "how small still holds" and not only "how accurate". Which of them
+    are near the target shows at the export budget: the rounds of added seeds go there
+    (`in_question`). A Pareto study's candidates are returned smallest first."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    own = [t for t in finished if "start" not in t.user_attrs]
     if len(study.directions) == 1:
-        starts = [t for t in finished if "start" in t.user_attrs][:top]
-        return starts + sorted(own, key=lambda t: -t.values[0])[:top - len(starts)]
-    starts = [t for t in in_region(study, finished) if "start" in t.user_attrs][:top]
-    return sorted(starts + spread(in_region(study, front(own)), top - len(starts)), key=lambda t: t.user_attrs["n_params"])
+        return sorted(finished, key=lambda t: -t.values[0])[:top]
+    region = in_region(study, finished)
+    order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])
+    return sorted((region[i] for i in order[:top]), key=lambda t: t.user_attrs["n_params"])
 
 
-def spread(front: list[optuna.trial.FrozenTrial], slots: int) -> list[optuna.trial.FrozenTrial]:
-    """`slots` points of `front` spread along its size axis (see `candidates`)."""
-    front = sorted(front, key=lambda t: t.user_attrs["n_params"])
-    if len(front) <= slots or slots <= 0:
-        return front[:max(slots, 0)]
-    if slots == 1:  # one slot: the most accurate point, as best.json would be without confirmation
-        return [max(front, key=lambda t: t.values[0])]
-    low, high = math.log(front[0].user_attrs["n_params"]), math.log(front[-1].user_attrs["n_params"])
-    chosen: list[optuna.trial.FrozenTrial] = []
-    for k in range(slots):
-        size = low + (high - low) * k / (slots - 1)
-        chosen.append(min((t for t in front if t not in chosen), key=lambda t: abs(math.log(t.user_attrs["n_params"]) - size)))
-    return chosen
+def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
+    """The confirmed candidates (smallest first) that one more seed could move across `target`
+    and that could still be the answer: within noise of it (results.within_noise), below
+    max_seeds, none diverged, and no larger than the smallest candidate already decided to
+    reach it (a larger one cannot change "the smallest net that holds the target")."""
+    if not target or not max_seeds:
+        return []
+    decided = [r for r in rows if holds(r) and r["mean"] >= target and not within_noise(r, target)]
+    limit = min((r["n_params"] for r in decided), default=math.inf)
+    return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
 
 
-def undecided(row: dict, target: float, max_seeds: int) -> bool:
-    """Whether one more seed could decide whether this candidate holds `target`: its mean lies
-    within two standard errors of it (the spread of its seeds, at least MIN_SPREAD), it has fewer
-    than `max_seeds` seeds and none diverged. A candidate far from the target gets no more."""
-    n = len(row["seeds"])
-    if not target or not max_seeds or n >= max_seeds or not holds(row):
-        return False
-    return abs(row["mean"] - target) <= 2 * max(row["std"], MIN_SPREAD) / math.sqrt(n)
+def expected_run_seconds(study: optuna.Study, companion: optuna.Study, number: int, images: int) -> float:
+    """What one confirmation run of candidate `number` on `images` training images is expected to
+    take: its longest finished run at that budget; before any, its last search rung's seconds
+    scaled by the images and epochs (0 when neither was recorded)."""
+    training = stored_spec(study).training
+    runs = [t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("candidate") == number and t.user_attrs.get("budget") == {"epochs": training.export_epochs, "images": images}]
+    if runs:
+        return max(runs)
+    rung = (study.get_trials(deepcopy=False)[number].user_attrs.get("rungs") or [{}])[-1]
+    if "seconds" not in rung:
+        return 0.0
+    return rung["seconds"] * (images / rung["images"]) * (training.export_epochs / training.epochs)
 
 
-def round_seconds(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], workers: int) -> float:
-    """What a round of one more seed for each candidate in `wanted` is expected to take: its
-    longest finished run at the budget of the plan, times the runs each worker trains in turn
-    (at most: a round of fewer runs than workers gives each more threads)."""
+def round_seconds(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int) -> float:
+    """What a round that brings each candidate of `wanted` (trial number: seed count) to its seed
+    count is expected to take: its longest expected run times the runs each worker trains in
+    turn (at most: a round of fewer runs than workers gives each more threads)."""
     plans = study.user_attrs.get("confirm_plans", {})
-    budget = lambda number: {k: plans.get(str(number), {}).get(k) for k in ("epochs", "images")}  # noqa: E731
-    longest = max((t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                   if (number := t.user_attrs.get("candidate")) in wanted and t.user_attrs.get("budget") == budget(number)), default=0.0)
-    return longest * math.ceil(len(wanted) / workers)
+    runs, longest = 0, 0.0
+    for number, count in wanted.items():
+        done = plans.get(str(number), {}).get("seeds", []) if plans.get(str(number), {}).get("images") == images else []
+        if count > len(done):
+            runs += count - len(done)
+            longest = max(longest, expected_run_seconds(study, companion, number, images))
+    return longest * math.ceil(runs / workers)
 
 
-def fitting_round(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], workers: int, seconds: float) -> dict[int, int]:
-    """The first candidates of `wanted` (smallest first) whose round of added seeds is expected
-    to end within `seconds`, as many as fit: the question is how small a net still holds the
-    target, so a seed for a small candidate comes before one for a larger."""
+def fitting_round(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int,
+                  seconds: float) -> dict[int, int]:
+    """The first candidates of `wanted` (smallest first) whose round is expected to end within
+    `seconds`, as many as fit: the question is how small a net still holds the target, so a run
+    for a small candidate comes before one for a larger."""
     for count in range(len(wanted), 0, -1):
         first = dict(list(wanted.items())[:count])
-        if round_seconds(study, companion, first, workers) <= seconds:
+        if round_seconds(study, companion, first, images, workers) <= seconds:
             return first
     return {}
 
@@ -265,7 +270,7 @@ class NoRunLeft(Exception):
     """Raised in a trial a worker started after the last waiting run was taken by another."""
 
 
-def confirm_objective(trial: optuna.Trial, split: Split) -> tuple[float, int]:
+def confirm_objective(trial: optuna.Trial, split: Split, deadline: float | None = None) -> tuple[float, int]:
     """Train one (candidate, seed) run; its values are the final validation accuracy and the size.
     A run whose loss diverges is PRUNED with the reason in its "diverged" attribute: it counts
     against its candidate and is not retried (on the CPU it would diverge again)."""
@@ -287,7 +292,10 @@ def confirm_objective(trial: optuna.Trial, split: Split) -> tuple[float, int]:
         trial.set_user_attr("teacher", learned_from)
     try:
         train(config, split, on_epoch=on_epoch, progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}",
-              teacher=teacher)
+              teacher=teacher, deadline=deadline, evaluated_epochs=OBJECTIVE_EPOCHS)  # only the final epoch's counts
+    except OutOfTime:  # Optuna marks the run FAIL (caught by run_confirmations); the next `confirm` enqueues it again
+        trial.set_user_attr("reason", "the confirmation's time budget ran out")
+        raise
     except DivergedError as e:
         trial.set_user_attr("diverged", str(e))
         trial.set_user_attr("reason", f"diverged: {e}")
@@ -299,8 +307,8 @@ def confirm_objective(trial: optuna.Trial, split: Split) -> tuple[float, int]:
     return history[-1]["val_acc"], trial.user_attrs["n_params"]
 
 
-def run_confirmations(companion: optuna.Study, split_loader, label: str = "") -> None:
-    """Take waiting runs one by one until none is left."""
+def run_confirmations(companion: optuna.Study, split_loader, deadline: float | None = None, label: str = "") -> None:
+    """Take waiting runs one by one until none is left or `deadline` (time.time()) passes."""
     split = None
 
     def after_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -311,10 +319,12 @@ def run_confirmations(companion: optuna.Study, split_loader, label: str = "") ->
         elif "diverged" in a:
             log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: DIVERGED ({a['diverged']}); "
                      f"counted against the candidate, not retried")
+        elif "candidate" in a:
+            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: stopped, {a.get('reason', trial.state.name)}")
 
-    while companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    while companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)) and (deadline is None or time.time() < deadline):
         split = split or split_loader()
-        companion.optimize(lambda trial: confirm_objective(trial, split), n_trials=1, catch=(NoRunLeft,),
+        companion.optimize(lambda trial: confirm_objective(trial, split, deadline), n_trials=1, catch=(NoRunLeft, OutOfTime),
                            callbacks=[after_run], gc_after_trial=False)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.results import best_trial, confirmed_rows, format_row, target_row
+from search.results import best_trial, confirmed_rows, format_row, target_row, undecided_line
 from search.storage import load_existing_study, output_folder
 from search.studyfile import Training, stored_spec
 from space.config import RunConfig, config_from_dict, save_config
@@ -25,6 +25,9 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
     if target_acc is not None:
         path, row = export_target(study, out, target_acc)
         print(f"smallest confirmed config reaching {target_acc:g} %: {format_row(row)}; written to {path}")
+        undecided = undecided_line(row, target_acc, study.study_name, stored_spec(study).confirm.max_seeds)
+        if undecided:
+            print(undecided)
         return
     print(f"best config written to {export_best(study, out)}")
 

@@ -35,15 +35,16 @@ def trial_line(trial: optuna.trial.FrozenTrial) -> str:
 def run_search(spec: StudySpec, study: optuna.Study, created: bool, url: str, out: Path, device: torch.device, data_dir: Path,
                split: Split | None, timeout: float | None, workers: int, threads: int | None) -> None:
     """Run the study in this process (on `split`), or in `workers` processes that share it
-    through `url` and load their own data."""
+    through `url` and load their own data; within `timeout` seconds from now, a hard bound."""
+    deadline = None if timeout is None else time.time() + timeout  # wall-clock: the workers are other processes
     if workers == 1:
         seed_sampler(study, spec, url, created)
-        run_trials(spec, study, lambda: split, out, timeout)
+        run_trials(spec, study, lambda: split, out, deadline)
         return
-    run_in_workers(search_worker, (spec, url, out, str(device), data_dir, timeout, created), workers, threads, study)
+    run_in_workers(search_worker, (spec, url, out, str(device), data_dir, deadline, created), workers, threads, study)
 
 
-def search_worker(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, timeout: float | None, created: bool,
+def search_worker(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, deadline: float | None, created: bool,
                   index: int) -> None:
     """One of several worker processes: open the shared storage and run trials until the count is reached."""
     storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
@@ -51,22 +52,28 @@ def search_worker(spec: StudySpec, url: str, out: Path, device: str, data_dir: P
     seed_sampler(study, spec, url, created, index)
     split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset,  # noqa: E731
                                       eval_subset=spec.training.validation)
-    run_trials(spec, study, split_loader, out, timeout, show_bar=False, label=f"[worker {index}] ")
+    run_trials(spec, study, split_loader, out, deadline, show_bar=False, label=f"[worker {index}] ")
 
 
-def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], Split], out: Path, timeout: float | None,
+def first_rung_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """What a trial's first rung is expected to take: the median over the trials that trained one (0 before any)."""
+    seconds = sorted(t.user_attrs["rungs"][0]["seconds"] for t in trials if "seconds" in (t.user_attrs.get("rungs") or [{}])[0])
+    return seconds[len(seconds) // 2] if seconds else 0.0
+
+
+def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], Split], out: Path, deadline: float | None,
                show_bar: bool = True, label: str = "") -> None:
-    """Run trials until the study holds spec.trials finished trials (or `timeout` seconds pass).
-    Several workers can run this on one study: none starts a trial the count does not need, and
-    each stays until the last trial is done, to take over one re-queued from a dead worker (until
-    its `timeout`, counted from when its data are loaded)."""
+    """Run trials until the study holds spec.trials finished trials, or until `deadline`
+    (time.time()): no trial starts that is not expected to end its first rung before it, and
+    the objective stops what still trains at it. Several workers can run this on one study: none
+    starts a trial the count does not need, and each stays until the last trial is done, to
+    take over one re-queued from a dead worker."""
     states = lambda: [t.state for t in study.get_trials(deepcopy=False)]  # noqa: E731
     finished = sum(s in FINISHED for s in states())
     if finished >= spec.trials:
         print(f"study {spec.name!r} already holds {finished} finished trials (asked for {spec.trials})")
         return
     split = split_loader()
-    deadline = None if timeout is None else time.monotonic() + timeout
     heartbeat = heartbeat_enabled(study._storage)
     with tqdm(total=spec.trials, initial=finished, unit="trial", desc=spec.name, dynamic_ncols=True,
               disable=not (show_bar and sys.stderr.isatty())) as bar:
@@ -81,7 +88,7 @@ def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], 
                 bar.set_postfix_str(f"best {study.best_value:.3f}% (trial {study.best_trial.number})")
             bar.refresh()
 
-        while deadline is None or time.monotonic() < deadline:
+        while deadline is None or time.time() + first_rung_seconds(study.get_trials(deepcopy=False)) < deadline:
             trials = study.get_trials(deepcopy=False)
             finished = sum(t.state in FINISHED for t in trials)
             if finished >= spec.trials:
@@ -93,9 +100,9 @@ def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], 
                     optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL and is re-queued
                 time.sleep(1)
                 continue
-            study.optimize(lambda trial: objective(trial, spec, split, out), n_trials=1, callbacks=[after_trial],
+            study.optimize(lambda trial: objective(trial, spec, split, out, deadline), n_trials=1, callbacks=[after_trial],
                            catch=(SurplusTrial,), gc_after_trial=False)
         else:
             finished = sum(s in FINISHED for s in states())
-            log_line(f"{label}the search's time budget ({timeout:g} s) is spent: no more trials started here "
+            log_line(f"{label}the search's time budget ({spec.timeout:g} s) is spent: no more trials started here "
                      f"({finished} of {spec.trials} finished)")

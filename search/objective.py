@@ -32,14 +32,16 @@ from search.pareto import promoted
 from search.storage import worker_id, worker_is_gone
 from search.studyfile import OBJECTIVE_EPOCHS, Pruner, StudySpec
 from search.teacher import teacher_for
-from search.train import DivergedError, train
+from search.train import DivergedError, OutOfTime, train
 from space.config import ConfigError, RunConfig, architecture, check_shapes, config_to_dict, count_params
 from space.families import FAMILIES
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> float | tuple[float, int]:
+def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, deadline: float | None = None) -> float | tuple[float, int]:
+    """One trial; `deadline` (time.time(), the search's time budget): no rung starts that is not
+    expected to end before it, and a rung still training at it is stopped."""
     trial.set_user_attr("worker", worker_id())
     ahead = [t for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number
              and (t.state in FINISHED or (t.state == optuna.trial.TrialState.RUNNING and not worker_is_gone(t)))]
@@ -74,22 +76,36 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path) -> 
     if "rungs" in trial.user_attrs:  # a re-queued copy of a dead worker's trial: its results are the original's, not its own
         trial.set_user_attr("rungs", rungs)
     for rung, images in enumerate(subsets):
+        late = no_time_for_rung(rungs, images, deadline, time.time())
+        if late:
+            return _prune(trial, late)
+        rung_start = time.perf_counter()
         history = _train_rung(trial, spec, config, replace(split, train_images=split.train_images[:images],
-                                                           train_labels=split.train_labels[:images]), start)
+                                                           train_labels=split.train_labels[:images]), start, rung, deadline)
         accuracy = statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
         # what the rung measured, kept for the ranking statistics `report` compares with confirmed accuracy
         rungs.append({"rung": rung, "images": images, "val_acc": accuracy, "final_val_acc": history[-1]["val_acc"],
-                      "train_loss_sum": sum(m["train_loss"] for m in history)})
+                      "train_loss_sum": sum(m["train_loss"] for m in history), "seconds": time.perf_counter() - rung_start})
         last = rung + 1 == len(subsets)
         if spec.pareto:
             trial.set_user_attr("rungs", rungs)
-            # A start config (the study file's `start`) goes on through every rung: it is there for what it does at
-            # larger budgets, which a first rung of a few thousand images does not show (a one-cycle recipe barely starts there).
-            stop = _halving_verdict(trial, spec, rung, images, accuracy, n_params, last) if last or "start" not in trial.user_attrs else None
+            stop = _halving_verdict(trial, spec, rung, images, accuracy, n_params, last)  # the same rule for every trial
             if stop:
                 return _prune(trial, stop)
     attach_trial_files(trial, export_form(config, spec.training, config.name), n_params, history, out)
     return (accuracy, n_params) if spec.pareto else accuracy
+
+
+def no_time_for_rung(rungs: list[dict], images: int, deadline: float | None, now: float) -> str | None:
+    """Why the next rung (on `images` images) must not start, or None: it is expected to take the
+    last rung's seconds times the ratio of images, and to end before `deadline`."""
+    if not rungs or deadline is None:
+        return None
+    needed = rungs[-1]["seconds"] * images / rungs[-1]["images"]
+    if now + needed <= deadline:
+        return None
+    return (f"no time left for rung {len(rungs)} ({images:,} images): about {needed:.0f} s needed, "
+            f"{max(deadline - now, 0):.0f} s left of the search's time budget")
 
 
 def _halving_verdict(trial: optuna.Trial, spec: StudySpec, rung: int, images: int, accuracy: float, n_params: int,
@@ -123,8 +139,10 @@ def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict
             for t in trials if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
 
 
-def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, start: float) -> list[dict]:
-    """Train `config` on `split`; in an accuracy study report every epoch and honour the pruner."""
+def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, start: float, rung: int,
+                deadline: float | None) -> list[dict]:
+    """Train `config` on `split`; in an accuracy study report every epoch and honour the pruner;
+    stop (PRUNED, with the reason) when the search's time budget runs out."""
     history: list[dict] = []
 
     def on_epoch(metrics: dict) -> None:
@@ -141,9 +159,12 @@ def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, star
     if learned_from:
         trial.set_user_attr("teacher", learned_from)
     try:
-        train(config, split, on_epoch=on_epoch, teacher=teacher)
+        # a Pareto rung is judged by its last OBJECTIVE_EPOCHS epochs alone; an accuracy study's pruner reads every epoch
+        train(config, split, on_epoch=on_epoch, teacher=teacher, deadline=deadline, evaluated_epochs=OBJECTIVE_EPOCHS if spec.pareto else None)
     except DivergedError as e:
         _prune(trial, f"diverged: {e}")
+    except OutOfTime:
+        _prune(trial, f"the search's time budget ran out during rung {rung} ({len(split.train_images):,} images)")
     except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises
         trial.set_user_attr("reason", "interrupted (Ctrl-C)")
         raise

@@ -1,11 +1,14 @@
-"""Accuracy against size: non-dominated sorting, the front, its hypervolume, and the rank by
-which successive halving promotes a trial from one rung to the next (as in Syne Tune's MOASHA:
-non-dominated sorting, then, within a front, the more accurate first).
+"""Accuracy against size: non-dominated sorting, the front, its hypervolume, and the order by
+which successive halving promotes a trial from one rung to the next and confirmation chooses
+its candidates (as NSGA-II and Syne Tune's MOASHA: non-dominated sorting, then, within a
+front, crowding distance).
 
 A point is (accuracy in %, parameters): higher accuracy and fewer parameters are better.
 """
 
 from __future__ import annotations
+
+import math
 
 Point = tuple[float, int]
 
@@ -22,21 +25,39 @@ def front_indices(points: list[Point]) -> list[int]:
 
 
 def promotion_order(points: list[Point]) -> list[int]:
-    """All indices, best first: front by front (non-dominated sorting), the more accurate first within one."""
+    """All indices, best first: front by front (non-dominated sorting), and within a front the
+    points that spread it along the size axis first (NSGA-II's crowding distance over log size
+    and accuracy): its two ends (the more accurate first), then the points with the largest gaps
+    to their neighbours. So small nets stay in play beside accurate ones, and a crowd of near
+    twins does not take every place."""
     left, order = list(range(len(points))), []
     while left:
         front = [left[i] for i in front_indices([points[j] for j in left])]
-        order += sorted(front, key=lambda i: (-points[i][0], points[i][1]))
+        order += _by_crowding(points, front)
         left = [i for i in left if i not in front]
     return order
 
 
+def _by_crowding(points: list[Point], front: list[int]) -> list[int]:
+    """`front` (indices, smallest first) ordered by crowding distance, the largest first; ties (the
+    two ends) the more accurate first."""
+    distance = {i: math.inf for i in front}
+    if len(front) > 2:
+        sizes = [math.log(points[i][1]) for i in front]
+        accs = [points[i][0] for i in front]
+        size_span, acc_span = (sizes[-1] - sizes[0]) or 1.0, (max(accs) - min(accs)) or 1.0
+        for k in range(1, len(front) - 1):
+            distance[front[k]] = (sizes[k + 1] - sizes[k - 1]) / size_span + abs(accs[k + 1] - accs[k - 1]) / acc_span
+    return sorted(front, key=lambda i: (-distance[i], -points[i][0], points[i][1]))
+
+
 def promoted(points: list[Point], index: int, eta: int) -> bool:
     """Whether the point at `index` goes on to the next rung. While the rung holds fewer than
-    `eta` results, only the best so far goes on (first in `promotion_order`), as Optuna's
-    SuccessiveHalvingPruner does: a stopped trial is never resumed, so stopping the first
-    results of a rung whatever they are would lose good ones for good. From `eta` results on,
-    ASHA's rule: it goes on when it is among the best len(points) // eta."""
+    `eta` results, only the first in `promotion_order` goes on (the most accurate of the first
+    front), as Optuna's SuccessiveHalvingPruner lets the best so far go on: a stopped trial is
+    never resumed, so stopping the first results of a rung whatever they are would lose good
+    ones for good. From `eta` results on, ASHA's rule: it goes on when it is among the first
+    len(points) // eta."""
     rank = promotion_order(points).index(index)
     return rank == 0 if len(points) < eta else rank < len(points) // eta
 

@@ -77,10 +77,12 @@ def reproduce_command(config_file: Path | None, study_name: str | None, storage:
     if not record["runs"]:
         raise Diverged(f"{source}: training diverged on every seed ({', '.join(map(str, seeds))}); lower its learning rate")
     if as_trained:
-        recorded = [m["val_acc"] for m in trial.user_attrs.get("epochs", [])]
-        now = [m["val_acc"] for m in record["runs"][0]["epochs"]]
-        print(f"recorded val acc per epoch ({subset:,} training images): {recorded}")
-        print(f"matches the study's record exactly: {'yes' if now[: len(recorded)] == recorded else 'NO'}")
+        # the training loss of every epoch, and the validation accuracy where the trial measured it (a Pareto rung: its last epochs)
+        keys = ("epoch", "train_loss", "val_acc")
+        recorded = [{k: m[k] for k in keys if k in m} for m in trial.user_attrs.get("epochs", [])]
+        now = [{k: m[k] for k in recorded[i]} for i, m in enumerate(record["runs"][0]["epochs"][: len(recorded)])]
+        print(f"recorded val acc per epoch ({subset:,} training images): {[m.get('val_acc') for m in recorded]}")
+        print(f"matches the study's record exactly: {'yes' if now == recorded else 'NO'}")
 
 
 def _trial(study, number: int):

@@ -4,6 +4,8 @@ reaches a target. Read by `export`, `report`, the dashboard's note and `run`; ne
 
 from __future__ import annotations
 
+import math
+
 import optuna
 from optuna.trial import TrialState
 
@@ -39,6 +41,35 @@ def confirmed_rows(study: optuna.Study) -> list[dict]:
     rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, **e}
             for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
     return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
+
+
+SEED_SPREAD = 0.07  # accuracy points: the least seed-to-seed spread assumed (two or three seeds can agree by chance); the
+# measured standard deviation of the final validation accuracy over seeds at the export budget is 0.01-0.13, typically 0.07
+# (docs/results.md)
+
+
+def interval(row: dict) -> tuple[float, float]:
+    """About 95 % of where a candidate's true mean lies: its mean ± two standard errors (the spread of
+    its seeds, at least SEED_SPREAD)."""
+    half = 2 * max(row["std"], SEED_SPREAD) / math.sqrt(len(row["seeds"]))
+    return row["mean"] - half, row["mean"] + half
+
+
+def within_noise(row: dict, target: float) -> bool:
+    """Whether `target` lies within the candidate's interval: its seeds do not yet say on which side it is."""
+    low, high = interval(row)
+    return low <= target <= high
+
+
+def undecided_line(row: dict, target: float, study_name: str, max_seeds: int) -> str | None:
+    """A line saying that the answer `row` is within noise of `target` (None when it is decided)."""
+    if not within_noise(row, target):
+        return None
+    low, high = interval(row)
+    more = max(max_seeds, len(row["seeds"]) + 2)
+    return (f"undecided: trial {row['trial']} ({row['n_params']:,} params) holds {row['mean']:.2f} ± {row['std']:.2f} % over "
+            f"{len(row['seeds'])} seed(s); its interval {low:.2f}-{high:.2f} % includes the target {target:g} %: more seeds decide it "
+            f"(python -m search confirm --study {study_name} --max-seeds {more})")
 
 
 def holds(row: dict) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from search.data import N_VAL, resolve_data_dir
 from search.errors import TargetMissed
 from search.export import export_best, export_target
-from search.results import best_trial, confirmed_rows, format_row, holds
+from search.results import best_trial, confirmed_rows, format_row, holds, undecided_line
 from search.storage import check_workers, default_storage, fail_stale, heartbeat_enabled, mask_password, open_storage, output_folder, stale_trials
 from search.studyfile import load_study_spec, start_points
 from space.config import DEFAULT_MAX_PARAMS
@@ -77,6 +77,9 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
             target_path, row = export_target(study, out, spec.region.target_acc)
             print(f"smallest confirmed config reaching {spec.region.target_acc:g} % validation accuracy: {format_row(row)}; "
                   f"written to {target_path}")
+            undecided = undecided_line(row, spec.region.target_acc, study.study_name, spec.confirm.max_seeds)
+            if undecided:
+                print(undecided)
         except TargetMissed as e:
             print(str(e))
     print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in confirmed_rows(study)) else ""))

@@ -26,7 +26,8 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
     """The study named spec.name in `storage`: (study, True) when this call created it, with the
     settings stored, the hand-made reference as first trial and the points `starts` (the study
     file's start configs, see start_points) next; (study, False) when it existed with the same
-    settings (what may change, such as the trial count, is stored anew)."""
+    settings (what may change, such as the trial count, is stored anew; an enqueued trial that
+    a crash left FAIL is enqueued again)."""
     pruner = make_pruner(spec.pruner)
     try:
         study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions(spec), pruner=pruner)
@@ -41,15 +42,15 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
                              f"restore the study file, or start a new study with --study NEW_NAME") from None
         if stored != spec:  # `confirm` and `report` read the settings back
             study.set_user_attr("spec", spec_to_dict(spec))
+        for point, attrs in enqueued_firsts(spec, starts):
+            kept = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued") == attrs["enqueued"]
+                    and t.state != optuna.trial.TrialState.FAIL]
+            if not kept:  # lost to a crash (a journal or SQLite study has no heartbeat to re-queue it)
+                study.enqueue_trial(point, user_attrs=attrs)
         return study, False
-    reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
-    firsts = [(reference, {})] if reference is not None and count_params(config_from_point(spec, reference, "")) <= spec.max_params else []
-    for path, point in starts or []:  # a start config that is the hand-made model, or given twice, is one trial
-        if all(config_from_point(spec, point, "") != config_from_point(spec, first, "") for first, _ in firsts):
-            firsts.append((point, {"start": path}))
     # The hand-made model is trial 0, the number to beat. The points are enqueued before the spec
     # is stored: workers elsewhere wait for the spec, so none can take a trial number first.
-    for point, attrs in firsts:
+    for point, attrs in enqueued_firsts(spec, starts):
         study.enqueue_trial(point, user_attrs=attrs)
     study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs"
                         + (", and the parameter count" if spec.pareto else ""))
@@ -58,6 +59,20 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
         study.set_metric_names([f"val acc % (mean of last {OBJECTIVE_EPOCHS} epochs)"] + (["params"] if spec.pareto else []))
     study.set_user_attr("spec", spec_to_dict(spec))
     return study, True
+
+
+def enqueued_firsts(spec: StudySpec, starts: list[tuple[str, dict[str, Any]]] | None) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """The points a study starts with, each with its user attributes: the hand-made reference
+    ("enqueued": "reference"; where the space holds it and it is within the limit), then the
+    start configs ("enqueued" and "start": the file) that are not the same config as one before."""
+    reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
+    firsts = []
+    if reference is not None and count_params(config_from_point(spec, reference, "")) <= spec.max_params:
+        firsts.append((reference, {"enqueued": "reference"}))
+    for path, point in starts or []:  # a start config that is the hand-made model, or given twice, is one trial
+        if all(config_from_point(spec, point, "") != config_from_point(spec, first, "") for first, _ in firsts):
+            firsts.append((point, {"enqueued": path, "start": path}))
+    return firsts
 
 
 def directions(spec: StudySpec) -> list[str]:
@@ -89,13 +104,14 @@ def seed_sampler(study: optuna.Study, spec: StudySpec, url: str, first: bool, in
     seed and the trial's number (TrialSeededTPE). So the same command on the same study
     continues the same way, while processes running at once propose different points, even
     when they start at the same moment and see the same trials."""
-    # group: Optuna 5's TPE is multivariate for one objective; parameters that exist only in
-    # some trials (the blocks family's) are then sampled independently unless group=True.
-    # constant_liar (Optuna's default) counts other processes' running trials as bad ones and
+    # multivariate: Optuna 5's TPE is multivariate by default for one objective only, independent
+    # for two; the blocks family's fixed-length encoding (no conditional parameters) lets it model
+    # every parameter jointly in both. group=True splits the space by the parameters that occur
+    # together, which the fixed-length encoding makes one group. constant_liar (Optuna's default) counts other processes' running trials as bad ones and
     # re-reads every trial for every parameter, most of a refused trial's cost. Only a journal
     # file or an RDB server lets several processes run trials at once; on SQLite this process's
     # own trial is the only one running, so the liar would change nothing there.
-    options = {"group": spec.tpe_group, "constant_liar": not url.startswith("sqlite")}
+    options = {"multivariate": True, "group": spec.tpe_group, "constant_liar": not url.startswith("sqlite")}
     if first and index == 0:
         study.sampler = optuna.samplers.TPESampler(seed=spec.seed, **options)
     else:

@@ -70,9 +70,8 @@ class Confirm:
     after_run: bool = False
     subset: int = TRAIN_SPLIT
     max_seeds: int = 0  # > seeds: a candidate whose mean is within noise of [region] target_acc gets seeds up to this many
-    # seconds: a round of added seeds starts only if it is expected to end within this many seconds of the start of
-    # confirmation (its candidates' longest earlier run, times the runs per worker), or for as many of its candidates as fit,
-    # the smallest first; the first `seeds` runs always train. None: no limit
+    # seconds, a hard bound on confirmation: a round starts only for the candidates (smallest first) whose runs are expected to
+    # end within it, and a run still training at it is stopped (the next `confirm` trains it again). None: no limit
     timeout: float | None = None
 
 
@@ -95,7 +94,8 @@ class StudySpec:
     seed: int
     training: Training
     space: Any  # the family's Space
-    timeout: float | None = None  # seconds after which the search starts no more trials (running ones finish); None: no limit
+    timeout: float | None = None  # seconds: a hard bound on the search (no trial or rung starts that would not end within it; one
+    # still training at it is stopped); None: no limit
     pruner: Pruner = Pruner()  # a Pareto study's default is "none" (see _spec_from_dict)
     heartbeat_interval: int = HEARTBEAT_INTERVAL  # RDB storage: seconds between a worker's heartbeats
     grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
@@ -106,8 +106,8 @@ class StudySpec:
     confirm: Confirm = Confirm()
     region: Region = Region()
     # config files (the reference model format) whose nets and recipes are the study's first trials after the hand-made
-    # model: the best nets known so far, for the sampler to start from (family "blocks"; read by every `run`, enqueued when
-    # the study is created)
+    # model: hints for the sampler, judged by the same rules as every trial (family "blocks"; read by every `run`, enqueued
+    # when the study is created, and again on resume when their trial was lost to a crash)
     start: tuple[str, ...] = ()
 
     @property
@@ -178,11 +178,9 @@ def _spec_from_dict(raw: dict) -> StudySpec:
 def start_points(spec: StudySpec) -> list[tuple[str, dict[str, Any]]]:
     """The study file's start configs as (path, point of its space), each a trial to enqueue, checked
     as a trial would be: a file that cannot be read, is no point of the space, has an
-    impossible shape or is over the limit is an error naming the file; [confirm] top must
-    leave a candidate for the search's own nets."""
-    if spec.start and spec.confirm.top <= len(spec.start):  # here, not in the checks of a stored study: [confirm] may change on resume
-        raise ConfigError(f"confirm.top: must be > {len(spec.start)}, the start configs (confirmed first), so that the search's own "
-                          f"nets get a candidate too; got {spec.confirm.top}: set [confirm] top = {len(spec.start) + 1} or more")
+    impossible shape or is over the limit is an error naming the file. A start config is a hint
+    for the sampler and nothing more: its trial meets the rungs and the confirmation rule of
+    every other trial."""
     points = []
     for path in spec.start:
         try:

@@ -14,10 +14,10 @@ bias on every conv (off by default: BatchNorm follows). Widths share one range.
 
 A point is a plain dict of parameter values named as the dashboard shows them;
 `config_from_params` turns it into a RunConfig in the usual layer-list format, so summary,
-reproduce, export and the dashboard work unchanged. Conditional parameters exist only
-where they apply (define-by-run): `s3_c2_width` only in a net with 3 stages of which the
-third has 2 convs or more; `sgd_lr` and `momentum` only with SGD (plain or Nesterov);
-`adam_lr` only with Adam/AdamW; `step_size`, `gamma` only with the step schedule, `warmup` only with onecycle.
+reproduce, export and the dashboard work unchanged. The encoding has a fixed length: every
+parameter of the space is sampled in every trial (`s4_c3_width` in a 2-stage net too,
+`adam_lr` beside `sgd_lr`, `warmup` beside `step_size`), and a point's config reads only those
+that apply; so no parameter is conditional, and multivariate TPE models them all jointly.
 A point's geometry may be invalid (a 4-stage net without padding shrinks below a 3x3 kernel):
 `check_shapes` finds that before anything is built.
 """
@@ -118,34 +118,37 @@ def _float(trial: optuna.Trial, name: str, bounds: tuple[float, float], log: boo
 
 
 def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, Any]:
-    """Sample one point of `space`, define-by-run: a parameter is suggested only where it applies."""
+    """Sample one point of `space` in a fixed-length encoding: every parameter is suggested in
+    every trial, also where it does not apply (the widths of a stage the net does not have, the
+    Adam learning rate of an SGD trial, the warm-up of a StepLR trial), so that TPE models all
+    of them jointly instead of sampling those that exist only in some trials at random;
+    `config_from_params` reads only those that apply. A choice with one value is no parameter."""
     p: dict[str, Any] = {"stages": trial.suggest_int("stages", *space.stages)}
-    for s in range(1, p["stages"] + 1):
+    for s in range(1, MAX_STAGES + 1):
         p[f"s{s}_convs"] = trial.suggest_int(f"s{s}_convs", *space.convs)
-        for j in range(1, p[f"s{s}_convs"] + 1):
+        for j in range(1, MAX_CONVS + 1):
             p[f"s{s}_c{j}_width"] = trial.suggest_int(f"s{s}_c{j}_width", *space.width)
             p[f"s{s}_c{j}_kernel"] = _choose(trial, f"s{s}_c{j}_kernel", space.kernel)
         p[f"s{s}_padding"] = _choose(trial, f"s{s}_padding", space.padding)
-        if s < p["stages"]:
+        if s < MAX_STAGES:
             p[f"s{s}_transition"] = _choose(trial, f"s{s}_transition", space.transition)
-            if p[f"s{s}_transition"]:
-                p[f"s{s}_transition_width"] = trial.suggest_int(f"s{s}_transition_width", *space.width)
+            p[f"s{s}_transition_width"] = trial.suggest_int(f"s{s}_transition_width", *space.width)
     p["head"] = _choose(trial, "head", space.head)
     p["bias"] = _choose(trial, "bias", space.bias)
     p["dropout"] = _float(trial, "dropout", space.dropout)
     p["dropout_at"] = _choose(trial, "dropout_at", space.dropout_at)
     p["optimizer"] = _choose(trial, "optimizer", space.optimizer)
-    if p["optimizer"] in ("sgd", "nesterov"):
+    if set(space.optimizer) & {"sgd", "nesterov"}:
         p["sgd_lr"] = _float(trial, "sgd_lr", space.sgd_lr, log=True)
         p["momentum"] = _float(trial, "momentum", space.momentum)
-    else:
+    if set(space.optimizer) & {"adam", "adamw"}:
         p["adam_lr"] = _float(trial, "adam_lr", space.adam_lr, log=True)
     p["weight_decay"] = _float(trial, "weight_decay", space.weight_decay)
     p["schedule"] = _choose(trial, "schedule", space.schedule)
-    if p["schedule"] == "step":
+    if "step" in space.schedule:
         p["step_size"] = trial.suggest_int("step_size", 1, epochs)
         p["gamma"] = _float(trial, "gamma", space.gamma, log=True)
-    else:
+    if "onecycle" in space.schedule:
         p["warmup"] = _float(trial, "warmup", space.warmup)
     p["label_smoothing"] = _float(trial, "label_smoothing", space.label_smoothing)
     p["batch_size"] = _choose(trial, "batch_size", space.batch_size)
@@ -153,12 +156,10 @@ def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, 
         p[name] = _float(trial, name, getattr(space, name))
     p["ema"] = _choose(trial, "ema", space.ema)
     p["elastic_alpha"] = _choose(trial, "elastic_alpha", space.elastic_alpha)
-    if p["elastic_alpha"] > 0:
-        p["elastic_sigma"] = _choose(trial, "elastic_sigma", space.elastic_sigma)
+    p["elastic_sigma"] = _choose(trial, "elastic_sigma", space.elastic_sigma)
     p["distill_weight"] = _choose(trial, "distill_weight", space.distill_weight)
-    if p["distill_weight"] > 0:
-        p["distill_temperature"] = _choose(trial, "distill_temperature", space.distill_temperature)
-        p["teacher"] = _choose(trial, "teacher", space.teacher)
+    p["distill_temperature"] = _choose(trial, "distill_temperature", space.distill_temperature)
+    p["teacher"] = _choose(trial, "teacher", space.teacher)
     return p
 
 

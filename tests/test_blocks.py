@@ -58,18 +58,19 @@ def sampled_points(n: int, space: Space = Space()) -> list[tuple[dict, dict]]:
     return points
 
 
-def test_every_sampled_point_is_a_config_and_its_parameters_are_conditional():
+def test_every_sampled_point_is_a_config_and_every_parameter_is_sampled_in_every_trial():
     invalid = 0
+    names = None
     for params, point in sampled_points(300):
         assert all(NAME.fullmatch(name) for name in params), params
-        stages = point["stages"]
-        assert all(int(name[1]) <= stages for name in params if re.match(r"s\d_", name))
-        for s in range(1, stages + 1):
-            assert all(int(name[4]) <= point[f"s{s}_convs"] for name in params if name.startswith(f"s{s}_c") and name[4].isdigit())
-        assert ("sgd_lr" in params) == (point["optimizer"] in ("sgd", "nesterov")) != ("adam_lr" in params)
-        assert ("step_size" in params) == (point["schedule"] == "step") != ("warmup" in params)
+        assert names is None or set(params) == names  # fixed length: the same parameters in every trial, whatever applies
+        names = set(params)
+        assert {"s4_c3_width", "s3_transition_width", "sgd_lr", "adam_lr", "step_size", "gamma", "warmup"} <= names
         assert "s1_c1_kernel" not in params and "bias" not in params  # one choice: fixed, not a parameter
-        config = config_from_params(point, epochs=3)
+        config = config_from_params(point, epochs=3)  # reads the parameters that apply
+        assert len([layer for layer in config.layers if isinstance(layer, MaxPool)]) == point["stages"] - 1
+        assert config.optimizer.lr == point["sgd_lr" if point["optimizer"] in ("sgd", "nesterov") else "adam_lr"]
+        assert config.scheduler.kind == point["schedule"]
         as_dict = config_to_dict(config)
         try:
             check_shapes(config.layers)
@@ -78,6 +79,12 @@ def test_every_sampled_point_is_a_config_and_its_parameters_are_conditional():
             continue
         assert config_from_dict(as_dict) == config  # the usual format, round trip
     assert 0 < invalid < 300
+
+
+def test_a_parameter_that_no_point_can_use_is_not_sampled():
+    narrowed = replace(Space(), optimizer=("nesterov", "sgd"), schedule=("onecycle",))
+    params, point = sampled_points(1, narrowed)[0]
+    assert "sgd_lr" in params and "adam_lr" not in params and "warmup" in params and "step_size" not in params and "gamma" not in params
 
 
 def test_an_invalid_or_over_limit_point_is_refused_before_anything_is_built():
@@ -284,8 +291,27 @@ def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
     front3991 = point_from_config(load_config(REFERENCE / "front3991.json"), spec.space, spec.training.epochs)
     # trial 0 the hand-made model; step3.json again is that same point, so it is not enqueued twice
     assert [t.system_attrs["fixed_params"] for t in waiting] == [reference_point(spec.space, 3), front3991]
-    assert [t.user_attrs for t in waiting] == [{}, {"start": str(REFERENCE / "front3991.json")}]  # the dashboard shows where it came from
+    assert [t.user_attrs for t in waiting] == [{"enqueued": "reference"},  # the dashboard shows where each came from
+                                               {"enqueued": str(REFERENCE / "front3991.json"), "start": str(REFERENCE / "front3991.json")}]
     assert front3991["s2_c2_width"] == 15 and front3991["step_size"] == 1  # its step size of 6 in 15 epochs, at 3 epochs
+
+
+def test_a_start_trial_lost_to_a_crash_is_enqueued_again_on_resume(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text(f'start = ["{REFERENCE / "front3991.json"}"]\n' + START_STUDY)
+    spec = load_study_spec(path)
+    storage = optuna.storages.InMemoryStorage()
+    study, _ = create_or_resume(spec, storage, "memory", start_points(spec))
+    reference, start = study.ask(), study.ask()  # both taken by a worker that then died: FAIL
+    assert (reference.user_attrs["enqueued"], start.user_attrs["start"]) == ("reference", str(REFERENCE / "front3991.json"))
+    study.tell(start, state=optuna.trial.TrialState.FAIL)
+    study.tell(reference, 90.0)
+    resumed, created = create_or_resume(spec, storage, "memory", start_points(spec))
+    waiting = resumed.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert not created and [t.user_attrs["enqueued"] for t in waiting] == [str(REFERENCE / "front3991.json")]  # the lost one only
+    assert waiting[0].system_attrs["fixed_params"] == start_points(spec)[0][1]
+    create_or_resume(spec, storage, "memory", start_points(spec))  # waiting already: not enqueued twice
+    assert len(resumed.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
 
 
 @pytest.mark.parametrize("line, fragments", [
@@ -296,9 +322,6 @@ def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
     ('start = ["studies/reference/net4838.json"]', ["start: studies/reference/net4838.json: not a point of the study's [space]: bias = True"]),
     ('start = ["studies/reference/step3.json"]\nmax_params = 5000', ["start: studies/reference/step3.json has 7,944 parameters, over max_params (5,000)"]),
     ('start = ["studies/reference/step3.json"]\ntrials = 1', ["start: 1 start configs need trials > 1 (got 1)"]),
-    # three start configs and the default [confirm] top = 3: no candidate would be left for the search's own nets
-    ('start = ["studies/reference/step3.json", "studies/reference/front3991.json", "studies/reference/front4985-onecycle.json"]',
-     ["confirm.top: must be > 3, the start configs (confirmed first)", "got 3"]),
 ])
 def test_bad_start_configs_are_one_line_errors_before_anything_is_written(tmp_path, line, fragments):
     path = tmp_path / "s.toml"
