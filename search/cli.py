@@ -57,7 +57,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 def cmd_confirm(a: argparse.Namespace) -> None:
     from search.confirm import confirm_command
 
-    confirm_command(a.study, a.storage, a.top, a.seeds, a.max_seeds, a.timeout, a.workers, a.out, a.data_dir, a.device)
+    confirm_command(a.study, a.storage, a.top, a.seeds, a.max_seeds, a.timeout, a.workers, a.out, a.data_dir, a.device, a.trial)
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study_file", type=Path, metavar="STUDY.toml")
     p.add_argument("--study", help="study name (default: the study file's name field)")
     p.add_argument("--trials", type=positive_int, help="run until the study holds N finished trials")
-    p.add_argument("--timeout", type=seconds, help="stop starting trials after S seconds (0: start none, only report)")
+    p.add_argument("--timeout", type=seconds, help="a hard bound on the search: nothing trains past S seconds (0: start none, only report)")
     p.add_argument("--epochs", type=positive_int, help="epochs per trial")
     p.add_argument("--subset", type=positive_int, help="train each trial on the first N images of the training split")
     p.add_argument("--max-params", type=positive_int, help="hard parameter limit")
@@ -150,14 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("confirm", help="retrain a study's candidates at the export budget with more seeds (validation split)")
     existing_study(p)
-    p.add_argument("--top", type=positive_int, help="candidates: K in all, the start configs first, then points of the Pareto front in its region, "
-                   "spread by size, or the best trials (default: the study file's)")
-    p.add_argument("--seeds", type=positive_int, help="seeds per candidate, after the study's own (default: the study file's, else 2)")
-    p.add_argument("--max-seeds", type=non_negative_int, help="more seeds, up to this many, for a candidate within noise of the study's "
-                   "[region] target_acc (default: the study file's; 0: none)")
-    p.add_argument("--timeout", type=seconds, help="a round of added seeds starts only if expected to end within S seconds of the "
-                   "start of confirmation, or for as many candidates as fit, the smallest first (default: the study file's "
-                   "[confirm] timeout, else none)")
+    p.add_argument("--top", type=positive_int, help="candidates: K at most, the region's trials in promotion order (each front's ends, "
+                   "then spread by size), or the best trials (default: the study file's)")
+    p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
+    p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
+    p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "
+                   "study's [region] target_acc (default: the study file's; 0: none)")
+    p.add_argument("--timeout", type=seconds, help="a hard bound: a round starts only for the runs expected to end within S seconds of "
+                   "the start of confirmation, and none trains past it (default: the study file's [confirm] timeout, else none)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")
     p.add_argument("--out", type=Path, help="where best.json goes (default: studies/NAME/)")
     data_and_device(p)

@@ -1,19 +1,21 @@
-"""Confirmation: a search's candidates retrained at the export budget with more seeds.
+"""Confirmation: a search's finalists judged at the export budget with more seeds.
 
-A search ranks its trials on one seed at a low fidelity, which is partly a ranking of luck.
-`confirm` retrains the candidates (the start configs' trials, then points of the Pareto front
-spread along its size axis, or the top trials of an accuracy study) for the export epoch count
-on the training images of the split that [confirm] subset says (all of them by default), once
-per confirmation seed, and measures the final validation accuracy (the test set stays unseen).
+A search ranks its trials on one seed at a lower fidelity, which is partly a ranking of luck.
+`confirm` retrains the candidates (in a Pareto study the region's trials in promotion order:
+its fronts, spread along the size axis; the top trials of an accuracy study) for the export
+epoch count on the training images of the split that [confirm] subset says (all of them by
+default), once per confirmation seed, and measures the final validation accuracy (the test set
+stays unseen). Later rounds add seeds where they decide the answer and confirm more trials
+where it is still open (see `confirm`).
 
 Each (candidate, seed, epochs, images) run is a trial of a companion study, NAME.confirm, in
 the same storage: Optuna hands each WAITING run to exactly one worker, marks a run
-interrupted by Ctrl-C FAIL, and the next `confirm` enqueues again what has no result, so
-confirmation resumes, runs under several workers and on PostgreSQL like the search. A run
-whose loss diverges is kept as such and counts against its candidate. The dashboard lists
-the companion study with every run; the mean ± std per candidate (every candidate ever
-confirmed) is stored in the search study (user attribute "confirmed") and shown in its note
-and by `report`.
+interrupted by Ctrl-C or by the time budget FAIL, and the next `confirm` enqueues again what
+has no result, so confirmation resumes, runs under several workers and on PostgreSQL like the
+search. A run whose loss diverges is kept as such and counts against its candidate. The
+dashboard lists the companion study with every run; the mean ± std per candidate (every
+candidate ever confirmed) is stored in the search study (user attribute "confirmed") and shown
+in its note and by `report`.
 """
 
 from __future__ import annotations
@@ -46,10 +48,18 @@ from space.config import config_from_dict, config_to_dict
 
 
 def confirm_command(study_name: str, storage: str | None, top: int | None, seeds: int | None, max_seeds: int | None,
-                    timeout: float | None, workers: int, out: Path | None, data_dir: str | None, device: str) -> None:
-    """`confirm`: confirm a study's candidates (the study file's [confirm] settings unless given),
-    print the table, write best.json (the best confirmed mean) into `out` (default: studies/NAME/)."""
+                    timeout: float | None, workers: int, out: Path | None, data_dir: str | None, device: str,
+                    trials: list[int] | None = None) -> None:
+    """`confirm`: confirm a study's candidates (the study file's [confirm] settings unless given;
+    `trials`: these trials instead of the chosen ones), print the table, write best.json (the
+    best confirmed mean) into `out` (default: studies/NAME/)."""
     study = load_existing_study(study_name, storage)
+    if trials:
+        complete = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+        missing = [n for n in trials if n not in complete]
+        if missing:
+            raise UsageError(f"--trial {missing[0]}: study {study_name!r} has no COMPLETE trial {missing[0]} (only COMPLETE trials are "
+                             f"candidates; see them with python -m search report --study {study_name})")
     url = storage_of_existing(study_name, storage)
     check_workers(url, workers)  # before the output folder and the data
     spec = stored_spec(study)
@@ -63,23 +73,26 @@ def confirm_command(study_name: str, storage: str | None, top: int | None, seeds
     load_mnist(data, train=True)  # a data error before any run is enqueued
     timeout = timeout if timeout is not None else settings.timeout
     confirm(study, url, replace(settings, top=top or settings.top, seeds=seeds, max_seeds=max_seeds, timeout=timeout), resolve_device(device),
-            data, workers)
+            data, workers, trials)
     path = export_best(study, out)
     publish_best(study)
     print(f"best config (best confirmed mean) written to {path}")
 
 
-def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.device, data_dir: Path, workers: int) -> dict[str, dict]:
+def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.device, data_dir: Path, workers: int,
+            trials: list[int] | None = None) -> dict[str, dict]:
     """Confirm `study`'s candidates (`settings`: how many, with how many seeds, on how many
-    images) in this process or in `workers` processes sharing `url`: a first round of
-    settings.seeds seeds each, then rounds of one more seed for the candidates whose mean is
-    within noise of the study's target and that could still change the answer (see
-    `in_question`), up to max_seeds. settings.timeout is a hard bound: a round starts only for
-    the candidates (smallest first) whose runs are expected to end within it, and a run still
-    training at it is stopped (FAIL; the next `confirm` trains it again). Store and print the
-    mean ± std per candidate, and return them."""
+    images; `trials`: these instead of `candidates`) in this process or in `workers` processes
+    sharing `url`, in rounds: first settings.seeds seeds each, then, while there is time, one
+    more seed for each candidate in question (`in_question`, the smallest first) and the first
+    seeds of the COMPLETE trials of the region whose size lies where the answer is still open
+    (`near_the_answer`), so the later rounds concentrate on the target. settings.timeout is a hard
+    bound: a round starts only for the runs (in the round's order) expected to end within it, and
+    a run still training at it is stopped (FAIL; the next `confirm` trains it again). Store and
+    print the mean ± std per candidate, and return them."""
     check_workers(url, workers)  # (for callers other than confirm_command)
-    chosen = candidates(study, settings.top)
+    trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    chosen = candidates(study, settings.top) if not trials else [trials_by_number[n] for n in trials]
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
     spec = stored_spec(study)
@@ -87,13 +100,13 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         usable_cache_dir()  # its teachers are cached there: a folder that cannot be written fails now, not after an hour
     companion = open_companion(study)
     deadline = None if settings.timeout is None else time.time() + settings.timeout  # wall-clock: the workers are other processes
-    wanted = {t.number: settings.seeds for t in chosen}  # smallest first
+    wanted = {t.number: settings.seeds for t in chosen}  # the first round in the candidates' order: the front's ends first
     summary: dict[str, dict] = summarize(study, companion)
     while wanted:
         if deadline is not None:
             fitting = fitting_round(study, companion, wanted, settings.subset, workers, deadline - time.time())
             if len(fitting) < len(wanted):
-                log_line(f"time for {len(fitting)} of {len(wanted)} candidate(s) in this round (the smallest first): about "
+                log_line(f"time for {len(fitting)} of {len(wanted)} candidate(s) in this round (in its order): about "
                          f"{round_seconds(study, companion, wanted, settings.subset, workers):.0f} s for all, "
                          f"{max(deadline - time.time(), 0):.0f} s left of the confirmation's timeout {settings.timeout:g} s")
             wanted = fitting
@@ -117,8 +130,10 @@ def confirm(study: optuna.Study, url: str, settings: Confirm, device: torch.devi
         if deadline is not None and time.time() >= deadline:
             log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
             break
-        wanted = {row["trial"]: len(row["planned_seeds"]) + 1
-                  for row in in_question(confirmed_rows(study), spec.region.target_acc, settings.max_seeds) if row["trial"] in wanted}
+        rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
+        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, spec.region.target_acc, settings.max_seeds)}
+        if not trials:  # (an explicit list of trials is all the user asked for)
+            wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, spec.region.target_acc) if t.number not in wanted}
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:
@@ -139,19 +154,18 @@ def companion_name(study_name: str) -> str:
 
 
 def candidates(study: optuna.Study, top: int) -> list[optuna.trial.FrozenTrial]:
-    """`top` trials at most, chosen by one rule for every trial (a start config's trial too): an
-    accuracy study's best; in a Pareto study, the trials in the region (docs/design.md) in the
-    order successive halving promotes them (search/pareto.py): front by front, each front's
-    two ends and then the points that spread it along the size axis first, so that
-    confirmation answers "how small still holds" and not only "how accurate". Which of them
-    are near the target shows at the export budget: the rounds of added seeds go there
-    (`in_question`). A Pareto study's candidates are returned smallest first."""
+    """`top` trials at most, chosen by one rule for every trial (a start config's trial too), in
+    the order confirmation takes them: an accuracy study's best, the best first; in a Pareto
+    study, the trials in the region (docs/design.md) in the order successive halving promotes
+    them (search/pareto.py): front by front, each front's two ends and then the points that
+    spread it along the size axis, so that confirmation answers "how small still holds" and not
+    only "how accurate". Which of them are near the target shows at the export budget: the later
+    rounds go there (`in_question`, `near_the_answer`)."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(study.directions) == 1:
         return sorted(finished, key=lambda t: -t.values[0])[:top]
     region = in_region(study, finished)
-    order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])
-    return sorted((region[i] for i in order[:top]), key=lambda t: t.user_attrs["n_params"])
+    return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])[:top]]
 
 
 def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
@@ -161,15 +175,36 @@ def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
     reach it (a larger one cannot change "the smallest net that holds the target")."""
     if not target or not max_seeds:
         return []
-    decided = [r for r in rows if holds(r) and r["mean"] >= target and not within_noise(r, target)]
-    limit = min((r["n_params"] for r in decided), default=math.inf)
+    limit = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=math.inf)
     return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
 
 
-def expected_run_seconds(study: optuna.Study, companion: optuna.Study, number: int, images: int) -> float:
+def decided_to_reach(row: dict, target: float) -> bool:
+    return holds(row) and row["mean"] >= target and not within_noise(row, target)
+
+
+def near_the_answer(study: optuna.Study, rows: list[dict], target: float) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials of a Pareto study's region, not yet confirmed, whose size lies where the
+    answer is still open: below the smallest candidate decided to reach `target`, and above the
+    largest smaller one decided to fall short of it; in promotion order. None while no candidate
+    is decided to reach the target (then the answer is "none yet", and its seeds decide it), and
+    none without a target or in an accuracy study."""
+    above = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=None) if target else None
+    if above is None or len(study.directions) == 1:
+        return []
+    below = max((r["n_params"] for r in rows if holds(r) and r["mean"] < target and not within_noise(r, target)
+                 and r["n_params"] < above), default=0)
+    confirmed = {r["trial"] for r in rows}
+    region = [t for t in in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+              if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
+    return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]
+
+
+def expected_run_seconds(study: optuna.Study, companion: optuna.Study, number: int, images: int) -> float | None:
     """What one confirmation run of candidate `number` on `images` training images is expected to
-    take: its longest finished run at that budget; before any, its last search rung's seconds
-    scaled by the images and epochs (0 when neither was recorded)."""
+    take: its longest finished run at that budget; before any, its last search rung's training
+    seconds scaled by the images and epochs, plus its evaluation seconds (the same 3 epochs are
+    scored); None when neither was recorded."""
     training = stored_spec(study).training
     runs = [t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get("candidate") == number and t.user_attrs.get("budget") == {"epochs": training.export_epochs, "images": images}]
@@ -177,29 +212,42 @@ def expected_run_seconds(study: optuna.Study, companion: optuna.Study, number: i
         return max(runs)
     rung = (study.get_trials(deepcopy=False)[number].user_attrs.get("rungs") or [{}])[-1]
     if "seconds" not in rung:
-        return 0.0
-    return rung["seconds"] * (images / rung["images"]) * (training.export_epochs / training.epochs)
+        return None
+    trained = rung.get("train_seconds", rung["seconds"])  # (a rung recorded before its training seconds were: all of it)
+    return trained * (images / rung["images"]) * (training.export_epochs / training.epochs) + (rung["seconds"] - trained)
+
+
+def runs_to_train(study: optuna.Study, companion: optuna.Study, number: int, count: int, images: int) -> int:
+    """How many runs bringing candidate `number` to `count` seeds at `images` training images would
+    train: the seeds planned (this count's and any earlier plan's at that budget) without a
+    result (COMPLETE, or diverged) in `companion`."""
+    export_epochs = stored_spec(study).training.export_epochs
+    earlier = study.user_attrs.get("confirm_plans", {}).get(str(number), {})
+    planned = set(confirmation_seeds(study, count)) | (set(earlier.get("seeds", [])) if earlier.get("images") == images else set())
+    done = {run_key(t.user_attrs) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs}
+    return sum((number, seed, export_epochs, images) not in done for seed in planned)
 
 
 def round_seconds(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int) -> float:
     """What a round that brings each candidate of `wanted` (trial number: seed count) to its seed
-    count is expected to take: its longest expected run times the runs each worker trains in
-    turn (at most: a round of fewer runs than workers gives each more threads)."""
-    plans = study.user_attrs.get("confirm_plans", {})
-    runs, longest = 0, 0.0
+    count is expected to take on `workers` processes: its runs in the round's order, each taken by
+    the first process free (as the workers take waiting runs); a run of unknown length is taken
+    as the longest known one."""
+    known = {number: expected_run_seconds(study, companion, number, images) for number in wanted}
+    longest = max((s for s in known.values() if s is not None), default=0.0)
+    free = [0.0] * max(workers, 1)
     for number, count in wanted.items():
-        done = plans.get(str(number), {}).get("seeds", []) if plans.get(str(number), {}).get("images") == images else []
-        if count > len(done):
-            runs += count - len(done)
-            longest = max(longest, expected_run_seconds(study, companion, number, images))
-    return longest * math.ceil(runs / workers)
+        for _ in range(runs_to_train(study, companion, number, count, images)):
+            first = free.index(min(free))
+            free[first] += known[number] if known[number] is not None else longest
+    return max(free)
 
 
 def fitting_round(study: optuna.Study, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int,
                   seconds: float) -> dict[int, int]:
-    """The first candidates of `wanted` (smallest first) whose round is expected to end within
-    `seconds`, as many as fit: the question is how small a net still holds the target, so a run
-    for a small candidate comes before one for a larger."""
+    """The first candidates of `wanted`, in its order, whose round is expected to end within
+    `seconds`, as many as fit."""
     for count in range(len(wanted), 0, -1):
         first = dict(list(wanted.items())[:count])
         if round_seconds(study, companion, first, images, workers) <= seconds:
@@ -290,6 +338,8 @@ def confirm_objective(trial: optuna.Trial, split: Split, deadline: float | None 
     teacher, learned_from = teacher_for(config, split)
     if learned_from:
         trial.set_user_attr("teacher", learned_from)
+    if split.train_images.device.type == "cpu":  # the CPU's numbers depend on the thread count (and with it the layout: search/train.py)
+        trial.set_user_attr("threads", torch.get_num_threads())
     try:
         train(config, split, on_epoch=on_epoch, progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}",
               teacher=teacher, deadline=deadline, evaluated_epochs=OBJECTIVE_EPOCHS)  # only the final epoch's counts

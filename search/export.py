@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.results import best_trial, confirmed_rows, format_row, target_row, undecided_line
+from search.results import best_trial, confirmed_rows, format_row, interval, target_row, undecided_lines, within_noise
 from search.storage import load_existing_study, output_folder
 from search.studyfile import Training, stored_spec
 from space.config import RunConfig, config_from_dict, save_config
@@ -25,9 +25,8 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
     if target_acc is not None:
         path, row = export_target(study, out, target_acc)
         print(f"smallest confirmed config reaching {target_acc:g} %: {format_row(row)}; written to {path}")
-        undecided = undecided_line(row, target_acc, study.study_name, stored_spec(study).confirm.max_seeds)
-        if undecided:
-            print(undecided)
+        for line in undecided_lines(confirmed_rows(study), row, target_acc, study.study_name, stored_spec(study).confirm.max_seeds):
+            print(line)
         return
     print(f"best config written to {export_best(study, out)}")
 
@@ -70,6 +69,10 @@ def export_target(study: optuna.Study, out: Path, target: float) -> tuple[Path, 
     row, closest = target_row(rows, target)
     if row is None:
         closest_text = format_row(closest) if closest else "none (every confirmed candidate diverged)"
+        if closest and within_noise(closest, target):
+            closest_text += (f"; undecided: its interval {interval(closest)[0]:.2f}-{interval(closest)[1]:.2f} % includes the target "
+                             f"(python -m search confirm --study {study.study_name} --trial {closest['trial']} --max-seeds "
+                             f"{len(closest['seeds']) + 2})")
         raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {target:g} %; closest: {closest_text}")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["trial"])
     return _write(study, trial, out / f"target-{target:g}.json"), row

@@ -9,7 +9,9 @@ the trial ranks in the top 1/eta of its rung (search/pareto.py) and, with a [reg
 stays within that many points of the best result there. A trial that stops early is PRUNED,
 without values, so every COMPLETE trial, and so the front the sampler and the dashboard see,
 is measured at the same budget and lies in the region; one below the region is also
-infeasible for the sampler (constraint "below_region" > 0), as one over the limit is.
+infeasible for the sampler (constraint "below_region" > 0), as one over the limit is, and so,
+slightly, is one stopped by successive halving ("stopped_early", graded by how far it got), so
+that TPE, which cannot rank a trial without values, ranks these by how near they came.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from search.artifacts import attach_trial_files
 from search.data import Split
 from search.export import export_form
-from search.pareto import promoted
+from search.pareto import promoted, promotion_order
 from search.storage import worker_id, worker_is_gone
 from search.studyfile import OBJECTIVE_EPOCHS, Pruner, StudySpec
 from search.teacher import teacher_for
@@ -85,7 +87,8 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
         accuracy = statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
         # what the rung measured, kept for the ranking statistics `report` compares with confirmed accuracy
         rungs.append({"rung": rung, "images": images, "val_acc": accuracy, "final_val_acc": history[-1]["val_acc"],
-                      "train_loss_sum": sum(m["train_loss"] for m in history), "seconds": time.perf_counter() - rung_start})
+                      "train_loss_sum": sum(m["train_loss"] for m in history), "seconds": time.perf_counter() - rung_start,
+                      "train_seconds": sum(images / m["images_per_s"] for m in history)})  # (the rest: scoring, building)
         last = rung + 1 == len(subsets)
         if spec.pareto:
             trial.set_user_attr("rungs", rungs)
@@ -98,10 +101,13 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
 
 def no_time_for_rung(rungs: list[dict], images: int, deadline: float | None, now: float) -> str | None:
     """Why the next rung (on `images` images) must not start, or None: it is expected to take the
-    last rung's seconds times the ratio of images, and to end before `deadline`."""
+    last rung's training seconds times the ratio of images plus the rest of its seconds (scoring
+    the same validation images), and to end before `deadline`."""
     if not rungs or deadline is None:
         return None
-    needed = rungs[-1]["seconds"] * images / rungs[-1]["images"]
+    last = rungs[-1]
+    trained = last.get("train_seconds", last["seconds"])
+    needed = trained * images / last["images"] + (last["seconds"] - trained)
     if now + needed <= deadline:
         return None
     return (f"no time left for rung {len(rungs)} ({images:,} images): about {needed:.0f} s needed, "
@@ -115,20 +121,38 @@ def _halving_verdict(trial: optuna.Trial, spec: StudySpec, rung: int, images: in
     not promoted by successive halving. With a region, the trial's constraint "below_region"
     is set where it ends: > 0 (how far below) makes it infeasible for the sampler."""
     peers = rung_results(trial.study.get_trials(deepcopy=False), rung)
-    below = max(p["val_acc"] for p in peers) - spec.region.floor - accuracy  # > 0: below the region
-    if spec.region.floor and below > 0:
+    floor = rung_floor(spec, rung)
+    below = max(p["val_acc"] for p in peers) - floor - accuracy  # > 0: below the region
+    if floor and below > 0:
         _constrain(trial, "below_region", below)
         return (f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
-                f"{spec.region.floor:g} points below the best result there")
-    promoted_here = last or promoted([(p["val_acc"], p["n_params"]) for p in peers], [p["number"] for p in peers].index(trial.number),
-                                     spec.fidelity.eta)
-    if spec.region.floor and (last or not promoted_here):
+                f"{floor:g} points below the best result there")
+    points, mine = [(p["val_acc"], p["n_params"]) for p in peers], [p["number"] for p in peers].index(trial.number)
+    promoted_here = last or promoted(points, mine, spec.fidelity.eta)
+    if floor and (last or not promoted_here):
         _constrain(trial, "below_region", below)  # <= 0: in the region
     if promoted_here:
         return None
+    # How far from the end it stopped, for the sampler: a trial without values is one TPE cannot rank, but an infeasible one
+    # it ranks by this sum, so a trial stopped at a later rung, or better placed at its rung, counts as nearer the good ones
+    # (scaled to stay below every other constraint: a point below the region or over the limit counts as worse).
+    order = promotion_order(points)
+    _constrain(trial, "stopped_early", STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1)))
     rule = (f"the best of the {len(peers)} results there" if len(peers) < spec.fidelity.eta  # promoted(): the best so far
             else f"in the top 1/{spec.fidelity.eta} of the {len(peers)} results there")
     return f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not {rule}"
+
+
+def rung_floor(spec: StudySpec, rung: int) -> float:
+    """[region] floor at the last rung, and one floor wider for each rung below it (3, 6 and 9
+    points on three rungs): on fewer images a small net's accuracy lags the best by more than
+    it will at the export budget (measured: a 4,338-parameter net 2.9 points behind the best at
+    1,851 images, 0.1 behind at 16,666: docs/results.md), and a fixed floor stopped such nets at
+    the first rung."""
+    return spec.region.floor * (spec.fidelity.rungs - rung)
+
+
+STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; "below_region" and the limit's violations are larger
 
 
 def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict]:

@@ -61,15 +61,22 @@ def within_noise(row: dict, target: float) -> bool:
     return low <= target <= high
 
 
-def undecided_line(row: dict, target: float, study_name: str, max_seeds: int) -> str | None:
-    """A line saying that the answer `row` is within noise of `target` (None when it is decided)."""
-    if not within_noise(row, target):
-        return None
-    low, high = interval(row)
-    more = max(max_seeds, len(row["seeds"]) + 2)
-    return (f"undecided: trial {row['trial']} ({row['n_params']:,} params) holds {row['mean']:.2f} ± {row['std']:.2f} % over "
-            f"{len(row['seeds'])} seed(s); its interval {low:.2f}-{high:.2f} % includes the target {target:g} %: more seeds decide it "
-            f"(python -m search confirm --study {study_name} --max-seeds {more})")
+def undecided_lines(rows: list[dict], answer: dict, target: float, study_name: str, max_seeds: int) -> list[str]:
+    """Lines naming each candidate whose interval holds `target` and that could change the answer
+    `answer` (the smallest confirmed candidate reaching it): the answer itself, and any smaller one
+    below the target (more seeds could lift it over); none when the answer is decided."""
+    lines = []
+    for row in rows:
+        mine = row["trial"] == answer["trial"]
+        if holds(row) and within_noise(row, target) and (mine or (row["n_params"] < answer["n_params"] and row["mean"] < target)):
+            low, high = interval(row)
+            more = max(max_seeds, len(row["seeds"]) + 2)
+            side = "the answer" if mine else "smaller, below the target"
+            lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {row['mean']:.2f} ± "
+                         f"{row['std']:.2f} % over {len(row['seeds'])} seed(s); its interval {low:.2f}-{high:.2f} % includes the "
+                         f"target {target:g} %: more seeds decide it (python -m search confirm --study {study_name} --trial "
+                         f"{row['trial']} --max-seeds {more})")
+    return lines
 
 
 def holds(row: dict) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from search.data import N_VAL, resolve_data_dir
 from search.errors import TargetMissed
 from search.export import export_best, export_target
-from search.results import best_trial, confirmed_rows, format_row, holds, undecided_line
+from search.results import best_trial, confirmed_rows, format_row, holds, undecided_lines
 from search.storage import check_workers, default_storage, fail_stale, heartbeat_enabled, mask_password, open_storage, output_folder, stale_trials
 from search.studyfile import load_study_spec, start_points
 from space.config import DEFAULT_MAX_PARAMS
@@ -37,7 +37,7 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
     from search.device import cpu_threads, resolve_device
     from search.loop import run_search, trial_line
     from search.note import publish_best
-    from search.study import create_or_resume
+    from search.study import create_or_resume, requeue_lost
     from search.teacher import teacher
 
     torch_device = resolve_device(device)
@@ -59,6 +59,8 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
               + ("; marking it FAIL" if fail_stale_trials else "; rerun with --fail-stale to mark it FAIL"))
     if stale and fail_stale_trials:
         fail_stale(study, stale)
+    for lost in requeue_lost(study, spec, starts):
+        print(f"the enqueued trial {lost!r} was lost to a crash (FAIL); enqueued again")
     checked_on = f" (evaluated on {spec.training.validation:,} validation images)" if spec.training.validation < N_VAL else ""
     print(f"study {spec.name!r} ({spec.family} family): {spec.trials} trials, {spec.training.epochs} epochs on {spec.training.subset:,} "
           f"training images a trial{checked_on}, limit {spec.max_params:,} params, device {torch_device}, {workers} worker(s), storage {mask_password(url)}",
@@ -77,9 +79,8 @@ def run_command(study_file: Path, *, name: str | None = None, trials: int | None
             target_path, row = export_target(study, out, spec.region.target_acc)
             print(f"smallest confirmed config reaching {spec.region.target_acc:g} % validation accuracy: {format_row(row)}; "
                   f"written to {target_path}")
-            undecided = undecided_line(row, spec.region.target_acc, study.study_name, spec.confirm.max_seeds)
-            if undecided:
-                print(undecided)
+            for line in undecided_lines(confirmed_rows(study), row, spec.region.target_acc, study.study_name, spec.confirm.max_seeds):
+                print(line)
         except TargetMissed as e:
             print(str(e))
     print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in confirmed_rows(study)) else ""))

@@ -26,8 +26,8 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
     """The study named spec.name in `storage`: (study, True) when this call created it, with the
     settings stored, the hand-made reference as first trial and the points `starts` (the study
     file's start configs, see start_points) next; (study, False) when it existed with the same
-    settings (what may change, such as the trial count, is stored anew; an enqueued trial that
-    a crash left FAIL is enqueued again)."""
+    settings (what may change, such as the trial count, is stored anew; see requeue_lost for
+    an enqueued trial that a crash left FAIL)."""
     pruner = make_pruner(spec.pruner)
     try:
         study = optuna.create_study(study_name=spec.name, storage=storage, directions=directions(spec), pruner=pruner)
@@ -42,11 +42,6 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
                              f"restore the study file, or start a new study with --study NEW_NAME") from None
         if stored != spec:  # `confirm` and `report` read the settings back
             study.set_user_attr("spec", spec_to_dict(spec))
-        for point, attrs in enqueued_firsts(spec, starts):
-            kept = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued") == attrs["enqueued"]
-                    and t.state != optuna.trial.TrialState.FAIL]
-            if not kept:  # lost to a crash (a journal or SQLite study has no heartbeat to re-queue it)
-                study.enqueue_trial(point, user_attrs=attrs)
         return study, False
     # The hand-made model is trial 0, the number to beat. The points are enqueued before the spec
     # is stored: workers elsewhere wait for the spec, so none can take a trial number first.
@@ -59,6 +54,22 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
         study.set_metric_names([f"val acc % (mean of last {OBJECTIVE_EPOCHS} epochs)"] + (["params"] if spec.pareto else []))
     study.set_user_attr("spec", spec_to_dict(spec))
     return study, True
+
+
+def requeue_lost(study: optuna.Study, spec: StudySpec, starts: list[tuple[str, dict[str, Any]]] | None) -> list[str]:
+    """Enqueue again the points a study starts with (enqueued_firsts) whose every trial a crash left
+    FAIL (a journal or SQLite study has no heartbeat to re-queue it); returns what was enqueued. A
+    study made before trials carried "enqueued" knows its reference as trial 0 and its start
+    configs by "start"."""
+    trials = study.get_trials(deepcopy=False)
+    requeued = []
+    for point, attrs in enqueued_firsts(spec, starts):
+        mine = [t for t in trials if t.user_attrs.get("enqueued", t.user_attrs.get("start")) == attrs["enqueued"]
+                or (attrs["enqueued"] == "reference" and t.number == 0 and "enqueued" not in t.user_attrs)]
+        if mine and all(t.state == optuna.trial.TrialState.FAIL for t in mine):
+            study.enqueue_trial(point, user_attrs=attrs)
+            requeued.append(attrs["enqueued"])
+    return requeued
 
 
 def enqueued_firsts(spec: StudySpec, starts: list[tuple[str, dict[str, Any]]] | None) -> list[tuple[dict[str, Any], dict[str, str]]]:

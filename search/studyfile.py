@@ -62,14 +62,15 @@ class Fidelity:
 
 @dataclass(frozen=True)
 class Confirm:
-    """Confirmation: the candidates (the Pareto front, or the top trials) retrained at the export
-    budget on the validation split with `seeds` more seeds; `after_run`: at the end of `run`.
-    `subset` below the split's TRAIN_SPLIT images is for quick checks only."""
+    """Confirmation: `top` candidates (a Pareto study's region in promotion order, or the top
+    trials) trained at the export budget on the validation split with `seeds` seeds each, then
+    seeds added where they decide the answer (see search/confirm.py); `after_run`: at the end of
+    `run`. `subset` below the split's TRAIN_SPLIT images is for quick checks only."""
     top: int = 3
     seeds: int = 2
     after_run: bool = False
     subset: int = TRAIN_SPLIT
-    max_seeds: int = 0  # > seeds: a candidate whose mean is within noise of [region] target_acc gets seeds up to this many
+    max_seeds: int = 0  # > seeds: a candidate whose interval holds [region] target_acc gets seeds up to this many
     # seconds, a hard bound on confirmation: a round starts only for the candidates (smallest first) whose runs are expected to
     # end within it, and a run still training at it is stopped (the next `confirm` trains it again). None: no limit
     timeout: float | None = None

@@ -38,6 +38,7 @@ CACHE_ENV = "SEARCH_CACHE_DIR"
 DEFAULT_CACHE = "runs/cache"
 
 _loaded: dict[str, tuple[nn.Module, dict]] = {}  # this process's teachers, by cache key
+RECORD_KEYS = ("teacher", "name", "key", "eval_set", "final_acc", "seconds", "train_images")  # what the cache's record must hold
 
 
 def cache_dir() -> Path:
@@ -98,7 +99,7 @@ def teacher(path: str, split: Split) -> tuple[nn.Module, dict]:
     model = model.to(split.train_images.device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    summary = {k: record[k] for k in ("teacher", "name", "key", "eval_set", "final_acc", "seconds")}
+    summary = {k: record[k] for k in RECORD_KEYS if k != "train_images"}
     _loaded[key] = (model, summary)
     return _loaded[key]
 
@@ -122,6 +123,9 @@ def _cached(path: str, config: RunConfig, weights: Path, record_file: Path) -> t
     model = build_model(config)
     try:
         record = json.loads(record_file.read_text())
+        missing = [k for k in RECORD_KEYS if k not in record]
+        if missing:
+            raise KeyError(f"no {missing[0]!r} in the record")
         model.load_state_dict(load_file(str(weights)))
         line = (f"teacher {path}: cached ({record['eval_set']} acc {record['final_acc']:.2f}%, trained in {record['seconds']:.0f} s "
                 f"on {record['train_images']:,} images; {weights})")

@@ -230,8 +230,8 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch}")
-        if deadline is not None and time.time() > deadline:  # (an epoch of fewer batches than DIVERGENCE_CHECK never looked)
-            raise OutOfTime(f"past the deadline after epoch {epoch}")
+        if deadline is not None and epoch < n_epochs and time.time() > deadline:  # (an epoch shorter than DIVERGENCE_CHECK
+            raise OutOfTime(f"past the deadline after epoch {epoch}")  # batches never looked; a last epoch that ended is kept)
         if not per_batch:
             scheduler.step()
         metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}

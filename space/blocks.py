@@ -124,15 +124,16 @@ def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, 
     of them jointly instead of sampling those that exist only in some trials at random;
     `config_from_params` reads only those that apply. A choice with one value is no parameter."""
     p: dict[str, Any] = {"stages": trial.suggest_int("stages", *space.stages)}
-    for s in range(1, MAX_STAGES + 1):
+    for s in range(1, space.stages[1] + 1):  # as many stages and convs as the space's largest net has
         p[f"s{s}_convs"] = trial.suggest_int(f"s{s}_convs", *space.convs)
-        for j in range(1, MAX_CONVS + 1):
+        for j in range(1, space.convs[1] + 1):
             p[f"s{s}_c{j}_width"] = trial.suggest_int(f"s{s}_c{j}_width", *space.width)
             p[f"s{s}_c{j}_kernel"] = _choose(trial, f"s{s}_c{j}_kernel", space.kernel)
         p[f"s{s}_padding"] = _choose(trial, f"s{s}_padding", space.padding)
-        if s < MAX_STAGES:
+        if s < space.stages[1]:
             p[f"s{s}_transition"] = _choose(trial, f"s{s}_transition", space.transition)
-            p[f"s{s}_transition_width"] = trial.suggest_int(f"s{s}_transition_width", *space.width)
+            if True in space.transition:
+                p[f"s{s}_transition_width"] = trial.suggest_int(f"s{s}_transition_width", *space.width)
     p["head"] = _choose(trial, "head", space.head)
     p["bias"] = _choose(trial, "bias", space.bias)
     p["dropout"] = _float(trial, "dropout", space.dropout)

@@ -297,6 +297,8 @@ def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
 
 
 def test_a_start_trial_lost_to_a_crash_is_enqueued_again_on_resume(tmp_path):
+    from search.study import requeue_lost
+
     path = tmp_path / "s.toml"
     path.write_text(f'start = ["{REFERENCE / "front3991.json"}"]\n' + START_STUDY)
     spec = load_study_spec(path)
@@ -307,11 +309,18 @@ def test_a_start_trial_lost_to_a_crash_is_enqueued_again_on_resume(tmp_path):
     study.tell(start, state=optuna.trial.TrialState.FAIL)
     study.tell(reference, 90.0)
     resumed, created = create_or_resume(spec, storage, "memory", start_points(spec))
-    waiting = resumed.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert not created and [t.user_attrs["enqueued"] for t in waiting] == [str(REFERENCE / "front3991.json")]  # the lost one only
-    assert waiting[0].system_attrs["fixed_params"] == start_points(spec)[0][1]
-    create_or_resume(spec, storage, "memory", start_points(spec))  # waiting already: not enqueued twice
-    assert len(resumed.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
+    assert not created and requeue_lost(resumed, spec, start_points(spec)) == [str(REFERENCE / "front3991.json")]  # the lost one only
+    (waiting,) = resumed.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert waiting.system_attrs["fixed_params"] == start_points(spec)[0][1] and waiting.user_attrs["start"] == str(REFERENCE / "front3991.json")
+    assert requeue_lost(resumed, spec, start_points(spec)) == []  # waiting already: not enqueued twice
+    # a study made before trials carried "enqueued": its trial 0 is the reference, its start trials carry "start"
+    legacy = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    legacy.enqueue_trial(reference_point(spec.space, 3))
+    legacy.enqueue_trial(start_points(spec)[0][1], user_attrs={"start": str(REFERENCE / "front3991.json")})
+    first, second = legacy.ask(), legacy.ask()
+    legacy.tell(first, 90.0)
+    legacy.tell(second, 91.0)
+    assert requeue_lost(legacy, spec, start_points(spec)) == []
 
 
 @pytest.mark.parametrize("line, fragments", [

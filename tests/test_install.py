@@ -68,7 +68,7 @@ def test_ci_runs_the_readme_install_and_test_commands_in_a_fresh_virtual_environ
     install = next(block for block in code_blocks(readme) if "venv" in block)
     test = next(block for block in code_blocks(readme) if "-m pytest" in block)
     commands = [line.split("#")[0].strip() for line in (install + test).splitlines() if line.split("#")[0].strip()]
-    assert commands[0].startswith("python3 -m venv .venv") and any("pip install" in c for c in commands)
+    assert commands[0] == "python3 -m venv --clear .venv" and any("pip install" in c for c in commands)  # fresh: --clear empties one left over
     ci_lines = [line.strip() for line in ci.splitlines()]
     for command in commands:  # in the same order
         assert command in ci_lines, f"README's {command!r} is not a line of .ci/run"

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -17,8 +18,8 @@ from optuna.trial import TrialState
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
 from search.note import study_note
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
-from search.results import front as pareto_front, in_region
-from search.studyfile import load_study_spec
+from search.results import in_region
+from search.studyfile import Fidelity, Region, load_study_spec
 from space.config import ConfigError, count_params, load_config
 
 def test_front_promotion_and_hypervolume_by_hand():
@@ -97,6 +98,9 @@ def test_a_pareto_study_has_two_objectives_and_no_over_limit_point_on_its_front(
         assert t.state == TrialState.PRUNED and t.values is None and t.system_attrs["constraints:params_over_limit"] > 0
     stopped = [t for t in study.trials if "stopped at rung 0" in t.user_attrs.get("reason", "")]
     assert stopped and all(t.values is None and len(t.user_attrs["rungs"]) == 1 for t in stopped)
+    # infeasible for the sampler, ranked among themselves: at rung 0 of 2, 0.001 x (1 + its place at the rung, 0 best .. 1 worst)
+    assert all(0.001 <= t.constraints["stopped_early"] <= 0.002 for t in stopped)
+    assert all("stopped_early" not in t.constraints for t in complete)
     assert {t.number for t in study.best_trials} <= {t.number for t in complete}
 
 
@@ -167,8 +171,8 @@ def test_confirm_resumes_after_ctrl_c(shared_pareto_study, tmp_path):
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     companion = load(storage, "tinypareto.confirm")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until the new run (seed 6) trains: its data are loaded before it starts
-        running = [t for t in companion.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    while time.monotonic() < deadline:  # wait until the new run (seed 6) trains: "threads" is set just before its training starts
+        running = [t for t in companion.get_trials(deepcopy=False) if t.state == TrialState.RUNNING and "threads" in t.user_attrs]
         if running:
             break
         time.sleep(0.2)
@@ -272,12 +276,13 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--seeds", "1", "--out", str(out), "--device", "cpu")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "3 epochs on 300 training images" in confirmed.stdout
-    # the candidates: the region's trials in promotion order, four at most
-    finished = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    region = in_region(study, finished)
-    order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])
+    # the candidates: four of the region's trials at most, its front's two ends among them (the most accurate, and the
+    # smallest that no other trial of the region beats on accuracy); no later round: nothing reaches the file's 99.17 %
+    region = in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
     chosen = {int(n) for n in load(storage, "tiny").user_attrs["confirmed"]}
-    assert chosen == {region[i].number for i in order[:4]}
+    most_accurate = max(region, key=lambda t: (t.values[0], -t.values[1]))
+    smallest = min(region, key=lambda t: (t.values[1], -t.values[0]))
+    assert len(chosen) == min(4, len(region)) and {most_accurate.number, smallest.number} <= chosen
     rows = load(storage, "tiny").user_attrs["confirmed"]
     most_accurate = max(rows, key=lambda n: (rows[n]["mean"], -rows[n]["n_params"]))
     target = f"{rows[most_accurate]['mean']:.2f}"  # reached by the most accurate candidate alone (or a smaller one as accurate)
@@ -434,29 +439,33 @@ def test_time_budgets_are_read_from_the_study_file_and_overridden(tmp_path):
     assert load_study_spec(path).timeout is None and load_study_spec(path).confirm.timeout is None  # absent: no limit
 
 
-def test_a_round_is_expected_to_take_its_longest_run_times_the_runs_per_worker():
-    from search.confirm import fitting_round, round_seconds
+def test_a_round_is_expected_to_take_its_runs_in_order_on_the_first_free_worker():
+    from search.confirm import fitting_round, round_seconds, runs_to_train
 
-    study = region_study(floor=0.0)  # PARETO: 3 epochs a rung, 3 export epochs
-    for number, rung_seconds in ((0, 10.0), (1, 20.0), (2, 30.0), (3, 40.0), (4, 5.0)):
-        rungs = [{"rung": 0, "images": 256, "val_acc": 90.0, "seconds": 1.0}, {"rung": 1, "images": 512, "val_acc": 91.0, "seconds": rung_seconds}]
+    study = region_study(floor=0.0)  # PARETO: 3 epochs a rung, 3 export epochs; the study's seed is 3, so confirmation seeds 4, 5, 6
+    for number, (train_seconds, seconds) in enumerate(((10.0, 12.0), (20.0, 22.0), (30.0, 32.0), (40.0, 42.0), (5.0, 7.0))):
+        rungs = [{"rung": 1, "images": 500, "val_acc": 91.0, "seconds": seconds, "train_seconds": train_seconds}]
         study.add_trial(optuna.trial.create_trial(values=[91.0, 1000 + number], user_attrs={"n_params": 1000 + number, "rungs": rungs}))
     study.set_user_attr("confirm_plans", {"1": {"seeds": [4, 5], "epochs": 3, "images": 50_000},
                                           "2": {"seeds": [4, 5], "epochs": 3, "images": 50_000}})
     companion = optuna.create_study(directions=["maximize", "minimize"])
-    for candidate, seconds, images in ((1, 300.0, 50_000), (1, 340.0, 50_000), (2, 500.0, 50_000), (2, 900.0, 5_000), (3, 999.0, 5_000)):
+    for candidate, seed, seconds, images in ((1, 4, 300.0, 50_000), (1, 5, 340.0, 50_000), (2, 4, 500.0, 50_000), (2, 5, 900.0, 5_000)):
         companion.add_trial(optuna.trial.create_trial(values=[99.0, 1000], user_attrs={
-            "candidate": candidate, "seconds": seconds, "budget": {"epochs": 3, "images": images}}))
+            "candidate": candidate, "seed": seed, "seconds": seconds, "budget": {"epochs": 3, "images": images}}))
+    # candidate 2's seed 5 ran at another budget: planned at this one, it has no result here, so it trains again
+    assert runs_to_train(study, companion, 1, 3, 50_000) == 1 and runs_to_train(study, companion, 2, 2, 50_000) == 1
+    assert runs_to_train(study, companion, 1, 2, 50_000) == 0  # its two seeds are done: nothing to train
     assert round_seconds(study, companion, {1: 3}, 50_000, workers=2) == 340.0  # one run: its candidate's longest
-    assert round_seconds(study, companion, {1: 3, 2: 3}, 50_000, workers=2) == 500.0  # (900 s was at another budget)
-    assert round_seconds(study, companion, {1: 3, 2: 3}, 50_000, workers=1) == 1000.0  # two runs in turn on one worker
-    assert round_seconds(study, companion, {1: 2}, 50_000, workers=2) == 0.0  # its two seeds are done: nothing to train
-    # no run at this budget yet: its last search rung's seconds times the images (50,000 / 512) and epochs (3 / 3)
-    assert round_seconds(study, companion, {3: 1}, 50_000, workers=2) == pytest.approx(40.0 * 50_000 / 512)
-    assert round_seconds(study, companion, {4: 2, 0: 2}, 50_000, workers=2) == pytest.approx(10.0 * 50_000 / 512 * 2)
-    # the time left decides how many of the candidates (smallest first) get their runs: all, the first, or none
-    assert fitting_round(study, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=500.0) == {1: 3, 2: 3}
+    assert round_seconds(study, companion, {1: 3, 2: 3}, 50_000, workers=2) == 840.0  # 340 + 500 | 500: each run to the first free worker
+    assert round_seconds(study, companion, {1: 3, 2: 3}, 50_000, workers=1) == 1340.0  # three runs in turn on one worker
+    # no run at this budget yet: its last search rung's training seconds times the images (50,000 / 500) and epochs (3 / 3),
+    # plus its other seconds (scoring the same validation images)
+    assert round_seconds(study, companion, {3: 1}, 50_000, workers=2) == pytest.approx(40.0 * 100 + 2.0)
+    assert round_seconds(study, companion, {4: 2, 0: 2}, 50_000, workers=2) == pytest.approx(5.0 * 100 + 2.0 + 10.0 * 100 + 2.0)
+    # the time left decides how many of the candidates, in the round's order, get their runs: all, the first, or none
+    assert fitting_round(study, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=840.0) == {1: 3, 2: 3}
     assert fitting_round(study, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=400.0) == {1: 3}
+    assert fitting_round(study, companion, {2: 3, 1: 3}, 50_000, workers=2, seconds=400.0) == {}  # the round's first runs first
     assert fitting_round(study, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=300.0) == {}
 
 
@@ -495,11 +504,21 @@ def test_a_trial_far_below_the_best_result_of_its_rung_stops_and_is_infeasible_a
         assert accuracy < 98.0  # 3 epochs on 256 images: far below the 99 % at rung 0
         if stops:  # infeasible for the sampler, and not a point of any front
             assert mine.state == TrialState.PRUNED and mine.values is None
-            assert mine.user_attrs["reason"].startswith("below the region at rung 0 (256 images)")
-            assert mine.constraints["below_region"] == pytest.approx(99.0 - 1.0 - accuracy)
+            assert mine.user_attrs["reason"].startswith("below the region at rung 0 (256 images): val acc ")
+            assert "is more than 2 points below the best result there" in mine.user_attrs["reason"]  # rung 0 of 2: twice the floor
+            assert mine.constraints["below_region"] == pytest.approx(99.0 - 2 * 1.0 - accuracy)
         else:  # within 100 points: the region does not stop it, and its constraint says feasible
             assert "below the region" not in mine.user_attrs.get("reason", "")
             assert mine.constraints["below_region"] <= 0
+
+
+def test_the_region_widens_by_its_floor_at_each_rung_below_the_last():
+    from search.objective import rung_floor
+    from search.studyfile import stored_spec
+
+    spec = replace(stored_spec(region_study(floor=3.0)), fidelity=Fidelity(rungs=3, eta=3))
+    assert [rung_floor(spec, k) for k in range(3)] == [9.0, 6.0, 3.0]
+    assert rung_floor(replace(spec, region=Region()), 0) == 0.0  # no floor: none at any rung
 
 
 def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_region():
@@ -511,10 +530,10 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
         study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size}, constraints={"params_over_limit": -1}))
     region = front_in_region(study)
     assert {t.user_attrs["n_params"] for t in region} == {1000, 2000, 3000, 4000, 6000, 8000}  # 97 % at 500: 2 points below the best
-    assert [t.user_attrs["n_params"] for t in candidates(study, 2)] == [1000, 8000]  # the two ends of the front
-    assert [t.user_attrs["n_params"] for t in candidates(study, 1)] == [8000]  # one: the more accurate end
-    assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [1000, 2000, 8000]  # then the widest gap on the log-size axis
-    assert [t.user_attrs["n_params"] for t in candidates(study, 7)] == [1000, 2000, 3000, 4000, 6000, 7000, 8000]  # then the next front
+    # in the order confirmation takes them: the front's two ends, the more accurate first; then by crowding distance over log
+    # size and accuracy (2,000: the widest gaps; 4,000 and 3,000 tie, the more accurate first); then the next front (7,000)
+    assert [t.user_attrs["n_params"] for t in candidates(study, 7)] == [8000, 1000, 2000, 6000, 4000, 3000, 7000]
+    assert [t.user_attrs["n_params"] for t in candidates(study, 1)] == [8000]
     assert len(candidates(study, 10)) == 7  # 500 lies outside the region
 
 
@@ -527,8 +546,8 @@ def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
                                                   constraints={"params_over_limit": -1}))
     # the search's own 3,000-parameter net comes before the larger start config (7,000) that does not dominate it, and the
     # dominated start config (3,500 at 98.1 %) gets no slot ahead of any trial of the front
-    assert [t.user_attrs["n_params"] for t in candidates(study, 3)] == [1000, 3000, 8000]
-    assert [t.user_attrs["n_params"] for t in candidates(study, 4)] == [1000, 3000, 7000, 8000]
+    assert sorted(t.user_attrs["n_params"] for t in candidates(study, 3)) == [1000, 3000, 8000]
+    assert sorted(t.user_attrs["n_params"] for t in candidates(study, 4)) == [1000, 3000, 7000, 8000]
     single = optuna.create_study(direction="maximize")  # an accuracy study: its best, a start config or not
     for value, start in ((98.0, False), (99.0, False), (97.0, True), (98.5, False), (96.0, True)):
         single.add_trial(optuna.trial.create_trial(value=value, user_attrs={"start": "s.json"} if start else {}))
@@ -551,6 +570,58 @@ def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
     small = {**row, "trial": 2, "n_params": 2000, "mean": 99.40}
     assert in_question([small, row], 99.12, 4) == []
     assert in_question([{**small, "n_params": 4000}, row], 99.12, 4) == [row]
+
+
+def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_still_open():
+    from search.confirm import near_the_answer
+
+    study = region_study(floor=2.0)
+    for acc, size in ((97.6, 2000), (97.8, 3000), (98.0, 3500), (98.2, 4000), (98.4, 5000), (98.6, 6000), (98.8, 7000), (99.0, 8000)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size}, constraints={"params_over_limit": -1}))
+
+    def row(trial, mean, std=0.02, seeds=(4, 5)):
+        return {"trial": trial, "n_params": study.trials[trial].user_attrs["n_params"], "mean": mean, "std": std, "seeds": list(seeds),
+                "diverged": {}}
+
+    # confirmed: 2,000 far below 99.17, 5,000 far above, 8,000 far above: the answer is open between 2,000 and 5,000
+    rows = [row(0, 98.5), row(4, 99.5), row(7, 99.6)]
+    assert [t.user_attrs["n_params"] for t in near_the_answer(study, rows, 99.17)] == [4000, 3000, 3500]  # in promotion order
+    rows = [row(0, 98.5), row(4, 99.18, std=0.2)]  # 5,000 reaches it within noise only: nothing is decided to reach it yet
+    assert near_the_answer(study, rows, 99.17) == []
+    assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], 0.0) == []  # no target: no question to concentrate on
+
+
+def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto_study, tmp_path):
+    from search.results import undecided_lines
+
+    rows = [{"trial": 1, "n_params": 3000, "mean": 99.14, "std": 0.03, "seeds": [4, 5], "diverged": {}},
+            {"trial": 2, "n_params": 4000, "mean": 99.19, "std": 0.03, "seeds": [4, 5], "diverged": {}},
+            {"trial": 3, "n_params": 6000, "mean": 99.60, "std": 0.03, "seeds": [4, 5], "diverged": {}}]
+    lines = undecided_lines(rows, rows[1], 99.17, "s", 5)
+    assert [line.split(" (")[0] for line in lines] == ["undecided: trial 1", "undecided: trial 2"]  # the answer and a smaller one below
+    assert "smaller, below the target" in lines[0] and "the answer" in lines[1] and "--trial 2 --max-seeds 5" in lines[1]
+    assert undecided_lines(rows, rows[2], 99.40, "s", 5) == []  # 99.60 ± 0.10: decided, and no smaller one is near
+    tmp, storage = copy_of(shared_pareto_study, tmp_path)
+    confirmed = load(storage).user_attrs["confirmed"]
+    best = max(confirmed, key=lambda n: confirmed[n]["mean"])
+    missed = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "e"), "--target-acc",
+                     f"{confirmed[best]['mean'] + 0.01:.4f}")
+    assert missed.returncode == 1 and f"undecided: its interval" in missed.stderr and f"--trial {best} --max-seeds" in missed.stderr
+
+
+def test_confirm_takes_the_trials_it_is_given_and_refuses_one_that_is_not_complete(shared_pareto_study, tmp_path):
+    tmp, storage = copy_of(shared_pareto_study, tmp_path)
+    study = load(storage)
+    pruned = next(t.number for t in study.trials if t.state == TrialState.PRUNED)
+    refused = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--trial", str(pruned), "--out", str(tmp / "c"))
+    assert_one_line_error(refused, f"--trial {pruned}", "no COMPLETE trial")
+    confirmed = sorted(study.user_attrs["confirmed"], key=int)
+    result = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--trial", confirmed[0], "--seeds", "3", "--out",
+                     str(tmp / "c"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    assert "confirming 1 candidate(s)" in result.stdout and "1 of 3 run(s) to train" in result.stdout
+    assert load(storage).user_attrs["confirmed"][confirmed[0]]["seeds"] == [4, 5, 6]
+    assert load(storage).user_attrs["confirmed"][confirmed[1]]["seeds"] == [4, 5]  # the other, not asked for, unchanged
 
 
 def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_study, tmp_path):
@@ -576,7 +647,7 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     after = load(storage).user_attrs["confirmed"]
-    (other,) = set(after) - {near}
+    (other,) = set(confirmed) - {near}
     o = confirmed[other]
     # written out: the other candidate (mean above the target) is within noise when the target lies within two standard
     # errors of its mean (the spread of its two seeds, at least SEED_SPREAD, over the square root of 2); when it is not and
@@ -585,14 +656,19 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
     other_decides = not other_within_noise and o["n_params"] < confirmed[near]["n_params"]
     assert after[near]["seeds"] == ([4, 5] if other_decides else [4, 5, 6])  # exactly on the target: a third seed, unless moot
     assert after[other]["seeds"] == ([4, 5, 6] if other_within_noise else [4, 5])
+    # and the trials of the region whose size lies where the answer is open (below a candidate decided to reach the target,
+    # above any smaller one decided to fall short) were confirmed too, with the first round's two seeds, a third where in question
+    other_reaches = o["mean"] >= target and not other_within_noise
+    for number in set(after) - set(confirmed):
+        assert other_reaches and after[number]["seeds"][:2] == [4, 5] and after[number]["n_params"] < o["n_params"]  # (a third if near)
     if after[near]["mean"] >= target or after[other]["mean"] >= target:
         assert f"reaching {target:g} % validation accuracy" in result.stdout
     else:
         assert "no confirmed config" in result.stdout
 
 
-def test_time_budgets_are_hard_bounds(tmp_path, data_dir):
-    """No rung starts that is not expected to end within the search's timeout, and one still training at it is stopped."""
+def test_the_search_time_budget_is_a_hard_bound(tmp_path, data_dir):
+    """No trial or rung starts that is not expected to end within the search's timeout, and one still training at it is stopped."""
     import torch
 
     from search.data import load_split
@@ -608,17 +684,23 @@ def test_time_budgets_are_hard_bounds(tmp_path, data_dir):
     study.optimize(lambda t: objective(t, spec, split, tmp_path, deadline=time.time() - 1), n_trials=1)  # already past
     assert study.trials[-1].state == TrialState.PRUNED
     assert study.trials[-1].user_attrs["reason"] == "the search's time budget ran out during rung 0 (256 images)"
-    # once a rung is measured, the next is expected to take its seconds times the ratio of images
+    # once a rung is measured, the next is expected to take its training seconds times the ratio of images, plus the rest
+    from search.loop import first_rung_seconds
     from search.objective import no_time_for_rung
 
-    rungs = [{"rung": 0, "images": 1851, "seconds": 40.0}]
+    rungs = [{"rung": 0, "images": 1851, "seconds": 45.0, "train_seconds": 40.0}]
     assert no_time_for_rung(rungs, 5555, None, 1000.0) is None and no_time_for_rung([], 1851, 1000.0, 1000.0) is None
-    assert no_time_for_rung(rungs, 5555, 1000.0 + 121, 1000.0) is None  # 120 s needed, 121 left
-    assert no_time_for_rung(rungs, 5555, 1000.0 + 119, 1000.0) == ("no time left for rung 1 (5,555 images): about 120 s needed, "
-                                                                    "119 s left of the search's time budget")
+    assert no_time_for_rung(rungs, 5555, 1000.0 + 126, 1000.0) is None  # 120 + 5 s needed, 126 left
+    assert no_time_for_rung(rungs, 5555, 1000.0 + 124, 1000.0) == ("no time left for rung 1 (5,555 images): about 125 s needed, "
+                                                                    "124 s left of the search's time budget")
+    # no trial starts whose first rung (the median so far) would not end within the budget
+    trials = [optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"rungs": [{"rung": 0, "images": 1851, "seconds": s}]})
+              for s in (30.0, 10.0, 20.0)] + [optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"reason": "over the limit"})]
+    assert first_rung_seconds(trials) == 20.0 and first_rung_seconds([]) == 0.0
 
 
-def test_a_confirmation_run_still_training_at_the_deadline_is_stopped_and_trained_again_later(shared_pareto_study, tmp_path, data_dir):
+def test_a_confirmation_run_still_training_at_the_deadline_is_stopped_and_trained_again_later(shared_pareto_study, tmp_path, data_dir,
+                                                                                            monkeypatch):
     import torch
 
     from search.confirm import open_companion, plan, run_confirmations
@@ -631,7 +713,18 @@ def test_a_confirmation_run_still_training_at_the_deadline_is_stopped_and_traine
     plan(study, companion, {number: 3}, 512)  # a third seed: one run to train
     (waiting,) = companion.get_trials(states=(TrialState.WAITING,))
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512, eval_subset=1000)
-    run_confirmations(companion, lambda: split, deadline=time.time() + 0.05)  # it starts, and the deadline passes in its first epoch
+    class Later:  # the training loop's clock, an hour on: the run starts (confirmation's own clock is now) and is past its deadline
+        perf_counter = staticmethod(time.perf_counter)
+
+        @staticmethod
+        def time():
+            return time.time() + 3600
+
+    import search.train
+
+    monkeypatch.setattr(search.train, "time", Later)
+    run_confirmations(companion, lambda: split, deadline=time.time() + 60)
+    monkeypatch.undo()
     stopped = companion.trials[waiting.number]
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"] == "the confirmation's time budget ran out"
     plan(study, companion, {number: 3}, 512)  # the next `confirm` enqueues it again, and it trains
