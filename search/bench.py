@@ -12,13 +12,18 @@ pipeline if anything.
 
 `bench --recipe CONFIG...` times a config's training step instead with no recipe option, `ema`,
 `elastic` and `distill`, in alternating rounds, and prints the four medians side by side.
+
+`bench --nets [CONFIG...]` says how far each net's training step is from the machine: images a
+second, GFLOP/s and their share of a large fp32 matrix product's rate measured in the same
+process, and the forward pass, backward pass and optimizer step apart, for each training path
+(eager; torch.compile in float32 and in bfloat16 where the device compiles), in alternating rounds.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +33,8 @@ from torch import nn
 from search.data import Split, load_mnist
 from search.errors import UsageError
 from search.reproduce import environment
-from search.train import ema_of, keep_freed_memory, make_optimizer, train_epoch
+from search.augment import augment_batch
+from search.train import can_compile, ema_of, keep_freed_memory, loss_fn, make_optimizer, train_epoch, training_model
 from space.config import Distill, Elastic, RunConfig, count_params, load_config
 from space.model import build_model
 
@@ -49,13 +55,20 @@ def seed_style_loader(root: Path) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, batch_size=128, shuffle=True, num_workers=2, persistent_workers=True)
 
 
-def bench_command(data_dir: str | None, device: str, steps: int, rounds: int, warmup: int, recipe: list[Path] | None = None) -> None:
+NETS = (REFERENCE, REFERENCE.parent / "front3991-onecycle.json", REFERENCE.parent / "pareto-cpu-s1-trial32.json")
+
+
+def bench_command(data_dir: str | None, device: str, steps: int, rounds: int, warmup: int, recipe: list[Path] | None = None,
+                  nets: list[Path] | None = None) -> None:
     """`bench`: images/s of our pipeline against the seed's PIL DataLoader, side by side; with
-    `recipe` (config files), the cost of a training step with each recipe option instead."""
+    `recipe` (config files), the cost of a training step with each recipe option instead; with
+    `nets` (config files; an empty list: NETS), each net's step against the machine's arithmetic."""
     from search.data import resolve_data_dir
     from search.device import resolve_device
 
-    if recipe:
+    if nets is not None:
+        bench_nets([load_config(path) for path in nets or NETS], resolve_data_dir(data_dir), resolve_device(device), steps, rounds, warmup)
+    elif recipe:
         for path in recipe:
             bench_recipe(load_config(path), resolve_data_dir(data_dir), resolve_device(device), steps, rounds, warmup)
     else:
@@ -173,3 +186,130 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
     print(f"ratio: {ratio:.2f} (median of {rounds} paired rounds; spread {min(ratios):.2f}-{max(ratios):.2f}, "
           f"quartiles {statistics.quantiles(ratios, n=4)[0]:.2f}-{statistics.quantiles(ratios, n=4)[2]:.2f})" if rounds > 1 else f"ratio: {ratio:.2f}")
     return ratio
+
+
+@dataclass(frozen=True)
+class StepTimes:
+    """Median milliseconds of one training step's parts, and what they come to."""
+    path: str
+    forward_ms: float
+    backward_ms: float
+    optimizer_ms: float
+    images_per_s: float
+    gflop_per_s: float
+
+
+def flop_per_image(config: RunConfig, device: torch.device, batch: int = 128) -> float:
+    """FLOPs of one image's forward and backward pass (torch's FlopCounterMode: convolutions and
+    matrix products, the arithmetic that counts; elementwise work is left out)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(config, dropout=nn.Dropout, conv=nn.Conv2d).to(device).train()
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    with FlopCounterMode(display=False) as counter:
+        F.nll_loss(model(x), torch.zeros(batch, dtype=torch.long, device=device)).backward()
+    return counter.get_total_flops() / batch
+
+
+def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 20) -> float:
+    """GFLOP/s of a large square matrix product on this device and thread count: the rate the
+    arithmetic reaches when nothing else limits it (the peak a step's rate is compared with)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates[repeats // 4:])
+
+
+def training_paths(config: RunConfig, device: torch.device) -> dict[str, tuple[RunConfig, bool]]:
+    """The paths train() can take for `config` on `device`: name -> (config, whether compiled)."""
+    paths = {"eager": (replace(config, precision="fp32"), False)}
+    if can_compile(device):
+        paths |= {"compiled fp32": (replace(config, precision="fp32"), True), "compiled bf16": (replace(config, precision="bf16"), True)}
+    return paths
+
+
+def bench_nets(configs: list[RunConfig], root: Path, device: torch.device, steps: int, rounds: int, warmup: int) -> list[list[StepTimes]]:
+    """For each config and training path: the median ms of the forward pass, the backward pass and
+    the optimizer step over `rounds` rounds of `steps` steps (paths alternating), images a second
+    and GFLOP/s of the whole step (augmentation included); printed as a table, returned."""
+    if device.type == "cpu":
+        keep_freed_memory()
+    images, labels = load_mnist(root, train=True)
+    peak = matmul_gflop_per_s(device)
+    env = environment(device)
+    print(f"bench --nets: {steps} steps a round, {warmup} warm-up + {rounds} timed rounds per path, alternating; device "
+          f"{env['device_name']}, torch {env['torch']}; a {1024}x{1024} fp32 matrix product runs at {peak:.0f} GFLOP/s here", flush=True)
+    results = []
+    for config in configs:
+        check_steps(steps * config.batch_size, len(images), config.batch_size)
+        flops = flop_per_image(config, device)
+        print(f"\n{config.name or 'config'}: {count_params(config):,} params, batch {config.batch_size}, "
+              f"{flops / 1e6:.2f} MFLOP an image (forward + backward)", flush=True)
+        runs = {name: _StepRunner(variant, compiled, images, labels, device) for name, (variant, compiled) in training_paths(config, device).items()}
+        for _ in range(warmup):
+            for run in runs.values():
+                run.round(steps)
+        times = {name: [] for name in runs}
+        for _ in range(rounds):
+            for name, run in runs.items():
+                times[name].append(run.round(steps))
+        rows = []
+        for name, samples in times.items():
+            fwd, bwd, opt, total = (statistics.median(s[k] for s in samples) for k in range(4))
+            rate = config.batch_size / total * 1000
+            rows.append(StepTimes(name, fwd, bwd, opt, rate, rate * flops / 1e9))
+        base = rows[0].images_per_s
+        print(f"  {'path':<14} {'forward':>8} {'backward':>9} {'optimizer':>10} {'step':>8} {'images/s':>9} {'GFLOP/s':>8} {'of peak':>8} {'speed-up':>8}")
+        for r in rows:
+            step_ms = config.batch_size / r.images_per_s * 1000
+            print(f"  {r.path:<14} {r.forward_ms:6.1f}ms {r.backward_ms:7.1f}ms {r.optimizer_ms:8.1f}ms {step_ms:6.1f}ms {r.images_per_s:9.0f} "
+                  f"{r.gflop_per_s:8.1f} {100 * r.gflop_per_s / peak:7.1f}% {r.images_per_s / base:7.2f}x", flush=True)
+        results.append(rows)
+    return results
+
+
+class _StepRunner:
+    """One training path of one config, built once (a compiled path compiles in its first round):
+    steps as train_epoch takes them, with the clock read between the parts."""
+
+    def __init__(self, config: RunConfig, compiled: bool, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.images, self.labels = images.to(device), labels.to(device)
+        self.model, self.layout = training_model(config, device, compiled=compiled)
+        self.forward = torch.compile(self.model, dynamic=False) if compiled else self.model
+        self.optimizer = make_optimizer(config, self.model)
+        self.generator = torch.Generator(device=device).manual_seed(0)
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def round(self, steps: int) -> tuple[float, float, float, float]:
+        """Mean ms of (forward with augmentation and loss, backward, optimizer step, whole step) over `steps` steps."""
+        self.model.train()
+        config, n = self.config, self.config.batch_size
+        order = torch.randperm(len(self.images), generator=self.generator, device=self.device)
+        parts = [0.0, 0.0, 0.0]
+        start = self._clock()
+        for step in range(steps):
+            idx = order[step * n : (step + 1) * n]
+            t0 = self._clock()
+            x = augment_batch(self.images[idx], config.augment, self.generator).contiguous(memory_format=self.layout)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                out = self.forward(x)
+            loss = loss_fn(out.float(), self.labels[idx], config.label_smoothing)
+            t1 = self._clock()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            t2 = self._clock()
+            self.optimizer.step()
+            t3 = self._clock()
+            parts = [parts[0] + t1 - t0, parts[1] + t2 - t1, parts[2] + t3 - t2]
+        total = self._clock() - start
+        return tuple(1000 * t / steps for t in (*parts, total))

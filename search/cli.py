@@ -94,7 +94,7 @@ def cmd_dashboard(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> None:
     from search.bench import bench_command
 
-    bench_command(a.data_dir, a.device, a.steps, a.rounds, a.warmup, a.recipe)
+    bench_command(a.data_dir, a.device, a.steps, a.rounds, a.warmup, a.recipe, a.nets)
 
 
 # ---------------------------------------------------------------- parser
@@ -198,8 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=40, help="training steps per round (of 128 images; with --recipe, of the config's batch) (default: 40)")
     p.add_argument("--rounds", type=positive_int, default=15, help="timed rounds per pipeline, alternating (default: 15)")
     p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed rounds per pipeline first (default: 2)")
-    p.add_argument("--recipe", type=Path, nargs="+", metavar="CONFIG",
+    instead = p.add_mutually_exclusive_group()
+    instead.add_argument("--recipe", type=Path, nargs="+", metavar="CONFIG",
                    help="instead: ms a training step of each CONFIG takes with none / ema / elastic / distill, side by side")
+    instead.add_argument("--nets", type=Path, nargs="*", metavar="CONFIG",
+                   help="instead: each CONFIG's training step against the machine (images/s, GFLOP/s, share of a large matrix "
+                        "product's rate; forward, backward, optimizer apart) on each training path (default: step3, "
+                        "front3991-onecycle, pareto-cpu-s1-trial32)")
     data_and_device(p)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -219,10 +219,11 @@ class SurplusTrial(Exception):
 
 def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
     """The config of a point of the study's space, with the recipe values its family takes
-    from [training] (the step-3 family: batch size, momentum, weight decay)."""
+    from [training] (the step-3 family: batch size, momentum, weight decay), and the study's precision."""
     family = FAMILIES[spec.family]
     fixed = {key: getattr(spec.training, key) for key in family.FROM_TRAINING}
-    return family.config_from_params({**fixed, **params}, epochs=spec.training.epochs, seed=spec.seed, name=name)
+    config = family.config_from_params({**fixed, **params}, epochs=spec.training.epochs, seed=spec.seed, name=name)
+    return replace(config, precision=spec.training.precision)
 
 
 # ---------------------------------------------------------------- pruning and fidelity

@@ -21,7 +21,7 @@ import optuna
 from search.data import N_VAL, TRAIN_SPLIT
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from space.config import ConfigError, check, check_shapes, count_params, load_config, parse_section, read_text_file
+from space.config import PRECISIONS, ConfigError, check, check_shapes, count_params, load_config, parse_section, read_text_file
 from space.families import FAMILIES, RECIPE_IN_TRAINING
 
 OBJECTIVE_EPOCHS = 3  # the objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
@@ -43,6 +43,8 @@ class Training:
     # the validation images a trial and its confirmation runs are evaluated on (the first N of the held-out 10,000): fewer for
     # quick checks, where evaluating 10,000 images costs more than training a few thousand
     validation: int = N_VAL
+    # every trial's convolution arithmetic, written into its config ("fp32" or "bf16": space/config.py, RunConfig.precision)
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(training.export_epochs % training.epochs == 0, "training.export_epochs",
           f"must be a multiple of training.epochs ({training.epochs}), got {training.export_epochs}: only then does the exported "
           f"StepLR schedule drop the learning rate as often and at the same fractions of training as the trial's")
+    check(training.precision in PRECISIONS, "training.precision", f"must be one of {', '.join(PRECISIONS)}, got {training.precision!r}")
     check(training.subset <= TRAIN_SPLIT, "training.subset", f"the training split has {TRAIN_SPLIT:,} images, got {training.subset}")
     check(0 < training.validation <= N_VAL, "training.validation", f"must be in 1..{N_VAL:,} (the validation split), got {training.validation}")
     check(pruner.kind != "hyperband", "pruner.kind", "hyperband is not supported (its rungs would compare trials at different "

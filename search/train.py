@@ -12,6 +12,8 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
+import os
+import shutil
 import sys
 import time
 from typing import Callable
@@ -33,6 +35,11 @@ from space.model import build_model
 # ends the process by SIGINT after our clean exit (code -2, not 130): so it is imported here, at once.
 DIVERGENCE_CHECK = 32  # batches between looks at the running loss: a diverged run stops early, a GPU syncs rarely
 EVAL_BATCH = 500  # on 2 CPU cores 10,000 images take 0.33 s in batches of 500, 1.2 s in batches of 2,000
+# Image-epochs from which torch.compile pays on a CPU: it costs 20-30 s a network on the 2-core Xeon (70 s for the
+# first network of an empty cache) and saves 0.11 ms an image in float32, 0.19 in bfloat16, for front3991
+# (docs/results.md, "Training near the machine's limit"). A study's last rung (16,666 images x 15 epochs) and every
+# confirmation and reproduction run are compiled; its first rungs are not.
+COMPILE_MIN_IMAGE_EPOCHS = 200_000
 
 EpochCallback = Callable[[dict], None]
 
@@ -82,12 +89,29 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tu
     return loss_sum.item() / len(images), 100.0 * correct.item() / len(images)
 
 
-def training_model(config: RunConfig, device: torch.device) -> tuple[nn.Module, torch.memory_format]:
+def can_compile(device: torch.device) -> bool:
+    """Whether torch.compile can build this device's kernels: on a CPU inductor writes C++ and needs a compiler.
+    Only the CPU path is measured (docs/results.md); on a GPU training stays eager until a card measures it."""
+    return device.type == "cpu" and any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c)
+
+
+def compile_pays(device: torch.device, image_epochs: int) -> bool:
+    """Whether a run of `image_epochs` (training images x epochs) is long enough for torch.compile to pay."""
+    return image_epochs >= COMPILE_MIN_IMAGE_EPOCHS and can_compile(device)
+
+
+def training_model(config: RunConfig, device: torch.device, compiled: bool = False) -> tuple[nn.Module, torch.memory_format]:
     """The network of `config` on `device`, and the memory layout its inputs take. On a CPU with one
     thread (each worker of a study with --workers 2 on 2 cores): channels-last with torch's own
     convolution, 1.3-1.7x faster a step on the 2-core Xeon than the contiguous layout with the
     weight-gradient trick of space/model.py; with two threads oneDNN's channels-last kernels
-    were 1.2-1.9x slower there, so the contiguous layout stays (docs/results.md, "Pipeline speed")."""
+    were 1.2-1.9x slower there, so the contiguous layout stays (docs/results.md, "Pipeline speed").
+    `compiled`: the network torch.compile takes (train() wraps it): torch's own modules throughout, since
+    inductor fuses BatchNorm, ReLU, dropout and pooling into its own loops and cannot trace numpy's random
+    bits; channels-last on a CPU."""
+    if compiled:
+        layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        return build_model(config, dropout=nn.Dropout, conv=nn.Conv2d).to(device, memory_format=layout), layout
     if device.type == "cpu" and torch.get_num_threads() == 1:
         return build_model(config, conv=nn.Conv2d).to(device, memory_format=torch.channels_last), torch.channels_last
     return build_model(config).to(device), torch.contiguous_format
@@ -155,11 +179,15 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
                 generator: torch.Generator, progress: str | None = None,
                 batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                 ema: AveragedModel | None = None, teacher: nn.Module | None = None,
-                deadline: float | None = None, layout: torch.memory_format = torch.contiguous_format) -> tuple[float, float]:
+                deadline: float | None = None, layout: torch.memory_format = torch.contiguous_format,
+                compiled: nn.Module | None = None) -> tuple[float, float]:
     """One pass over the training images in a seeded random order: (mean loss, accuracy in %).
     `batch_scheduler` is stepped after every batch (OneCycleLR), `ema` updated after every
     step; `teacher` (in evaluation mode) gives the soft targets of config.distill. Past
-    `deadline` (time.time()) it raises OutOfTime, looking every DIVERGENCE_CHECK batches."""
+    `deadline` (time.time()) it raises OutOfTime, looking every DIVERGENCE_CHECK batches.
+    `compiled`: torch.compile of `model`, for the full batches (the last, shorter one runs eagerly:
+    one more shape would compile the network again). With config.precision "bf16" the forward
+    pass runs under bfloat16 autocast and the loss in float32."""
     model.train()
     images, labels = split.train_images, split.train_labels
     n, device = len(images), images.device
@@ -167,12 +195,16 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     starts = range(0, n, config.batch_size)
+    bf16 = config.precision == "bf16"
     show = progress is not None and sys.stderr.isatty()
     for step, start in enumerate(tqdm(starts, desc=progress, leave=False, disable=not show, unit="batch")):
         idx = order[start : start + config.batch_size]
         x = augment_batch(images[idx], config.augment, generator).contiguous(memory_format=layout)
         y = labels[idx]
-        out = model(x)
+        net = compiled if compiled is not None and len(idx) == config.batch_size else model
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = net(x)
+        out = out.float()
         loss = loss_fn(out, y, config.label_smoothing)
         if teacher is not None:
             with torch.inference_mode():
@@ -197,7 +229,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
 
 def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None,
           progress: str | None = None, teacher: nn.Module | None = None, deadline: float | None = None,
-          evaluated_epochs: int | None = None) -> tuple[nn.Module, list[dict]]:
+          evaluated_epochs: int | None = None, compile: bool | None = None) -> tuple[nn.Module, list[dict]]:
     """Train `config` from its seed on `split`; returns the trained model (with config.ema, the
     averaged one) and one metrics dict per epoch.
 
@@ -206,13 +238,17 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
     `evaluated_epochs`: only the last N epochs are scored on the evaluation images (the others'
     metrics have no eval keys), where nothing reads the others: at a rung of 5,000 images,
     scoring 10,000 every epoch costs a third of the rung. Raises DivergedError when the loss
-    stops being finite, OutOfTime past `deadline` (time.time())."""
+    stops being finite, OutOfTime past `deadline` (time.time()). `compile`: train the full batches
+    through torch.compile; None decides by the run's length (compile_pays)."""
     device = split.train_images.device
     if device.type == "cpu":
         keep_freed_memory()
     torch.manual_seed(config.seed)
     generator = torch.Generator(device=device).manual_seed(config.seed)
-    model, layout = training_model(config, device)
+    if compile is None:
+        compile = compile_pays(device, len(split.train_images) * config.epochs)
+    model, layout = training_model(config, device, compiled=compile)
+    compiled = torch.compile(model, dynamic=False) if compile else None
     ema = ema_of(model, config.ema) if config.ema else None
     if (config.distill is None) != (teacher is None):
         raise ValueError("config.distill and the teacher go together (search/teacher.py: teacher_for)")
@@ -226,7 +262,7 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
         lr = optimizer.param_groups[0]["lr"]
         label = f"{progress} epoch {epoch}/{n_epochs}" if progress else None
         train_loss, train_acc = train_epoch(model, optimizer, config, split, generator, label, scheduler if per_batch else None,
-                                            ema, teacher, deadline, layout)
+                                            ema, teacher, deadline, layout, compiled)
         train_seconds = time.perf_counter() - start
         if not math.isfinite(train_loss):
             raise DivergedError(f"training loss is {train_loss} in epoch {epoch}")

@@ -181,13 +181,17 @@ class RunConfig:
     label_smoothing: float = 0.0
     ema: float = 0.0  # decay per step of the weights' moving average; 0: off
     distill: Distill | None = None
+    # the convolutions' arithmetic: "bf16" runs them in bfloat16 under torch.autocast (BatchNorm, the loss and the
+    # weights stay float32); 1.2-2x faster a step on a CPU with AMX (docs/results.md, "Training near the machine's limit")
+    precision: str = "fp32"
 
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
 SCHEDULES = ("step", "onecycle")
+PRECISIONS = ("fp32", "bf16")
 RECIPE_DEFAULTS = (("optimizer", "kind", "sgd"), ("scheduler", "kind", "step"), ("", "label_smoothing", 0.0),
                    ("augment", "translate", 0.0), ("augment", "scale", 0.0), ("", "ema", 0.0), ("", "distill", None),
-                   ("augment", "elastic", None))
+                   ("augment", "elastic", None), ("", "precision", "fp32"))
 MAX_ELASTIC_SIGMA = 6.0  # its smoothing kernel (8·sigma + 1) reflects at the edges: at most 55 taps on a 28-pixel image
 
 
@@ -365,6 +369,7 @@ def config_from_dict(raw: Any) -> RunConfig:
     check(augment.interpolation in INTERPOLATIONS, "augment.interpolation", f"must be one of {', '.join(INTERPOLATIONS)}, got {json.dumps(augment.interpolation)}")
     check(0.0 <= augment.brightness < 1.0, "augment.brightness", f"must be in [0, 1), got {augment.brightness}")
     check(0.0 <= augment.contrast < 1.0, "augment.contrast", f"must be in [0, 1), got {augment.contrast}")
+    check(config.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {json.dumps(config.precision)}")
     check(0.0 <= config.ema < 1.0, "ema", f"must be in [0, 1) (a decay per step; 0 is off), got {config.ema}")
     if augment.elastic is not None:
         e = augment.elastic

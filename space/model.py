@@ -42,10 +42,10 @@ class PackedBitsDropout(nn.Module):
         return x * self.keep_mask(x)
 
     def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
-        """0 or 1 / (1 - p_eff) per element of `x` (on the CPU), seeded by the global torch generator."""
-        if x.dtype not in EXACT_MASK_DTYPES:  # int16 uniforms are exact in these only: elsewhere the keep rate would be biased
-            raise TypeError(f"PackedBitsDropout builds its CPU mask in {x.dtype}, which cannot hold 16-bit uniforms exactly "
-                            f"(bfloat16 keeps 5.16 % too few for p = 0.05); train in float32 or float64")
+        """0 or 1 / (1 - p_eff) per element of `x` (on the CPU), seeded by the global torch generator. In `x`'s
+        dtype where that holds 16-bit uniforms exactly, else in float32 (a bfloat16 mask would keep 5.16 % too
+        few for p = 0.05): the product with a bfloat16 `x` is then float32, as autocast's next convolution takes it."""
+        dtype = x.dtype if x.dtype in EXACT_MASK_DTYPES else torch.float32
         n = x.numel()
         stream = numpy.random.SFC64(int(torch.randint(2**62, ())))  # a fresh stream per call, seeded by torch
         bits = torch.from_numpy(stream.random_raw((n + 3) // 4).view(numpy.int64))  # all 64 bits
@@ -54,9 +54,9 @@ class PackedBitsDropout(nn.Module):
             # laid out as `x` is (search/train.py trains channels-last on one thread): the product then runs straight
             # through memory, where a contiguous mask against a channels-last `x` cost a tenth of a training step
             batch, channels, height, width = x.shape
-            mask = uniforms.view(batch, height, width, channels).permute(0, 3, 1, 2).to(x.dtype)
+            mask = uniforms.view(batch, height, width, channels).permute(0, 3, 1, 2).to(dtype)
         else:
-            mask = uniforms.view(x.shape).to(x.dtype)
+            mask = uniforms.view(x.shape).to(dtype)
         # kept <=> uniform + 32,768 >= threshold; the clamp turns that into exactly 1.0 or 0.0.
         # In place: each pass over a large activation costs about a tenth of a millisecond here.
         return mask.sub_(self.threshold - UNIFORM_LEVELS // 2 - 1).clamp_(0, 1).mul_(self.scale)

@@ -191,6 +191,8 @@ RECIPE_OPTIONS = [
     ({"distill": {"teacher": ""}}, ["distill.teacher", "must name the teacher's config file"]),
     ({"distill": {"weight": 0.5}}, ["distill.teacher", "missing"]),
     ({"distill": {"teacher": "t.json", "alpha": 1}}, ["distill.alpha", "unknown key"]),
+    ({"precision": "bf16"}, None),
+    ({"precision": "fp16"}, ["precision", "must be one of fp32, bf16"]),
 ]
 
 
@@ -226,4 +228,4 @@ def load_config_text(text: str, tmp_path):
 
 def test_configs_without_the_recipe_options_are_written_as_before(tmp_path):
     text = config_to_json(load_config(REFERENCE / "step3.json"))
-    assert "ema" not in text and "distill" not in text and "elastic" not in text
+    assert "ema" not in text and "distill" not in text and "elastic" not in text and "precision" not in text

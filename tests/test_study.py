@@ -170,6 +170,7 @@ BAD_STUDIES = [
     ("[training]", "[training", ["not valid TOML"]),
     ("validation = 1000", "validation = 20000", ["training.validation", "must be in 1..10,000"]),
     ("validation = 1000", "validation = 0", ["training.validation", "must be in 1..10,000"]),
+    ("validation = 1000", "validation = 1000\nprecision = \"half\"", ["training.precision", "must be one of fp32, bf16"]),
 ]
 
 
@@ -183,3 +184,14 @@ def test_bad_study_file_is_one_line_and_creates_nothing(tmp_path, old, new, word
 def test_commands_on_a_missing_study_are_one_line(tmp_path):
     for args in (["export", "--study", "nope"], ["reproduce", "--study", "nope"]):
         assert_one_line_error(run_cli(*args, cwd=tmp_path), "study 'nope' not found")
+
+
+def test_a_studys_precision_is_written_into_every_trials_config(tmp_path):
+    from search.objective import config_from_point
+    from search.studyfile import load_study_spec
+    from space.step3 import REFERENCE_PARAMS
+
+    plain = load_study_spec(write_study(tmp_path, TINY))
+    bf16 = load_study_spec(write_study(tmp_path, TINY.replace("validation = 1000", 'validation = 1000\nprecision = "bf16"')))
+    assert config_from_point(plain, REFERENCE_PARAMS, "t").precision == "fp32"
+    assert config_from_point(bf16, REFERENCE_PARAMS, "t").precision == "bf16"
