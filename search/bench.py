@@ -1,10 +1,11 @@
 """`bench`: our training pipeline against the seed's, side by side, in one process.
 
 The seed's pipeline is its own code: PIL transforms per sample in a 2-worker DataLoader,
-feeding the step-3 model built with torch's nn.Dropout and nn.Conv2d. Ours is `train_epoch`:
-the data on the device as one tensor, whole batches augmented at once, the packed-bits
-dropout and our Conv2d's weight gradient. Both
-train for the same number of steps of 128 images. Rounds alternate (seed's, ours, seed's,
+feeding the step-3 model built with torch's nn.Dropout and nn.Conv2d. Ours is `train_epoch` as
+train() runs a full run of the reference: the data on the device as one tensor, whole batches
+augmented at once, and the network through torch.compile where that pays (search/train.py,
+compile_pays), else the packed-bits dropout and our Conv2d's weight gradient. Both train
+for the same number of steps of 128 images. Rounds alternate (seed's, ours, seed's,
 ours, ...) so that both see the same machine state, and each pair of rounds gives one
 ratio; the median over many pairs is what a noisy shared machine cannot move much. The
 DataLoader's workers are started and warmed up before any timing, which favours the seed's
@@ -34,7 +35,7 @@ from search.data import Split, load_mnist
 from search.errors import UsageError
 from search.reproduce import environment
 from search.augment import augment_batch
-from search.train import can_compile, ema_of, keep_freed_memory, loss_fn, make_optimizer, train_epoch, training_model
+from search.train import can_compile, compile_pays, ema_of, keep_freed_memory, loss_fn, make_optimizer, train_epoch, training_model
 from space.config import Distill, Elastic, RunConfig, count_params, load_config
 from space.model import build_model
 
@@ -157,11 +158,17 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
             torch.cuda.synchronize()
         return n_steps * config.batch_size / (time.perf_counter() - start)
 
+    # ours as train() runs a full 15-epoch run of the reference (compiled where that pays), built once: a compiled
+    # network compiles in the first warm-up round, and each round goes on training it (its speed does not depend on its weights)
+    compiled = compile_pays(device, len(images) * config.epochs)
+    model, layout = training_model(config, device, compiled=compiled)
+    forward = torch.compile(model, dynamic=False) if compiled else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
     def ours_round() -> float:
-        model = build_model(config).to(device)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         start = time.perf_counter()
-        train_epoch(model, optimizer, config, split, torch.Generator(device=device).manual_seed(0))  # ends in .item(): synchronised
+        train_epoch(model, optimizer, config, split, torch.Generator(device=device).manual_seed(0), layout=layout,
+                    compiled=forward)  # ends in .item(): synchronised
         return n / (time.perf_counter() - start)
 
     if device.type == "cpu":
@@ -181,7 +188,8 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
     ratio = statistics.median(ratios)
     print(f"seed's (PIL + DataLoader with 2 workers, nn.Dropout, nn.Conv2d): {statistics.median(seed_rates):.0f} img/s (median of {rounds})")
     our_rate = statistics.median(our_rates)
-    print(f"ours (device-resident data, batched augmentation, packed-bits dropout): {our_rate:.0f} img/s (median of {rounds}), "
+    path = "torch.compile, channels-last" if compiled else "packed-bits dropout, " + ("channels-last" if layout == torch.channels_last else "contiguous")
+    print(f"ours (device-resident data, batched augmentation, {path}, {torch.get_num_threads()} threads): {our_rate:.0f} img/s (median of {rounds}), "
           f"{1000 * config.batch_size / our_rate:.1f} ms a training step")
     print(f"ratio: {ratio:.2f} (median of {rounds} paired rounds; spread {min(ratios):.2f}-{max(ratios):.2f}, "
           f"quartiles {statistics.quantiles(ratios, n=4)[0]:.2f}-{statistics.quantiles(ratios, n=4)[2]:.2f})" if rounds > 1 else f"ratio: {ratio:.2f}")
@@ -225,11 +233,17 @@ def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype = torch.float32,
     return statistics.median(rates[repeats // 4:])
 
 
-def training_paths(config: RunConfig, device: torch.device) -> dict[str, tuple[RunConfig, bool]]:
-    """The paths train() can take for `config` on `device`: name -> (config, whether compiled)."""
-    paths = {"eager": (replace(config, precision="fp32"), False)}
+def training_paths(config: RunConfig, device: torch.device) -> dict[str, tuple[RunConfig, str]]:
+    """The paths a step of `config` can take on `device` and this thread count: name -> (config, how it is
+    built). On one CPU thread the contiguous layout (the two-thread path, and the one-thread path before
+    channels-last) comes first, as the base the others are compared with."""
+    fp32 = replace(config, precision="fp32")
+    paths = {}
+    if device.type == "cpu" and torch.get_num_threads() == 1:
+        paths["eager contiguous"] = (fp32, "contiguous")
+    paths["eager"] = (fp32, "eager")
     if can_compile(device):
-        paths |= {"compiled fp32": (replace(config, precision="fp32"), True), "compiled bf16": (replace(config, precision="bf16"), True)}
+        paths |= {"compiled fp32": (fp32, "compiled"), "compiled bf16": (replace(config, precision="bf16"), "compiled")}
     return paths
 
 
@@ -250,7 +264,7 @@ def bench_nets(configs: list[RunConfig], root: Path, device: torch.device, steps
         flops = flop_per_image(config, device)
         print(f"\n{config.name or 'config'}: {count_params(config):,} params, batch {config.batch_size}, "
               f"{flops / 1e6:.2f} MFLOP an image (forward + backward)", flush=True)
-        runs = {name: _StepRunner(variant, compiled, images, labels, device) for name, (variant, compiled) in training_paths(config, device).items()}
+        runs = {name: _StepRunner(variant, how, images, labels, device) for name, (variant, how) in training_paths(config, device).items()}
         for _ in range(warmup):
             for run in runs.values():
                 run.round(steps)
@@ -274,14 +288,18 @@ def bench_nets(configs: list[RunConfig], root: Path, device: torch.device, steps
 
 
 class _StepRunner:
-    """One training path of one config, built once (a compiled path compiles in its first round):
+    """One training path of one config (`how`: "contiguous", "eager" or "compiled"), built once (a compiled
+    path compiles in its first round):
     steps as train_epoch takes them, with the clock read between the parts."""
 
-    def __init__(self, config: RunConfig, compiled: bool, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
+    def __init__(self, config: RunConfig, how: str, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
         self.config, self.device = config, device
         self.images, self.labels = images.to(device), labels.to(device)
-        self.model, self.layout = training_model(config, device, compiled=compiled)
-        self.forward = torch.compile(self.model, dynamic=False) if compiled else self.model
+        if how == "contiguous":
+            self.model, self.layout = build_model(config).to(device), torch.contiguous_format
+        else:
+            self.model, self.layout = training_model(config, device, compiled=how == "compiled")
+        self.forward = torch.compile(self.model, dynamic=False) if how == "compiled" else self.model
         self.optimizer = make_optimizer(config, self.model)
         self.generator = torch.Generator(device=device).manual_seed(0)
 

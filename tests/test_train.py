@@ -483,10 +483,13 @@ def test_bench_nets_prints_each_nets_step_against_the_machine(data_dir, monkeypa
 
     monkeypatch.setattr(bench, "can_compile", lambda device: False)
     small = step3_config(SMALL_PARAMS, epochs=1, name="small")
-    [[row]] = bench.bench_nets([small], data_dir, torch.device("cpu"), steps=2, rounds=1, warmup=0)
-    step_ms = small.batch_size / row.images_per_s * 1000
-    assert row.path == "eager" and 0 < row.forward_ms + row.backward_ms + row.optimizer_ms <= step_ms
-    assert row.gflop_per_s == pytest.approx(row.images_per_s * bench.flop_per_image(small, torch.device("cpu")) / 1e9)
+    [rows] = bench.bench_nets([small], data_dir, torch.device("cpu"), steps=2, rounds=1, warmup=0)
+    assert [row.path for row in rows] == list(bench.training_paths(small, torch.device("cpu"))) and "eager" in rows[-1].path
+    flop = bench.flop_per_image(small, torch.device("cpu"))
+    for row in rows:
+        step_ms = small.batch_size / row.images_per_s * 1000
+        assert 0 < row.forward_ms + row.backward_ms + row.optimizer_ms <= step_ms
+        assert row.gflop_per_s == pytest.approx(row.images_per_s * flop / 1e9)
     out = capsys.readouterr().out
     assert "small:" in out and "MFLOP an image" in out and "GFLOP/s here" in out and "eager" in out
 
