@@ -35,7 +35,7 @@ from search.data import Split, load_mnist
 from search.errors import UsageError
 from search.reproduce import environment
 from search.augment import augment_batch
-from search.train import can_compile, compile_pays, ema_of, keep_freed_memory, loss_fn, make_optimizer, train_epoch, training_model
+from search.train import CompiledNet, can_compile, compile_pays, ema_of, keep_freed_memory, loss_fn, make_optimizer, train_epoch, training_model
 from space.config import Distill, Elastic, RunConfig, count_params, load_config
 from space.model import build_model
 
@@ -162,7 +162,7 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
     # network compiles in the first warm-up round, and each round goes on training it (its speed does not depend on its weights)
     compiled = compile_pays(device, len(images) * config.epochs)
     model, layout = training_model(config, device, compiled=compiled)
-    forward = torch.compile(model, dynamic=False) if compiled else None
+    forward = CompiledNet(model) if compiled else None
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def ours_round() -> float:
@@ -299,7 +299,7 @@ class _StepRunner:
             self.model, self.layout = build_model(config).to(device), torch.contiguous_format
         else:
             self.model, self.layout = training_model(config, device, compiled=how == "compiled")
-        self.forward = torch.compile(self.model, dynamic=False) if how == "compiled" else self.model
+        self.forward = CompiledNet(self.model) if how == "compiled" else self.model
         self.optimizer = make_optimizer(config, self.model)
         self.generator = torch.Generator(device=device).manual_seed(0)
 

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from search.augment import augment_batch, normalize
 from search.data import Split
 from space.config import Distill, RunConfig
-from space.model import build_model
+from space.model import PackedBitsDropout, build_model
 
 # torch.optim imports torch._dynamo at the first optimizer (1.2 s), well into a trial. A Ctrl-C that
 # lands in that import lands inside the exec() of a dataclass definition, and CPython 3.11 then
@@ -106,15 +106,65 @@ def training_model(config: RunConfig, device: torch.device, compiled: bool = Fal
     convolution, 1.3-1.7x faster a step on the 2-core Xeon than the contiguous layout with the
     weight-gradient trick of space/model.py; with two threads oneDNN's channels-last kernels
     were 1.2-1.9x slower there, so the contiguous layout stays (docs/results.md, "Pipeline speed").
-    `compiled`: the network torch.compile takes (train() wraps it): torch's own modules throughout, since
-    inductor fuses BatchNorm, ReLU, dropout and pooling into its own loops and cannot trace numpy's random
-    bits; channels-last on a CPU."""
+    `compiled`: the network CompiledNet takes: channels-last with torch's own convolution on a CPU."""
     if compiled:
         layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-        return build_model(config, dropout=nn.Dropout, conv=nn.Conv2d).to(device, memory_format=layout), layout
+        return build_model(config, conv=nn.Conv2d).to(device, memory_format=layout), layout
     if device.type == "cpu" and torch.get_num_threads() == 1:
         return build_model(config, conv=nn.Conv2d).to(device, memory_format=torch.channels_last), torch.channels_last
     return build_model(config).to(device), torch.contiguous_format
+
+
+class _MasksGiven(nn.Module):
+    """`net` with each packed-bits dropout replaced by a product with a mask handed in beside the input."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, masks: list[torch.Tensor]) -> torch.Tensor:
+        k = 0
+        for module in self.net:
+            if isinstance(module, PackedBitsDropout):
+                if module.threshold:
+                    x = x * masks[k]
+                    k += 1
+            else:
+                x = module(x)
+        return x
+
+
+class CompiledNet:
+    """torch.compile of a training network (inductor fuses BatchNorm, ReLU, pooling and the dropout
+    products into its own loops), called like the network on full batches. The dropout masks are drawn
+    outside the graph by the network's own PackedBitsDropout modules and handed in as inputs: inductor
+    cannot trace numpy's bits, and its own dropout made a step of step 3 2-3x slower than eager."""
+
+    def __init__(self, model: nn.Sequential) -> None:
+        self.model = model
+        self.dropouts = [m for m in model if isinstance(m, PackedBitsDropout) and m.threshold]
+        self.compiled = torch.compile(_MasksGiven(model), dynamic=False)
+        self.templates: list[torch.Tensor] | None = None
+
+    def _mask_templates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Empty tensors shaped, strided and typed as each dropout's input (keep_mask reads only that),
+        from one forward pass in evaluation mode (which leaves the batch-norm statistics alone)."""
+        seen: list[torch.Tensor] = []
+        hooks = [d.register_forward_pre_hook(lambda _, args: seen.append(torch.empty_like(args[0]))) for d in self.dropouts]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                self.model(x)
+        finally:
+            self.model.train()
+            for hook in hooks:
+                hook.remove()
+        return seen
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.templates is None:
+            self.templates = self._mask_templates(x)
+        return self.compiled(x, [d.keep_mask(t) for d, t in zip(self.dropouts, self.templates)])
 
 
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -180,12 +230,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
                 batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                 ema: AveragedModel | None = None, teacher: nn.Module | None = None,
                 deadline: float | None = None, layout: torch.memory_format = torch.contiguous_format,
-                compiled: nn.Module | None = None) -> tuple[float, float]:
+                compiled: CompiledNet | None = None) -> tuple[float, float]:
     """One pass over the training images in a seeded random order: (mean loss, accuracy in %).
     `batch_scheduler` is stepped after every batch (OneCycleLR), `ema` updated after every
     step; `teacher` (in evaluation mode) gives the soft targets of config.distill. Past
     `deadline` (time.time()) it raises OutOfTime, looking every DIVERGENCE_CHECK batches.
-    `compiled`: torch.compile of `model`, for the full batches (the last, shorter one runs eagerly:
+    `compiled`: `model` compiled, for the full batches (the last, shorter one runs eagerly:
     one more shape would compile the network again). With config.precision "bf16" the forward
     pass runs under bfloat16 autocast and the loss in float32."""
     model.train()
@@ -248,7 +298,7 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
     if compile is None:
         compile = compile_pays(device, len(split.train_images) * config.epochs)
     model, layout = training_model(config, device, compiled=compile)
-    compiled = torch.compile(model, dynamic=False) if compile else None
+    compiled = CompiledNet(model) if compile else None
     ema = ema_of(model, config.ema) if config.ema else None
     if (config.distill is None) != (teacher is None):
         raise ValueError("config.distill and the teacher go together (search/teacher.py: teacher_for)")
