@@ -23,6 +23,8 @@ from space.step3 import REFERENCE_PARAMS, config_from_params as step3_config
 # its own process, on two cores. A test that depends on the thread count sets it itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # a test that asks for two threads must not spin against the other worker
+# torch.compile (one test) compiles in its own process, not in a pool that would take the other worker's core
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests and CI read MNIST from ../shared/data unless SEARCH_DATA_DIR says otherwise.

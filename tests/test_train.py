@@ -416,17 +416,18 @@ def test_distillation_loss_is_hintons_mix():
     assert torch.allclose(distill_loss(student, teacher, hard, Distill("t.json", weight=w, temperature=t)), (1 - w) * hard + w * t * t * kl)
 
 
-def test_the_compiled_paths_compute_what_the_eager_model_does(data_dir):
-    """CompiledNet (torch.compile, the dropout masks drawn outside the graph), in float32 and under
-    bfloat16 autocast, against the eager network in float64 from the same weights and the same masks
-    (the same seed), one batch. Measured on this net, step 3 and front3991 at two initialisations
-    each: float32 loss within 9e-8 (relative), gradients within 5e-3 of their largest element
-    (inductor's BatchNorm statistics are Welford's: closer than the eager channels-last path's
-    6e-3 to 6e-2); bfloat16 (8 bits of mantissa in the convolutions) loss within 2.3e-4, gradients
-    within 0.47 and cosine >= 0.9946 to float64's, as eager bfloat16's (0.13-0.50, >= 0.988). The
-    bounds below leave a few times that. Whether such steps train as well is measured over seeds in
-    docs/results.md ("Training near the machine's limit"). Then train() on the compiled bfloat16
-    path: its run ends with finite figures and hands back the plain network, in the usual layout."""
+def test_the_compiled_path_computes_what_the_eager_model_does(data_dir):
+    """CompiledNet (torch.compile, the dropout masks drawn outside the graph) against the eager network
+    in float64 from the same weights and the same masks (the same seed), one batch; then train() on
+    the compiled path, whose last, shorter batch runs eagerly: finite figures, the plain network back
+    in the usual layout. Measured on this net, step 3 and front3991 at two initialisations each:
+    compiled float32 loss within 9e-8 (relative), gradients within 5e-3 of their largest element
+    (inductor's BatchNorm statistics are Welford's: closer than the eager channels-last path's 6e-3
+    to 6e-2). Compiled bfloat16 (8 bits of mantissa in the convolutions): loss within 2.3e-4,
+    gradients within 0.47 and cosine >= 0.9946 to float64's, as eager bfloat16's (0.13-0.50, >=
+    0.988), which the test below bounds; compiling the bfloat16 graph too would cost the suite
+    another 20-30 s, so its accuracy over seeds is what docs/results.md measures ("Training near the
+    machine's limit"). The bounds leave a few times what was measured."""
     from search.train import CompiledNet, can_compile
 
     if not can_compile(torch.device("cpu")):
@@ -434,8 +435,8 @@ def test_the_compiled_paths_compute_what_the_eager_model_does(data_dir):
     cpu = torch.device("cpu")
     config = step3_config(SMALL_PARAMS, epochs=1, name="small")
     assert config.dropout > 0
-    split = load_split(data_dir, cpu, validation=True, subset=128, eval_subset=500)
-    x, labels = normalize(split.train_images), split.train_labels
+    split = load_split(data_dir, cpu, validation=True, subset=160, eval_subset=500)  # one batch of 128, one of 32
+    x, labels = normalize(split.train_images[:128]), split.train_labels[:128]
     model, layout = training_model(config, cpu, compiled=True)
     exact = build_model(config, conv=torch.nn.Conv2d).double().to(memory_format=layout)  # the layout decides which mask bit
     exact.load_state_dict(model.state_dict())                                             # falls on which element
@@ -443,23 +444,48 @@ def test_the_compiled_paths_compute_what_the_eager_model_does(data_dir):
     torch.manual_seed(7)
     reference_loss = F.nll_loss(exact(x.double().contiguous(memory_format=layout)), labels)
     reference_loss.backward()
-    reference = [p.grad for p in exact.parameters()]
-    compiled = CompiledNet(model)
-    for bf16, loss_tolerance, grad_tolerance, min_cosine in ((False, 1e-6, 1e-2, 0.9999), (True, 1e-3, 0.6, 0.99)):
-        model.zero_grad(set_to_none=True)
-        torch.manual_seed(7)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = compiled(x.contiguous(memory_format=layout))
-        loss = F.nll_loss(out.float(), labels)
-        loss.backward()
-        grads = [p.grad.double() for p in model.parameters()]
-        assert loss.item() == pytest.approx(reference_loss.item(), rel=loss_tolerance)
-        assert max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, reference)) < grad_tolerance
-        flat, flat_reference = torch.cat([g.flatten() for g in grads]), torch.cat([r.flatten() for r in reference])
-        assert F.cosine_similarity(flat, flat_reference, dim=0).item() > min_cosine
-    trained, history = train(replace(config, precision="bf16"), split, compile=True)
+    torch.manual_seed(7)
+    loss = F.nll_loss(CompiledNet(model)(x.contiguous(memory_format=layout)), labels)
+    loss.backward()
+    assert loss.item() == pytest.approx(reference_loss.item(), rel=1e-6)
+    assert max(((p.grad.double() - r.grad).abs().max() / r.grad.abs().max()).item()
+               for p, r in zip(model.parameters(), exact.parameters())) < 1e-2
+    trained, history = train(config, split, compile=True)  # the same graph: compiled once in this process
     assert math.isfinite(history[-1]["train_loss"]) and 0 <= history[-1]["val_acc"] <= 100
     assert isinstance(trained, torch.nn.Sequential) and next(trained.parameters()).is_contiguous()
+
+
+def test_a_bfloat16_step_stays_near_the_float64_one(data_dir):
+    """The forward pass under bfloat16 autocast (eager; the compiled path runs the same autocast)
+    against float64 from the same weights and masks: loss within 1e-3 relative, gradient cosine
+    > 0.98 (measured above: within 6.5e-4 and >= 0.988); BatchNorm's statistics, the loss and the
+    gradients of the weights stay float32."""
+    cpu = torch.device("cpu")
+    config = step3_config(SMALL_PARAMS, epochs=1, name="small")
+    split = load_split(data_dir, cpu, validation=True, subset=128)
+    x, labels = normalize(split.train_images), split.train_labels
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        model, layout = training_model(replace(config, precision="bf16"), cpu)
+    finally:
+        torch.set_num_threads(threads)
+    exact = build_model(config, conv=torch.nn.Conv2d).double().to(memory_format=layout)
+    exact.load_state_dict(model.state_dict())
+    model.train(), exact.train()
+    torch.manual_seed(7)
+    reference_loss = F.nll_loss(exact(x.double().contiguous(memory_format=layout)), labels)
+    reference_loss.backward()
+    torch.manual_seed(7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x.contiguous(memory_format=layout))
+    assert out.dtype == torch.bfloat16
+    loss = F.nll_loss(out.float(), labels)
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    assert loss.item() == pytest.approx(reference_loss.item(), rel=1e-3)
+    flat = torch.cat([p.grad.double().flatten() for p in model.parameters()])
+    assert F.cosine_similarity(flat, torch.cat([r.grad.flatten() for r in exact.parameters()]), dim=0).item() > 0.98
 
 
 def test_compile_pays_for_long_runs_only():
