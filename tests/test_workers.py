@@ -175,7 +175,8 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     # the limit and uses one rung: which trial two racing workers promote depends on timing
     # (the limit and successive halving are tested in test_pareto).
     text = PARETO.replace('name = "tinypareto"', 'name = "pg-pareto"').replace("trials = 8", "trials = 6")
-    study_file.write_text(text.replace("rungs = 2", "rungs = 1").replace("max_params = 4000", "max_params = 6000"))
+    study_file.write_text(text.replace("rungs = 2", "rungs = 1").replace("max_params = 4000", "max_params = 6000")
+                          .replace("subset = 512", "subset = 256"))
     process = start_run(study_file, "--storage", postgres_url, "--workers", "2", "--out", str(tmp_path / "out"))
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
