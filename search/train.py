@@ -35,11 +35,11 @@ from space.model import PackedBitsDropout, build_model
 # ends the process by SIGINT after our clean exit (code -2, not 130): so it is imported here, at once.
 DIVERGENCE_CHECK = 32  # batches between looks at the running loss: a diverged run stops early, a GPU syncs rarely
 EVAL_BATCH = 500  # on 2 CPU cores 10,000 images take 0.33 s in batches of 500, 1.2 s in batches of 2,000
-# Image-epochs from which torch.compile pays on a CPU: it costs 20-30 s a network on the 2-core Xeon (70 s for the
-# first network of an empty cache) and saves 0.11 ms an image in float32, 0.19 in bfloat16, for front3991
-# (docs/results.md, "Training near the machine's limit"). A study's last rung (16,666 images x 15 epochs) and every
-# confirmation and reproduction run are compiled; its first rungs are not.
-COMPILE_MIN_IMAGE_EPOCHS = 200_000
+# Image-epochs from which torch.compile pays on a CPU: it costs 20-30 s a network on the 2-core Xeon (40-70 s for the
+# first of an empty cache) and saves 0.04 ms an image (front3991, float32) to 0.1 ms (step 3 float32, front3991 bfloat16)
+# against the eager step (docs/results.md, "Training near the machine's limit"): it pays from about 250,000 to 650,000.
+# Confirmation (50,000 x 15) and reproduction (60,000 x 15) runs are compiled; a study's rungs (at most 16,666 x 15) are not.
+COMPILE_MIN_IMAGE_EPOCHS = 500_000
 
 EpochCallback = Callable[[dict], None]
 

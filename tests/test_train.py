@@ -495,7 +495,7 @@ def test_compile_pays_for_long_runs_only():
     from search.train import COMPILE_MIN_IMAGE_EPOCHS, can_compile, compile_pays
 
     cpu = torch.device("cpu")
-    assert not compile_pays(cpu, 1_851 * 15)  # a study's first rung
+    assert not compile_pays(cpu, 1_851 * 15) and not compile_pays(cpu, 16_666 * 15)  # a study's first and last rungs
     assert compile_pays(cpu, 50_000 * 15) == can_compile(cpu)  # a confirmation run
     assert compile_pays(cpu, COMPILE_MIN_IMAGE_EPOCHS) == can_compile(cpu)
     assert not compile_pays(torch.device("meta"), 50_000 * 15)  # only the CPU path is measured
