@@ -2,8 +2,8 @@
 # The GPU checks, in one call of about 10 minutes on one H100/H200 (the device tool runs it from the
 # repository root; $OUT is the folder whose files come back). What it measures:
 #   1. bench --nets: each default net's training step on the card (forward, backward, optimizer,
-#      images/s, GFLOP/s, share of a matrix product's rate); the GPU trains eagerly in float32 or
-#      bfloat16 (torch.compile is measured on the CPU only: search/train.py, can_compile)
+#      images/s, GFLOP/s, share of a matrix product's rate); one row a net, eager float32 (torch.compile
+#      is measured on the CPU only: search/train.py, can_compile)
 #   2. bench: our pipeline against the seed's on the card
 #   3. a full 15-epoch reproduction of front3991-onecycle on seed 1, eager, float32 (its accuracy
 #      against the CPU's 99.36 % on seed 1)

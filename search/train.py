@@ -112,6 +112,8 @@ def training_model(config: RunConfig, device: torch.device, compiled: bool = Fal
         return build_model(config, conv=nn.Conv2d).to(device, memory_format=layout), layout
     if device.type == "cpu" and torch.get_num_threads() == 1:
         return build_model(config, conv=nn.Conv2d).to(device, memory_format=torch.channels_last), torch.channels_last
+    if config.precision == "bf16":  # autocast does not reach into the weight-gradient trick's own backward
+        return build_model(config, conv=nn.Conv2d).to(device), torch.contiguous_format
     return build_model(config).to(device), torch.contiguous_format
 
 
@@ -141,6 +143,8 @@ class CompiledNet:
     cannot trace numpy's bits, and its own dropout made a step of step 3 2-3x slower than eager."""
 
     def __init__(self, model: nn.Sequential) -> None:
+        if next(model.parameters()).device.type != "cpu":
+            raise ValueError("CompiledNet draws its dropout masks on the CPU; train on a GPU eagerly (search/train.py, can_compile)")
         self.model = model
         self.dropouts = [m for m in model if isinstance(m, PackedBitsDropout) and m.threshold]
         self.compiled = torch.compile(_MasksGiven(model), dynamic=False)
@@ -298,6 +302,8 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
     if compile is None:
         compile = compile_pays(device, len(split.train_images) * config.epochs)
     model, layout = training_model(config, device, compiled=compile)
+    if compile:
+        torch.compiler.reset()  # one net a process at a time: dynamo keeps at most 8 compiled versions of a function, then runs it eagerly
     compiled = CompiledNet(model) if compile else None
     ema = ema_of(model, config.ema) if config.ema else None
     if (config.distill is None) != (teacher is None):

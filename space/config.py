@@ -182,7 +182,8 @@ class RunConfig:
     ema: float = 0.0  # decay per step of the weights' moving average; 0: off
     distill: Distill | None = None
     # the convolutions' arithmetic: "bf16" runs them in bfloat16 under torch.autocast (BatchNorm, the loss and the
-    # weights stay float32); 1.2-2x faster a step on a CPU with AMX (docs/results.md, "Training near the machine's limit")
+    # weights stay float32); compiled on a CPU with AMX 1.14-1.36x faster a step than compiled float32, eager little
+    # (docs/results.md, "Training near the machine's limit")
     precision: str = "fp32"
 
 
