@@ -466,7 +466,7 @@ def test_a_bfloat16_step_stays_near_the_float64_one(data_dir):
     gradients of the weights stay float32."""
     cpu = torch.device("cpu")
     config = step3_config(SMALL_PARAMS, epochs=1, name="small")
-    split = load_split(data_dir, cpu, validation=True, subset=128)
+    split = load_split(data_dir, cpu, validation=True, subset=128, eval_subset=500)
     x, labels = normalize(split.train_images), split.train_labels
     threads = torch.get_num_threads()
     try:
