@@ -58,13 +58,28 @@ def elastic_displacement(n: int, elastic: Elastic, size: int, generator: torch.G
     """(n, size, size, 2) displacements in grid_sample's coordinates, torchvision's
     ElasticTransform per image, for the whole batch at once: uniform noise in [-1, 1] per pixel
     and axis, smoothed by a separable Gaussian (torchvision's kernel, reflected edges), times
-    alpha / size."""
-    noise = torch.rand(n * 2, 1, size, size, generator=generator, device=device) * 2 - 1
-    kernel = _gaussian_kernel(elastic.sigma, device)
-    half = len(kernel) // 2
-    smooth = F.conv2d(F.pad(noise, (half, half, half, half), mode="reflect"), kernel.view(1, 1, 1, -1))
-    smooth = F.conv2d(smooth, kernel.view(1, 1, -1, 1))
+    alpha / size. The smoothing is two matrix products with a blur matrix that holds the kernel
+    and the reflection (B noise Bᵀ): a 33-tap one-channel convolution took 11.5 ms a batch of 128
+    on 2 CPU cores, the products take a fraction of a millisecond."""
+    noise = torch.rand(n * 2, size, size, generator=generator, device=device) * 2 - 1
+    blur = _blur_matrix(elastic.sigma, size, device)
+    smooth = blur @ noise @ blur.T
     return (smooth * (elastic.alpha / size)).view(n, 2, size, size).permute(0, 2, 3, 1)
+
+
+@functools.lru_cache(maxsize=8)
+def _blur_matrix(sigma: float, size: int, device: torch.device) -> torch.Tensor:
+    """(size, size) B with B v = v padded by reflection and convolved with torchvision's Gaussian."""
+    kernel = _gaussian_kernel(sigma, device)
+    half = len(kernel) // 2
+    if half >= size:
+        raise ValueError(f"elastic sigma {sigma} needs a {len(kernel)}-tap kernel, too wide to reflect at {size} pixels")
+    rows = torch.arange(size, device=device).repeat_interleave(len(kernel))
+    taps = torch.arange(len(kernel), device=device).repeat(size)
+    source = rows + taps - half
+    source = torch.where(source < 0, -source, torch.where(source >= size, 2 * (size - 1) - source, source))  # reflect, edge not repeated
+    blur = torch.zeros(size, size, device=device)
+    return blur.index_put_((rows, source), kernel[taps], accumulate=True)
 
 
 @functools.lru_cache(maxsize=8)

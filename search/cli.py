@@ -74,7 +74,7 @@ def cmd_reproduce(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from search.model_files import evaluate_command
+    from search.evaluate import evaluate_command
 
     evaluate_command(a.model, a.config, a.data_dir, a.device)
 

@@ -26,9 +26,6 @@ from search.train import evaluate
 from space.config import RunConfig, config_from_dict, config_to_dict, count_params, load_config
 from space.model import build_model
 
-MODEL_SUFFIXES = (".onnx", ".safetensors")
-
-
 class Deployable(nn.Module):
     """The trained network with the input normalisation in front: ToTensor's [0, 1] pixels in, log-probabilities out."""
 
@@ -38,31 +35,6 @@ class Deployable(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net((image - MEAN) / STD)
-
-
-def evaluate_command(model_file: Path, config_file: Path | None, data_dir: str | None, device: str) -> None:
-    """`evaluate`: the test accuracy of a .onnx (through onnxruntime) or .safetensors file written by
-    `reproduce`, and whether it is the accuracy its run recorded."""
-    from search.data import load_mnist, resolve_data_dir
-    from search.device import resolve_device
-
-    if model_file.suffix not in MODEL_SUFFIXES:
-        raise UsageError(f"{model_file}: expected a {' or '.join(MODEL_SUFFIXES)} file written by `reproduce`")
-    if not model_file.is_file():
-        raise UsageError(f"{model_file}: no such model file")
-    config = source = None
-    if model_file.suffix == ".safetensors":  # the ONNX graph is self-contained; the weights need their network
-        config, source = (load_config(config_file), str(config_file)) if config_file else find_config(model_file)
-    images, labels = load_mnist(resolve_data_dir(data_dir), train=False)
-    try:
-        accuracy = evaluate_model_file(model_file, config, images.to(resolve_device(device)), labels)
-    except Exception as e:  # a damaged file, or weights that do not fit the config
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{model_file}: cannot be evaluated ({first[:200]})" + ("; check --config" if config else "")) from None
-    print(f"{model_file}" + (f" (config from {source})" if source else "") + f": test accuracy {accuracy:.2f}% on {len(labels):,} MNIST test images")
-    recorded = recorded_accuracy(model_file)
-    if recorded is not None:
-        print(f"recorded final test accuracy of this run: {recorded:.2f}% ({'the same' if abs(recorded - accuracy) < 1e-9 else 'DIFFERENT'})")
 
 
 def model_paths(record: Path, seed: int) -> tuple[Path, Path]:

@@ -12,21 +12,21 @@ import time
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from search.console import log_line
-from search.data import Split, load_split, resolve_data_dir
-from search.device import resolve_device
+from search.data import load_split, resolve_data_dir
 from search.errors import Diverged, UsageError
 from search.export import export_config, trial_config
-from search.model_files import save_model_files
 from search.results import best_trial
 from search.storage import load_existing_study, output_folder
 from search.studyfile import stored_spec
-from search.teacher import teacher_for
-from search.train import DivergedError, train
 from space.config import DEFAULT_MAX_PARAMS, RunConfig, config_to_dict, count_params, load_config
+
+if TYPE_CHECKING:  # torch and the trainer are imported once the command's checks have passed: a mistake answers at once
+    import torch
+
+    from search.data import Split
 
 
 def reproduce_command(config_file: Path | None, study_name: str | None, storage: str | None, trial_number: int | None, as_trained: bool,
@@ -69,6 +69,10 @@ def reproduce_command(config_file: Path | None, study_name: str | None, storage:
         raise UsageError(f"{source}: {count_params(config):,} parameters is over the {limit:,} limit; pass --allow-over-limit to train it anyway")
     out = out or default_out
     output_folder(out.parent, "--out")
+    import torch
+
+    from search.device import resolve_device
+
     torch_device = resolve_device(device)
     if as_trained and "threads" in trial.user_attrs and torch_device.type == "cpu":  # the CPU's numbers depend on the thread count
         torch.set_num_threads(trial.user_attrs["threads"])
@@ -96,6 +100,8 @@ def environment(device: torch.device) -> dict:
     """Where a figure was measured: device, library versions, host."""
     from importlib.metadata import version
 
+    import torch
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
     return {"device": str(device), "device_name": name, "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": version("torchvision"), "optuna": version("optuna"), "host": platform.node()}
@@ -114,6 +120,10 @@ def mean_std(values: list[float]) -> str:
 def reproduce(config: RunConfig, seeds: list[int], split: Split, out: Path) -> dict:
     """Train `config` once per seed on `split`, print per-epoch lines and the summary, write the record to
     `out` and each seed's model files next to it."""
+    from search.model_files import save_model_files
+    from search.teacher import teacher_for
+    from search.train import DivergedError, train
+
     name = split.eval_name
     device = split.train_images.device
     print(f"{config.name or 'config'}: {count_params(config):,} params, {config.epochs} epochs, "

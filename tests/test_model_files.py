@@ -100,6 +100,7 @@ def test_both_model_files_say_how_to_feed_them(reproduced):
 
 def test_reproduce_goes_on_after_a_diverged_seed(tmp_path, data_dir, monkeypatch, capsys):
     import search.reproduce as reproduce_module
+    import search.train as train_module
     from search.data import load_split
     from search.train import DivergedError, train
 
@@ -108,7 +109,7 @@ def test_reproduce_goes_on_after_a_diverged_seed(tmp_path, data_dir, monkeypatch
             raise DivergedError("training loss is nan in epoch 1")
         return train(config, split, **kwargs)
 
-    monkeypatch.setattr(reproduce_module, "train", train_or_diverge)
+    monkeypatch.setattr(train_module, "train", train_or_diverge)  # reproduce imports it when it trains
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256, eval_subset=1000)
     record = reproduce_module.reproduce(config_from_params(SMALL, epochs=1, name="small"), [1, 2, 3], split, tmp_path / "r.json")
     out = capsys.readouterr().out
