@@ -11,13 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from space.config import Augment, Elastic
+from space.datasets import MNIST, Dataset
 
-MEAN, STD = 0.1307, 0.3081  # MNIST's training pixels in [0, 1]
+MEAN, STD = MNIST.mean, MNIST.std  # the default dataset's, for tests; a split's own come with it (Split.dataset)
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> normalised float (B, 1, 28, 28)."""
-    return (images.unsqueeze(1).float() / 255.0 - MEAN) / STD
+def normalize(images: torch.Tensor, dataset: Dataset = MNIST) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) normalised by the dataset's mean and standard deviation."""
+    return (images.unsqueeze(1).float() / 255.0 - dataset.mean) / dataset.std
 
 
 def _uniform(n: int, half_width: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -25,8 +26,8 @@ def _uniform(n: int, half_width: float, generator: torch.Generator, device: torc
     return (torch.rand(n, generator=generator, device=device) * 2 - 1) * half_width
 
 
-def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> augmented, normalised float (B, 1, 28, 28).
+def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Generator, dataset: Dataset = MNIST) -> torch.Tensor:
+    """uint8 (B, H, W) -> augmented float (B, 1, H, W), normalised as `normalize` does.
 
     Same semantics as torchvision's transforms, batched: ColorJitter's brightness scales
     towards black and its contrast blends with each image's mean (factors in [1 - x, 1 + x],
@@ -51,7 +52,7 @@ def augment_batch(images: torch.Tensor, augment: Augment, generator: torch.Gener
         grid = base + elastic_displacement(n, augment.elastic, size, generator, device)
     if grid is not None:
         x = F.grid_sample(x, grid, mode=augment.interpolation, padding_mode="zeros", align_corners=False)
-    return (x - MEAN) / STD
+    return (x - dataset.mean) / dataset.std
 
 
 def elastic_displacement(n: int, elastic: Elastic, size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -47,17 +47,18 @@ def cmd_summary(a: argparse.Namespace) -> None:
 
 
 def cmd_run(a: argparse.Namespace) -> None:
-    from search.runner import run_command
+    from search.runner import RunOptions, run_command
 
-    run_command(a.study_file, name=a.study, trials=a.trials, max_params=a.max_params, seed=a.seed, epochs=a.epochs, subset=a.subset,
-                timeout=a.timeout, storage=a.storage, out=a.out, workers=a.workers, fail_stale_trials=a.fail_stale,
-                data_dir=a.data_dir, device=a.device)
+    run_command(RunOptions(a.study_file, name=a.study, trials=a.trials, max_params=a.max_params, seed=a.seed, epochs=a.epochs,
+                           subset=a.subset, timeout=a.timeout, storage=a.storage, out=a.out, workers=a.workers, fail_stale=a.fail_stale,
+                           data_dir=a.data_dir, device=a.device))
 
 
 def cmd_confirm(a: argparse.Namespace) -> None:
-    from search.confirm import confirm_command
+    from search.confirm import ConfirmOptions, confirm_command
 
-    confirm_command(a.study, a.storage, a.top, a.seeds, a.max_seeds, a.timeout, a.workers, a.out, a.data_dir, a.device, a.trial)
+    confirm_command(ConfirmOptions(a.study, storage=a.storage, top=a.top, seeds=a.seeds, max_seeds=a.max_seeds, timeout=a.timeout,
+                                   workers=a.workers, out=a.out, data_dir=a.data_dir, device=a.device, trials=tuple(a.trial or ())))
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -67,10 +68,11 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(a: argparse.Namespace) -> None:
-    from search.reproduce import reproduce_command
+    from search.reproduce import ReproduceOptions, reproduce_command
 
-    reproduce_command(a.config, a.study, a.storage, a.trial, a.as_trained, a.seeds, a.epochs, a.out, a.max_params, a.allow_over_limit,
-                      a.data_dir, a.device)
+    reproduce_command(ReproduceOptions(a.config, study=a.study, storage=a.storage, trial=a.trial, as_trained=a.as_trained,
+                                       seeds=tuple(a.seeds), epochs=a.epochs, out=a.out, max_params=a.max_params,
+                                       allow_over_limit=a.allow_over_limit, data_dir=a.data_dir, device=a.device))
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -141,10 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_and_device(p)
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("export", help="write a study's best trial as best.json")
+    p = commands.add_parser("export", help="write a study's best trial as best.json, and the answer to its [region] target_acc")
     existing_study(p)
     p.add_argument("--target-acc", type=percentage,
-                   help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json")
+                   help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json "
+                        "(default: best.json, and target-ACC.json for the study's own [region] target_acc)")
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
     p.set_defaults(func=cmd_export)
 

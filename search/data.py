@@ -1,6 +1,7 @@
-"""MNIST as uint8 tensors on the training device, and the fixed train / validation split.
+"""A dataset's images as uint8 tensors on the training device, and the fixed train / validation
+split (the dataset's record, its files and sizes: space/datasets.py; MNIST today).
 
-The search trains on 50,000 of the 60,000 training images and validates on the other
+The search trains on 50,000 of MNIST's 60,000 training images and validates on the other
 10,000 (a split fixed by SPLIT_SEED, the same for every trial and every run);
 `reproduce` trains on all 60,000. The 10,000 test images are only used for reporting.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.errors import DataError
+from space.datasets import DATASETS, MNIST, Dataset
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: commands that only read a study start fast
     import torch
@@ -24,10 +26,8 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: commands that onl
 DATA_DIR_ENV = "SEARCH_DATA_DIR"
 DEFAULT_DATA_DIR = "data"
 SPLIT_SEED = 0
-N_VAL = 10_000
-N_TRAIN_FILES = {True: 60_000, False: 10_000}  # images in MNIST's train / test files
-TRAIN_SPLIT = 50_000  # the search's training images: MNIST's 60,000 less the N_VAL held out for validation
-RAW_FILES = "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"
+N_VAL = MNIST.validation_size  # the default dataset's figures, for the study file's defaults and checks
+TRAIN_SPLIT = MNIST.search_train_size  # the search's training images: the training set less the N_VAL held out for validation
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Split:
     eval_labels: torch.Tensor
     eval_name: str  # "val" (search) or "test" (reproduce)
     root: Path | None = None  # the data folder it came from (a distillation teacher trains on its whole training set)
+    dataset: Dataset = MNIST
 
 
 def resolve_data_dir(option: str | None) -> Path:
@@ -47,25 +48,24 @@ def resolve_data_dir(option: str | None) -> Path:
     return Path(option or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
-def load_mnist(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One MNIST file pair from root/MNIST/raw/ (torchvision's layout): (uint8 images (N, 28, 28),
+def load_mnist(root: Path, train: bool, dataset: Dataset = MNIST) -> tuple[torch.Tensor, torch.Tensor]:
+    """One file pair of `dataset` from root/MNIST/raw/ (torchvision's layout): (uint8 images (N, 28, 28),
     int64 labels). The IDX files are read directly: torchvision, which would read them the same
     way, takes 2.4 s to import, more than the files take to read; it is imported only to
     download files that are missing."""
 
     if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist; pass --data-dir or set {DATA_DIR_ENV} to the folder holding MNIST/raw/")
-    raw = root / "MNIST" / "raw"
-    prefix = "train" if train else "t10k"
-    files = raw / f"{prefix}-images-idx3-ubyte", raw / f"{prefix}-labels-idx1-ubyte"
+        raise DataError(f"data directory {root} does not exist; pass --data-dir or set {DATA_DIR_ENV} to the folder holding {dataset.folder}/")
+    raw = root / dataset.folder
+    files = tuple(raw / name for name in (dataset.train_files if train else dataset.test_files))
     if not all(f.is_file() for f in files):
-        _download(root)
+        _download(root, dataset)
     try:
         images, labels = _read_idx(files[0], IMAGES_MAGIC, 3), _read_idx(files[1], LABELS_MAGIC, 1).long()
     except (OSError, ValueError) as e:
         raise DataError(f"{raw}: truncated or corrupt IDX file ({e}); replace it with an intact copy") from None
-    expected = N_TRAIN_FILES[train]
-    if images.shape != (expected, 28, 28) or labels.shape != (expected,):
+    expected = dataset.train_size if train else dataset.test_size
+    if images.shape != (expected, *dataset.image_shape[1:]) or labels.shape != (expected,):
         raise DataError(f"{raw}: expected {expected} images and labels, found {tuple(images.shape)} / {tuple(labels.shape)}; replace the files with intact copies")
     return images, labels
 
@@ -89,7 +89,7 @@ def _read_idx(path: Path, magic: int, dims: int) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*shape)
 
 
-def _download(root: Path) -> None:
+def _download(root: Path, dataset: Dataset) -> None:
     """torchvision's own download into root/MNIST/raw/ (where it has a network); it prints its attempts, which are noise here."""
     try:
         from torchvision.datasets import MNIST
@@ -98,33 +98,54 @@ def _download(root: Path) -> None:
             MNIST(str(root), train=True, download=True)
     except Exception:
         raise DataError(
-            f"MNIST is not in {root / 'MNIST' / 'raw'} and the download failed; put the four files ({RAW_FILES}) there, "
-            f"or pass --data-dir / set {DATA_DIR_ENV} to a folder that has MNIST/raw/"
+            f"MNIST is not in {root / dataset.folder} and the download failed; put the four files "
+            f"({', '.join(dataset.train_files + dataset.test_files)}) there, or pass --data-dir / set {DATA_DIR_ENV} to a folder that has {dataset.folder}/"
         ) from None
 
 
-def validation_indices() -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, validation) indices into the 60,000 training images: a fixed, seeded split."""
+def validation_indices(dataset: Dataset = MNIST) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) indices into the dataset's training images: a fixed, seeded split."""
     import torch
 
-    order = torch.randperm(N_TRAIN_FILES[True], generator=torch.Generator().manual_seed(SPLIT_SEED))
-    return order[N_VAL:], order[:N_VAL]
+    order = torch.randperm(dataset.train_size, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[dataset.validation_size:], order[:dataset.validation_size]
 
 
-def load_split(root: Path, device: torch.device, validation: bool, subset: int | None = None, eval_subset: int | None = None) -> Split:
-    """validation=True: 50,000 train / 10,000 validation (the search); else 60,000 train / 10,000 test.
-    `subset` keeps the first N training images of the split, `eval_subset` the first N evaluation images."""
-    images, labels = load_mnist(root, train=True)
+@dataclass(frozen=True)
+class SearchSplit:
+    """Where a search's split comes from: the data folder, the device, the first `subset` training
+    images and the first `validation` validation images. Plain data, so that it crosses to a
+    worker process as it is, and each process loads its own copy."""
+
+    root: Path
+    device: str
+    subset: int
+    validation: int
+    dataset: str = MNIST.name
+
+    def load(self) -> Split:
+        import torch
+
+        return load_split(self.root, torch.device(self.device), validation=True, subset=self.subset, eval_subset=self.validation,
+                          dataset=DATASETS[self.dataset])
+
+
+def load_split(root: Path, device: torch.device, validation: bool, subset: int | None = None, eval_subset: int | None = None,
+               dataset: Dataset = MNIST) -> Split:
+    """validation=True: the search's split (MNIST: 50,000 train / 10,000 validation); else the
+    whole training set and the test set (60,000 / 10,000). `subset` keeps the first N training
+    images of the split, `eval_subset` the first N evaluation images."""
+    images, labels = load_mnist(root, train=True, dataset=dataset)
     if validation:
-        train_idx, val_idx = validation_indices()
+        train_idx, val_idx = validation_indices(dataset)
         eval_images, eval_labels, eval_name = images[val_idx], labels[val_idx], "val"
         images, labels = images[train_idx], labels[train_idx]
     else:
-        eval_images, eval_labels = load_mnist(root, train=False)
+        eval_images, eval_labels = load_mnist(root, train=False, dataset=dataset)
         eval_name = "test"
     if subset is not None:
         images, labels = images[:subset], labels[:subset]
     if eval_subset is not None:
         eval_images, eval_labels = eval_images[:eval_subset], eval_labels[:eval_subset]
     move = lambda t: t.to(device).contiguous()  # noqa: E731
-    return Split(move(images), move(labels), move(eval_images), move(eval_labels), eval_name, root)
+    return Split(move(images), move(labels), move(eval_images), move(eval_labels), eval_name, root, dataset)

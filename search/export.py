@@ -13,22 +13,47 @@ import optuna
 from search.errors import TargetMissed, UsageError
 from search.results import best_trial, confirmed_rows, format_row, interval, target_row, undecided_lines, within_noise
 from search.storage import load_existing_study, output_folder
-from search.studyfile import Training, stored_spec
+from search.studyfile import StudySpec, Training, stored_spec
 from space.config import RunConfig, config_from_dict, save_config
 
 
 def export_command(study_name: str, storage: str | None, out: Path | None, target_acc: float | None) -> None:
-    """`export`: write best.json, or with `target_acc` target-ACC.json, into `out` (default: studies/NAME/)."""
+    """`export`: write best.json into `out` (default: studies/NAME/) and the answer to the
+    study's question (`export_answer`); with `target_acc`, only the smallest confirmed config
+    reaching that target (TargetMissed, exit 1, when none does)."""
     study = load_existing_study(study_name, storage)
+    spec = stored_spec(study)
     best_trial(study)  # a study with nothing to export is refused before any folder is made
     out = output_folder(out or Path("studies") / study_name, "--out")
-    if target_acc is not None:
-        path, row = export_target(study, out, target_acc)
-        print(f"smallest confirmed config reaching {target_acc:g} %: {format_row(row)}; written to {path}")
-        for line in undecided_lines(confirmed_rows(study), row, target_acc, study.study_name, stored_spec(study).confirm.max_seeds):
-            print(line)
+    if target_acc is None:
+        print(f"best config written to {export_best(study, spec.training, out)}")
+        export_answer(study, spec, out)
+    else:
+        _export_target(study, spec, out, target_acc)
+
+
+def export_answer(study: optuna.Study, spec: StudySpec, out: Path) -> None:
+    """The smallest confirmed config reaching the study's [region] target_acc, as target-ACC.json,
+    when the study has a target; a target no confirmed config reaches yet is said, not raised
+    (the answer is "none yet")."""
+    target = spec.region.target_acc
+    if not target:
         return
-    print(f"best config written to {export_best(study, out)}")
+    if not confirmed_rows(study):
+        print(f"the study's target, {target:g} % validation accuracy, has no confirmed candidate to answer it yet: "
+              f"python -m search confirm --study {study.study_name}")
+        return
+    try:
+        _export_target(study, spec, out, target)
+    except TargetMissed as e:
+        print(str(e))
+
+
+def _export_target(study: optuna.Study, spec: StudySpec, out: Path, target: float) -> None:
+    path, row = export_target(study, spec.training, out, target)
+    print(f"smallest confirmed config reaching {target:g} % validation accuracy: {format_row(row)}; written to {path}")
+    for line in undecided_lines(confirmed_rows(study), row, target, study.study_name, spec.confirm.max_seeds):
+        print(line)
 
 
 def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:
@@ -36,9 +61,9 @@ def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:
     return config_from_dict(trial.user_attrs["config"])
 
 
-def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> RunConfig:
-    """The trial's config for a full run (see `export_form`)."""
-    return export_form(trial_config(trial), stored_spec(study).training, f"{study.study_name}-trial{trial.number}")
+def export_config(trial: optuna.trial.FrozenTrial, training: Training, study_name: str) -> RunConfig:
+    """The trial's config for a full run of its study's `training` settings (see `export_form`)."""
+    return export_form(trial_config(trial), training, f"{study_name}-trial{trial.number}")
 
 
 def export_form(config: RunConfig, training: Training, name: str) -> RunConfig:
@@ -55,12 +80,12 @@ def export_form(config: RunConfig, training: Training, name: str) -> RunConfig:
     return replace(config, epochs=training.export_epochs, scheduler=scheduler, name=name)
 
 
-def export_best(study: optuna.Study, out: Path) -> Path:
+def export_best(study: optuna.Study, training: Training, out: Path) -> Path:
     """Write the best trial's config, ready for `summary` and `reproduce`, to out/best.json."""
-    return _write(study, best_trial(study), out / "best.json")
+    return _write(study, best_trial(study), training, out / "best.json")
 
 
-def export_target(study: optuna.Study, out: Path, target: float) -> tuple[Path, dict]:
+def export_target(study: optuna.Study, training: Training, out: Path, target: float) -> tuple[Path, dict]:
     """Write the smallest confirmed config whose mean validation accuracy reaches `target` (%) to
     out/target-TARGET.json; TargetMissed names the one that comes closest."""
     rows = confirmed_rows(study)
@@ -75,10 +100,10 @@ def export_target(study: optuna.Study, out: Path, target: float) -> tuple[Path, 
                              f"{len(closest['seeds']) + 2})")
         raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {target:g} %; closest: {closest_text}")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["trial"])
-    return _write(study, trial, out / f"target-{target:g}.json"), row
+    return _write(study, trial, training, out / f"target-{target:g}.json"), row
 
 
-def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, path: Path) -> Path:
+def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, training: Training, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_config(export_config(study, trial), path)
+    save_config(export_config(trial, training, study.study_name), path)
     return path

@@ -6,16 +6,16 @@ from __future__ import annotations
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import optuna
-import torch
 from tqdm import tqdm
 
-from search.data import Split, load_split
+from search.data import SearchSplit, Split
 from search.objective import FINISHED, SurplusTrial, make_pruner, objective
-from search.storage import heartbeat_enabled, open_storage, worker_is_gone
+from search.storage import has_heartbeat, open_storage, worker_is_gone
 from search.study import seed_sampler
 from search.studyfile import StudySpec
 from search.console import log_line
@@ -32,27 +32,37 @@ def trial_line(trial: optuna.trial.FrozenTrial) -> str:
     return f"trial {trial.number:>4}  params {params}  {trial.state.name:<8}  {outcome}  ({seconds:.2f} s)"
 
 
-def run_search(spec: StudySpec, study: optuna.Study, created: bool, url: str, out: Path, device: torch.device, data_dir: Path,
-               split: Split | None, timeout: float | None, workers: int, threads: int | None) -> None:
-    """Run the study in this process (on `split`), or in `workers` processes that share it
-    through `url` and load their own data; within `timeout` seconds from now, a hard bound."""
-    deadline = None if timeout is None else time.time() + timeout  # wall-clock: the workers are other processes
+@dataclass(frozen=True)
+class SearchJob:
+    """A search as the processes that run its trials see it: the settings, the storage, the output
+    folder, where the data come from, the deadline (time.time()) and whether this run created
+    the study. Plain data: it crosses to each worker process as it is."""
+
+    spec: StudySpec
+    url: str
+    out: Path
+    data: SearchSplit
+    deadline: float | None
+    created: bool
+
+
+def run_search(study: optuna.Study, job: SearchJob, split: Split | None, workers: int, threads: int | None) -> None:
+    """Run the study in this process (on `split`, loaded when None), or in `workers` processes
+    (`threads` CPU threads each) that share it through job.url and load their own data."""
     if workers == 1:
-        seed_sampler(study, spec, url, created)
-        run_trials(spec, study, lambda: split, out, deadline)
+        seed_sampler(study, job.spec, job.url, job.created)
+        run_trials(study, job, lambda: split or job.data.load())
         return
-    run_in_workers(search_worker, (spec, url, out, str(device), data_dir, deadline, created), workers, threads, study)
+    run_in_workers(search_worker, job, workers, threads, study)
 
 
-def search_worker(spec: StudySpec, url: str, out: Path, device: str, data_dir: Path, deadline: float | None, created: bool,
-                  index: int) -> None:
+def search_worker(job: SearchJob, index: int) -> None:
     """One of several worker processes: open the shared storage and run trials until the count is reached."""
-    storage = open_storage(url, (spec.heartbeat_interval, spec.grace_period))
+    spec = job.spec
+    storage = open_storage(job.url, (spec.heartbeat_interval, spec.grace_period))
     study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec.pruner))
-    seed_sampler(study, spec, url, created, index)
-    split_loader = lambda: load_split(data_dir, torch.device(device), validation=True, subset=spec.training.subset,  # noqa: E731
-                                      eval_subset=spec.training.validation)
-    run_trials(spec, study, split_loader, out, deadline, show_bar=False, label=f"[worker {index}] ")
+    seed_sampler(study, spec, job.url, job.created, index)
+    run_trials(study, job, job.data.load, show_bar=False, label=f"[worker {index}] ")
 
 
 def first_rung_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
@@ -61,20 +71,20 @@ def first_rung_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
     return seconds[len(seconds) // 2] if seconds else 0.0
 
 
-def run_trials(spec: StudySpec, study: optuna.Study, split_loader: Callable[[], Split], out: Path, deadline: float | None,
-               show_bar: bool = True, label: str = "") -> None:
-    """Run trials until the study holds spec.trials finished trials, or until `deadline`
+def run_trials(study: optuna.Study, job: SearchJob, split_loader: Callable[[], Split], show_bar: bool = True, label: str = "") -> None:
+    """Run trials until the study holds spec.trials finished trials, or until job.deadline
     (time.time()): no trial starts that is not expected to end its first rung before it, and
     the objective stops what still trains at it. Several workers can run this on one study: none
     starts a trial the count does not need, and each stays until the last trial is done, to
     take over one re-queued from a dead worker."""
+    spec, out, deadline = job.spec, job.out, job.deadline
     states = lambda: [t.state for t in study.get_trials(deepcopy=False)]  # noqa: E731
     finished = sum(s in FINISHED for s in states())
     if finished >= spec.trials:
         print(f"study {spec.name!r} already holds {finished} finished trials (asked for {spec.trials})")
         return
     split = split_loader()
-    heartbeat = heartbeat_enabled(study._storage)
+    heartbeat = has_heartbeat(job.url)
     with tqdm(total=spec.trials, initial=finished, unit="trial", desc=spec.name, dynamic_ncols=True,
               disable=not (show_bar and sys.stderr.isatty())) as bar:
 

@@ -21,20 +21,21 @@ import torch
 from torch import nn
 
 from search.errors import UsageError
-from search.augment import MEAN, STD
 from search.train import evaluate
-from space.config import RunConfig, config_from_dict, config_to_dict, count_params, load_config
+from space.config import RunConfig, config_from_dict, config_to_dict, count_params
+from space.datasets import DATASETS, MNIST, Dataset
 from space.model import build_model
+
 
 class Deployable(nn.Module):
     """The trained network with the input normalisation in front: ToTensor's [0, 1] pixels in, log-probabilities out."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, dataset: Dataset = MNIST) -> None:
         super().__init__()
-        self.net = net
+        self.net, self.mean, self.std = net, dataset.mean, dataset.std
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.net((image - MEAN) / STD)
+        return self.net((image - self.mean) / self.std)
 
 
 def model_paths(record: Path, seed: int) -> tuple[Path, Path]:
@@ -67,23 +68,29 @@ def file_metadata(config: RunConfig) -> dict[str, str]:
     """What both model files carry: the config, the size and how to feed the network. The
     .safetensors weights are the bare network: it takes normalised pixels, (p - mean) / std
     with p in [0, 1] (ToTensor's); the ONNX graph normalises by itself (its "input" says so)."""
-    return {"config": json.dumps(config_to_dict(config)), "n_params": str(count_params(config)),
-            "input": f"normalised pixels (p - {MEAN}) / {STD} for float pixels p in [0, 1], shape (batch, 1, 28, 28)",
-            "mean": str(MEAN), "std": str(STD), "pixel_range": "[0, 1]", "output": "log-probabilities, shape (batch, 10)"}
+    d = DATASETS[config.dataset]
+    return {"config": json.dumps(config_to_dict(config)), "n_params": str(count_params(config)), "dataset": d.name,
+            "input": f"normalised pixels (p - {d.mean}) / {d.std} for float pixels p in [0, 1], shape (batch, {_shape(d)})",
+            "mean": str(d.mean), "std": str(d.std), "pixel_range": "[0, 1]", "output": f"log-probabilities, shape (batch, {d.classes})"}
+
+
+def _shape(dataset: Dataset) -> str:
+    return ", ".join(map(str, dataset.image_shape))
 
 
 def export_onnx(model: nn.Module, config: RunConfig, path: Path) -> None:
     """ONNX with a dynamic batch dimension; the input normalisation is part of the graph."""
     import onnx
 
-    deployable = Deployable(model).eval()
-    example = torch.rand(2, 1, 28, 28)
+    dataset = DATASETS[config.dataset]
+    deployable = Deployable(model, dataset).eval()
+    example = torch.rand(2, *dataset.image_shape)
     torch.onnx.export(deployable, (example,), str(path), input_names=["image"], output_names=["log_probs"],
                       dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
                       external_data=False)  # one self-contained file (the weights are a few KB)
     graph = onnx.load(str(path))  # the config and the input convention travel with the file
-    metadata = file_metadata(config) | {"input": f"float pixels in [0, 1], shape (batch, 1, 28, 28); normalised inside with "
-                                                 f"mean {MEAN}, std {STD}", "output": "log-probabilities, shape (batch, 10)"}
+    metadata = file_metadata(config) | {"input": f"float pixels in [0, 1], shape (batch, {_shape(dataset)}); normalised inside with "
+                                                 f"mean {dataset.mean}, std {dataset.std}"}
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
     onnx.save(graph, str(path))
@@ -148,6 +155,6 @@ def recorded_accuracy(model_file: Path) -> float | None:
 def evaluate_model_file(model_file: Path, config: RunConfig | None, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Test accuracy (%) of a saved model on uint8 `images`: ONNX through onnxruntime, safetensors through torch."""
     if model_file.suffix == ".safetensors":  # the trainer's own evaluation, as `reproduce` recorded it
-        return evaluate(load_weights(model_file, config).to(images.device), images, labels.to(images.device))[1]
+        return evaluate(load_weights(model_file, config).to(images.device), images, labels.to(images.device), DATASETS[config.dataset])[1]
     log_probs = onnx_log_probs(model_file, images)
     return 100.0 * (log_probs.argmax(1) == labels.cpu()).sum().item() / len(labels)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from search.export import export_config
 from search.results import best_trial, budget, confirmed_rows
-from search.studyfile import stored_spec
+from search.studyfile import StudySpec
 from space.config import RunConfig, architecture
 
 
@@ -36,14 +36,14 @@ def recipe(config: RunConfig) -> str:
             + extras)
 
 
-def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
+def study_note(study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial) -> str:
     """Markdown for the dashboard's study note: the best trial and how to rerun it."""
     name = study.study_name
     trials = study.get_trials(deepcopy=False)
     count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
     over = sum("over the parameter limit" in t.user_attrs.get("reason", "") for t in trials)
     invalid = sum("invalid shape" in t.user_attrs.get("reason", "") for t in trials)
-    config = export_config(study, best)
+    config = export_config(best, spec.training, name)
     rows = confirmed_rows(study)
     confirmed = ["", "## Confirmed candidates", "",
                  "Retrained at the budget shown on seeds the search never used; final validation accuracy, mean ± std over the "
@@ -57,7 +57,7 @@ def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
         f"## {heading}: {best.number}",
         "",
         "| | |", "|---|---|",
-        f"| parameters | {best.user_attrs['n_params']:,} (limit {stored_spec(study).max_params:,}) |",
+        f"| parameters | {best.user_attrs['n_params']:,} (limit {spec.max_params:,}) |",
         f"| objective | {best.values[0]:.3f} % ({study.user_attrs.get('objective', 'validation accuracy')}) |",
         f"| architecture | `{architecture(config)}` |",
         f"| recipe ({config.epochs} epochs) | {recipe(config)} |",
@@ -75,6 +75,6 @@ def study_note(study: optuna.Study, best: optuna.trial.FrozenTrial) -> str:
     ])
 
 
-def publish_best(study: optuna.Study) -> None:
+def publish_best(study: optuna.Study, spec: StudySpec) -> None:
     """Keep the dashboard's study note on the best trial current."""
-    optuna_dashboard.save_note(study, study_note(study, best_trial(study)))
+    optuna_dashboard.save_note(study, study_note(study, spec, best_trial(study)))

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
 from search.artifacts import attach_trial_files
 from search.data import Split
@@ -33,9 +32,9 @@ from search.export import export_form
 from search.pareto import promoted, promotion_order
 from search.storage import worker_id, worker_is_gone
 from search.studyfile import OBJECTIVE_EPOCHS, Pruner, StudySpec
-from search.teacher import teacher_for
-from search.train import DivergedError, OutOfTime, train
-from space.config import ConfigError, RunConfig, architecture, check_shapes, config_to_dict, count_params
+from search.train import OutOfTime
+from search.trial_training import train_in_trial
+from space.config import ConfigError, RunConfig, architecture, check_shapes, config_to_dict, count_params, over_limit
 from space.families import FAMILIES
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -59,19 +58,17 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
     trial.set_user_attr("architecture", architecture(config))
     trial.set_user_attr("config", config_to_dict(config))
     try:
-        check_shapes(config.layers)
+        check_shapes(config.layers, config.dataset)
     except ConfigError as e:  # infeasible however small: the sampler learns the region from the constraint
         _constrain(trial, "params_over_limit", max(n_params - spec.max_params, 1))
         return _prune(trial, f"invalid shape: {e}")
     _constrain(trial, "params_over_limit", n_params - spec.max_params)  # <= 0: feasible
-    if n_params > spec.max_params:
+    if over_limit(n_params, spec.max_params):
         return _prune(trial, f"over the parameter limit: {n_params:,} > {spec.max_params:,}")
 
     trial.set_user_attr("seed", config.seed)
     trial.set_user_attr("subset", len(split.train_images))
     trial.set_user_attr("device", str(split.train_images.device))
-    if split.train_images.device.type == "cpu":  # the CPU's numbers depend on the thread count; --as-trained uses it
-        trial.set_user_attr("threads", torch.get_num_threads())
     start = time.perf_counter()
     subsets = rung_subsets(spec)
     rungs: list[dict] = []
@@ -165,34 +162,23 @@ def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict
 
 def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, start: float, rung: int,
                 deadline: float | None) -> list[dict]:
-    """Train `config` on `split`; in an accuracy study report every epoch and honour the pruner;
-    stop (PRUNED, with the reason) when the search's time budget runs out."""
-    history: list[dict] = []
+    """Train `config` on `split` (search/trial_training.py); in an accuracy study report every
+    epoch and honour the pruner; stop (PRUNED, with the reason) when the search's time budget
+    runs out."""
 
-    def on_epoch(metrics: dict) -> None:
-        history.append(metrics)
-        trial.set_user_attr("epochs", history)
-        trial.set_user_attr("seconds", time.perf_counter() - start)
+    def judge(metrics: dict) -> None:
         if spec.pareto:  # Optuna's report and should_prune need one objective
             return
         trial.report(metrics["val_acc"], metrics["epoch"])
         if may_prune(metrics["epoch"], settled_after(config), config.epochs) and trial.should_prune():
             _prune(trial, f"pruned by the {spec.pruner.kind} pruner after epoch {metrics['epoch']} (val acc {metrics['val_acc']:.2f}%)")
 
-    teacher, learned_from = teacher_for(config, split)
-    if learned_from:
-        trial.set_user_attr("teacher", learned_from)
     try:
         # a Pareto rung is judged by its last OBJECTIVE_EPOCHS epochs alone; an accuracy study's pruner reads every epoch
-        train(config, split, on_epoch=on_epoch, teacher=teacher, deadline=deadline, evaluated_epochs=OBJECTIVE_EPOCHS if spec.pareto else None)
-    except DivergedError as e:
-        _prune(trial, f"diverged: {e}")
+        return train_in_trial(trial, config, split, started=start, deadline=deadline, on_epoch=judge,
+                              evaluated_epochs=OBJECTIVE_EPOCHS if spec.pareto else None)
     except OutOfTime:
         _prune(trial, f"the search's time budget ran out during rung {rung} ({len(split.train_images):,} images)")
-    except KeyboardInterrupt:  # Optuna marks the trial FAIL and re-raises
-        trial.set_user_attr("reason", "interrupted (Ctrl-C)")
-        raise
-    return history
 
 
 def _constrain(trial: optuna.Trial, key: str, value: float) -> None:
@@ -219,11 +205,11 @@ class SurplusTrial(Exception):
 
 def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
     """The config of a point of the study's space, with the recipe values its family takes
-    from [training] (the step-3 family: batch size, momentum, weight decay), and the study's precision."""
+    from [training] (the step-3 family: batch size, momentum, weight decay), and the study's precision and dataset."""
     family = FAMILIES[spec.family]
     fixed = {key: getattr(spec.training, key) for key in family.FROM_TRAINING}
     config = family.config_from_params({**fixed, **params}, epochs=spec.training.epochs, seed=spec.seed, name=name)
-    return replace(config, precision=spec.training.precision)
+    return replace(config, precision=spec.training.precision, dataset=spec.dataset)
 
 
 # ---------------------------------------------------------------- pruning and fidelity

@@ -16,7 +16,7 @@ from optuna.trial import TrialState  # noqa: E402
 from search.pareto import front_indices, hypervolume  # noqa: E402
 from search.results import best_trial, confirmed_rows, format_row, front_in_region, holds  # noqa: E402
 from search.storage import load_existing_study, output_folder  # noqa: E402
-from search.studyfile import stored_spec  # noqa: E402
+from search.studyfile import StudySpec, stored_spec  # noqa: E402
 from space import blocks  # noqa: E402
 from space.config import count_params  # noqa: E402
 
@@ -30,26 +30,26 @@ HYPERVOLUME_FLOOR = 90.0  # accuracy (%) below which a point adds nothing to the
 def report_command(study_name: str, storage: str | None, out: Path | None) -> None:
     """`report`: trials.csv, the plots and the tables of a study, into `out` (default: studies/NAME/report/)."""
     study = load_existing_study(study_name, storage)
+    spec = stored_spec(study)
     out = output_folder(out or Path("studies") / study_name / "report", "--out")
-    print("wrote " + ", ".join(str(p) for p in write_report(study, out)))
+    print("wrote " + ", ".join(str(p) for p in write_report(study, spec, out)))
 
 
-def hypervolume_reference(study: optuna.Study) -> tuple[float, int]:
+def hypervolume_reference(study: optuna.Study, spec: StudySpec) -> tuple[float, int]:
     """(accuracy, parameters) below which nothing counts: the region's floor under the best
     COMPLETE result when the study has a region, else HYPERVOLUME_FLOOR; and the limit."""
-    spec = stored_spec(study)
     values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
     floor = max(values) - spec.region.floor if spec.region.floor and values else HYPERVOLUME_FLOOR
     return floor, spec.max_params
 
 
-def front_hypervolume(study: optuna.Study) -> float:
+def front_hypervolume(study: optuna.Study, spec: StudySpec) -> float:
     """Area (accuracy points x parameters) the COMPLETE trials dominate above and below `hypervolume_reference`."""
     points = [(t.values[0], t.user_attrs["n_params"]) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    return hypervolume(points, hypervolume_reference(study))
+    return hypervolume(points, hypervolume_reference(study, spec))
 
 
-def budget_summary(study: optuna.Study, within: float = 2.0) -> str | None:
+def budget_summary(study: optuna.Study, spec: StudySpec, within: float = 2.0) -> str | None:
     """Where a Pareto study spent its training: the trained trials whose last result lies within
     `within` accuracy points of the best result at that rung, their share of the training
     seconds, and the front's points in the region."""
@@ -65,7 +65,7 @@ def budget_summary(study: optuna.Study, within: float = 2.0) -> str | None:
             best[r["rung"]] = max(best.get(r["rung"], 0.0), r["val_acc"])
     near = [t for t in trials if t.user_attrs["rungs"][-1]["val_acc"] >= best[t.user_attrs["rungs"][-1]["rung"]] - within]
     seconds = lambda ts: sum(t.user_attrs.get("seconds", 0.0) for t in ts)  # noqa: E731
-    front, region = study.best_trials, front_in_region(study)
+    front, region = study.best_trials, front_in_region(study, spec.region.floor)
     return (f"trained trials within {within:g} points of the best result of their last rung: {len(near)} of {len(trials)} "
             f"({len(near) / len(trials):.0%}), {seconds(near) / max(seconds(trials), 1e-9):.0%} of the training seconds; "
             f"front: {len(region)} of {len(front)} points in the region")
@@ -130,10 +130,10 @@ def refused_summary(table: pd.DataFrame) -> str | None:
             f"in the last {k}; a refused trial took {seconds.median():.3f} s (median of {len(seconds)})")
 
 
-def plot_params_vs_objective(study: optuna.Study, path: Path) -> None:
+def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, path: Path) -> None:
     """Accuracy against parameters: every trained trial, the front of the COMPLETE ones, the
     confirmed means (± std), the limit and the hand-made reference's size."""
-    limit = stored_spec(study).max_params
+    limit = spec.max_params
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
@@ -179,7 +179,7 @@ def _save_optuna_plot(plot, study: optuna.Study, path: Path) -> str | None:
     return None
 
 
-def write_report(study: optuna.Study, out: Path) -> list[Path]:
+def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
     """trials.csv, the plots, and a top-5 table on the terminal; returns the files written."""
     import warnings
 
@@ -208,13 +208,13 @@ def write_report(study: optuna.Study, out: Path) -> list[Path]:
             print(f"skipped {name}: {problem}")
         else:
             written.append(out / name)
-    plot_params_vs_objective(study, out / "params_vs_objective.png")
+    plot_params_vs_objective(study, spec, out / "params_vs_objective.png")
     written.append(out / "params_vs_objective.png")
     if len(study.directions) > 1:
-        floor, limit = hypervolume_reference(study)
-        print(f"front hypervolume: {front_hypervolume(study):,.0f} (accuracy points x parameters above {floor:.2f} % "
+        floor, limit = hypervolume_reference(study, spec)
+        print(f"front hypervolume: {front_hypervolume(study, spec):,.0f} (accuracy points x parameters above {floor:.2f} % "
               f"and below {limit:,} parameters)")
-        spent = budget_summary(study)
+        spent = budget_summary(study, spec)
         if spent:
             print(spent)
     refused = refused_summary(table)

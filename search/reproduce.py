@@ -9,7 +9,7 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +21,7 @@ from search.export import export_config, trial_config
 from search.results import best_trial
 from search.storage import load_existing_study, output_folder
 from search.studyfile import stored_spec
-from space.config import DEFAULT_MAX_PARAMS, RunConfig, config_to_dict, count_params, load_config
+from space.config import DEFAULT_MAX_PARAMS, RunConfig, config_to_dict, count_params, load_config, over_limit
 
 if TYPE_CHECKING:  # torch and the trainer are imported once the command's checks have passed: a mistake answers at once
     import torch
@@ -29,13 +29,31 @@ if TYPE_CHECKING:  # torch and the trainer are imported once the command's check
     from search.data import Split
 
 
-def reproduce_command(config_file: Path | None, study_name: str | None, storage: str | None, trial_number: int | None, as_trained: bool,
-                      seeds: list[int], epochs: int | None, out: Path | None, max_params: int | None, allow_over_limit: bool,
-                      data_dir: str | None, device: str) -> None:
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """`reproduce`'s command line, typed: a config file or a study (its best trial, or `trial`), the seeds, and where and how to train."""
+
+    config_file: Path | None = None
+    study: str | None = None
+    storage: str | None = None
+    trial: int | None = None
+    as_trained: bool = False
+    seeds: tuple[int, ...] = (1,)
+    epochs: int | None = None
+    out: Path | None = None
+    max_params: int | None = None  # default: a study's own limit, else DEFAULT_MAX_PARAMS
+    allow_over_limit: bool = False
+    data_dir: str | None = None
+    device: str = "auto"
+
+
+def reproduce_command(options: ReproduceOptions) -> None:
     """`reproduce`: train a config file, or a study's trial (its best by default), once per seed on
     all 60,000 training images and report test accuracy; with `as_trained`, retrain the trial
     exactly as the study did (its split, training and validation images, seed, epochs and CPU threads) and say
     whether the curve is the recorded one."""
+    config_file, study_name, trial_number, as_trained = options.config_file, options.study, options.trial, options.as_trained
+    seeds, max_params = list(options.seeds), options.max_params
     if (config_file is None) == (study_name is None):
         raise UsageError("reproduce takes a CONFIG.json or --study NAME (one of the two)")
     if config_file is not None and (trial_number is not None or as_trained):
@@ -47,8 +65,9 @@ def reproduce_command(config_file: Path | None, study_name: str | None, storage:
         config, source = load_config(config_file), str(config_file)
         default_out = Path("runs") / f"reproduce-{config.name or config_file.stem}-{datetime.now():%Y%m%d-%H%M%S}.json"
     else:
-        study = load_existing_study(study_name, storage)
-        max_params = max_params or stored_spec(study).max_params  # the study's own limit, not the default
+        study = load_existing_study(study_name, options.storage)
+        spec = stored_spec(study)
+        max_params = max_params or spec.max_params  # the study's own limit, not the default
         trial = best_trial(study) if trial_number is None else _trial(study, trial_number)
         source = f"study {study_name!r} trial {trial.number}"
         if as_trained:  # exactly as the study trained it: same split, subset, seed, epochs and CPU threads
@@ -56,27 +75,27 @@ def reproduce_command(config_file: Path | None, study_name: str | None, storage:
                 raise UsageError(f"trial {trial.number} of {study_name!r} was never trained ({trial.user_attrs.get('reason', trial.state.name)}); "
                                  f"--as-trained needs a trial that trained")
             config, validation, seeds = trial_config(trial), True, [trial_config(trial).seed]
-            eval_subset = stored_spec(study).training.validation
+            eval_subset = spec.training.validation
             # a Pareto trial's record is the curve of the last rung it trained (a stopped one: the rung it stopped at)
             subset = trial.user_attrs["rungs"][-1]["images"] if trial.user_attrs.get("rungs") else trial.user_attrs["subset"]
         else:
-            config = export_config(study, trial)
+            config = export_config(trial, spec.training, study_name)
         default_out = Path("studies") / study_name / (f"reproduce-trial{trial.number}" + ("-as-trained" if as_trained else "") + ".json")
-    if epochs:
-        config = replace(config, epochs=epochs)
+    if options.epochs:
+        config = replace(config, epochs=options.epochs)
     limit = max_params or DEFAULT_MAX_PARAMS
-    if count_params(config) > limit and not allow_over_limit:
+    if over_limit(count_params(config), limit) and not options.allow_over_limit:
         raise UsageError(f"{source}: {count_params(config):,} parameters is over the {limit:,} limit; pass --allow-over-limit to train it anyway")
-    out = out or default_out
+    out = options.out or default_out
     output_folder(out.parent, "--out")
     import torch
 
     from search.device import resolve_device
 
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(options.device)
     if as_trained and "threads" in trial.user_attrs and torch_device.type == "cpu":  # the CPU's numbers depend on the thread count
         torch.set_num_threads(trial.user_attrs["threads"])
-    split = load_split(resolve_data_dir(data_dir), torch_device, validation=validation, subset=subset, eval_subset=eval_subset)
+    split = load_split(resolve_data_dir(options.data_dir), torch_device, validation=validation, subset=subset, eval_subset=eval_subset)
     record = reproduce(config, seeds, split, out)
     if not record["runs"]:
         raise Diverged(f"{source}: training diverged on every seed ({', '.join(map(str, seeds))}); lower its learning rate")

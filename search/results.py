@@ -11,18 +11,16 @@ from optuna.trial import TrialState
 
 from search.errors import UsageError
 from search.pareto import front_indices
-from search.studyfile import stored_spec
 
 
-def front_in_region(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def front_in_region(study: optuna.Study, floor: float) -> list[optuna.trial.FrozenTrial]:
     """A Pareto study's front (Optuna's: feasible COMPLETE trials) within its region."""
-    return in_region(study, study.best_trials)
+    return in_region(study, study.best_trials, floor)
 
 
-def in_region(study: optuna.Study, trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
-    """Those of `trials` at most [region] floor points below the study's best COMPLETE result (a
-    trial in the region when it ended can fall out of it as better ones arrive)."""
-    floor = stored_spec(study).region.floor
+def in_region(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], floor: float) -> list[optuna.trial.FrozenTrial]:
+    """Those of `trials` at most `floor` ([region] floor) points below the study's best COMPLETE
+    result (a trial in the region when it ended can fall out of it as better ones arrive)."""
     best = max((t.values[0] for t in study.best_trials), default=None)
     if not floor or best is None:
         return trials

@@ -23,6 +23,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from sqlalchemy import event
 
 from search.errors import UsageError
+from search.optuna_internals import set_trial_user_attr
 
 SQLITE_FILE, JOURNAL_FILE = "study.db", "journal.log"
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 30  # seconds; a dead worker's trial is re-queued about 30 s later
@@ -125,12 +126,10 @@ def output_folder(folder: Path, option: str) -> Path:
     return folder
 
 
-def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
-    """Whether `storage` runs heartbeats; sees through Optuna's wrappers (a study's storage is a
-    _CachedStorage around the RDBStorage, which an isinstance check on RDBStorage misses)."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    return is_heartbeat_enabled(storage)
+def has_heartbeat(url: str) -> bool:
+    """Whether the storage `open_storage` opens for `url` runs heartbeats: every RDB storage (a
+    dead worker's trial becomes FAIL and is re-queued once), no journal file."""
+    return not is_journal(url)
 
 
 def storage_of_existing(name: str, storage: str | None) -> str:
@@ -183,5 +182,5 @@ def stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], by: str = "--fail-stale") -> None:
     for trial in trials:
-        study._storage.set_trial_user_attr(trial._trial_id, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by {by}")
+        set_trial_user_attr(study, trial, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by {by}")
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

@@ -12,9 +12,10 @@ import optuna
 
 from search.errors import UsageError
 from search.objective import config_from_point, make_pruner
+from search.optuna_internals import reseed_tpe
 from search.storage import mask_password
 from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, same_settings, spec_to_dict, stored_spec
-from space.config import count_params
+from space.config import count_params, over_limit
 from space.families import FAMILIES
 
 # Our own line per trial replaces Optuna's log, which would print a traceback for a trial ended by Ctrl-C.
@@ -78,7 +79,7 @@ def enqueued_firsts(spec: StudySpec, starts: list[tuple[str, dict[str, Any]]] | 
     start configs ("enqueued" and "start": the file) that are not the same config as one before."""
     reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
     firsts = []
-    if reference is not None and count_params(config_from_point(spec, reference, "")) <= spec.max_params:
+    if reference is not None and not over_limit(count_params(config_from_point(spec, reference, "")), spec.max_params):
         firsts.append((reference, {"enqueued": "reference"}))
     for path, point in starts or []:  # a start config that is the hand-made model, or given twice, is one trial
         if all(config_from_point(spec, point, "") != config_from_point(spec, first, "") for first, _ in firsts):
@@ -102,9 +103,7 @@ class TrialSeededTPE(optuna.samplers.TPESampler):
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         seed = int(hashlib.sha256(f"{self._study_seed}:{trial.number}".encode()).hexdigest()[:8], 16)
-        # Optuna's random states, reseeded per trial (it offers no public way to seed them so)
-        self._rng.rng.seed(seed)
-        self._random_sampler._rng.rng.seed(seed)
+        reseed_tpe(self, seed)  # Optuna offers no public way to seed them per trial
         super().before_trial(study, trial)
 
 

@@ -21,7 +21,8 @@ import optuna
 from search.data import N_VAL, TRAIN_SPLIT
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from space.config import PRECISIONS, ConfigError, check, check_shapes, count_params, load_config, parse_section, read_text_file
+from space.config import PRECISIONS, ConfigError, check, check_shapes, count_params, load_config, over_limit, parse_section, read_text_file
+from space.datasets import DATASETS, DEFAULT_DATASET
 from space.families import FAMILIES, RECIPE_IN_TRAINING
 
 OBJECTIVE_EPOCHS = 3  # the objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
@@ -112,6 +113,7 @@ class StudySpec:
     # model: hints for the sampler, judged by the same rules as every trial (family "blocks"; read by every `run`, enqueued
     # when the study is created, and again on resume when their trial was lost to a crash)
     start: tuple[str, ...] = ()
+    dataset: str = DEFAULT_DATASET  # what every trial trains on (space/datasets.py), written into each trial's config
 
     @property
     def pareto(self) -> bool:
@@ -120,6 +122,9 @@ class StudySpec:
 
 def _spec_from_dict(raw: dict) -> StudySpec:
     top = parse_section(raw, StudySpec, "")
+    dataset = top.get("dataset", DEFAULT_DATASET)
+    check(dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}, got {json.dumps(dataset, default=str)}")
+    sizes = DATASETS[dataset]
     family = top.get("family", "step3")
     check(family in FAMILIES, "family", f"must be one of {', '.join(FAMILIES)}, got {family!r}")
     training = Training(**parse_section(top["training"], Training, "training"))
@@ -150,14 +155,16 @@ def _spec_from_dict(raw: dict) -> StudySpec:
         check(getattr(spec, key) > 0, key, f"must be > 0, got {getattr(spec, key)}")
     for key in ("epochs", "subset", "batch_size", "export_epochs"):
         check(getattr(training, key) > 0, f"training.{key}", f"must be > 0, got {getattr(training, key)}")
-    check(training.batch_size <= TRAIN_SPLIT, "training.batch_size", f"must be at most {TRAIN_SPLIT:,} (the training split), got {training.batch_size}")
+    check(training.batch_size <= sizes.search_train_size, "training.batch_size",
+          f"must be at most {sizes.search_train_size:,} (the training split), got {training.batch_size}")
     check(OBJECTIVE_EPOCHS <= training.epochs, "training.epochs", f"must be >= {OBJECTIVE_EPOCHS} (the objective averages the last {OBJECTIVE_EPOCHS} epochs)")
     check(training.export_epochs % training.epochs == 0, "training.export_epochs",
           f"must be a multiple of training.epochs ({training.epochs}), got {training.export_epochs}: only then does the exported "
           f"StepLR schedule drop the learning rate as often and at the same fractions of training as the trial's")
     check(training.precision in PRECISIONS, "training.precision", f"must be one of {', '.join(PRECISIONS)}, got {training.precision!r}")
-    check(training.subset <= TRAIN_SPLIT, "training.subset", f"the training split has {TRAIN_SPLIT:,} images, got {training.subset}")
-    check(0 < training.validation <= N_VAL, "training.validation", f"must be in 1..{N_VAL:,} (the validation split), got {training.validation}")
+    check(training.subset <= sizes.search_train_size, "training.subset", f"the training split has {sizes.search_train_size:,} images, got {training.subset}")
+    check(0 < training.validation <= sizes.validation_size, "training.validation",
+          f"must be in 1..{sizes.validation_size:,} (the validation split), got {training.validation}")
     check(pruner.kind != "hyperband", "pruner.kind", "hyperband is not supported (its rungs would compare trials at different "
           "epochs of their schedules; see docs/design.md, pruning); use \"median\" or \"none\"")
     check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")
@@ -170,7 +177,8 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
           f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
     check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")
-    check(0 < confirm.subset <= TRAIN_SPLIT, "confirm.subset", f"must be in 1..{TRAIN_SPLIT:,} (the training split), got {confirm.subset}")
+    check(0 < confirm.subset <= sizes.search_train_size, "confirm.subset",
+          f"must be in 1..{sizes.search_train_size:,} (the training split), got {confirm.subset}")
     check(confirm.max_seeds == 0 or confirm.max_seeds >= confirm.seeds, "confirm.max_seeds",
           f"must be 0 (no extra seeds) or >= seeds ({confirm.seeds}), got {confirm.max_seeds}")
     check(0.0 <= region.floor <= 100.0, "region.floor", f"must be in [0, 100] accuracy points (0: no floor), got {region.floor}")
@@ -192,11 +200,12 @@ def start_points(spec: StudySpec) -> list[tuple[str, dict[str, Any]]]:
         except ConfigError as e:
             raise ConfigError(f"start: {e}") from None
         try:
+            check(config.dataset == spec.dataset, "dataset", f"{config.dataset}, not the study's {spec.dataset}")
             point = FAMILIES[spec.family].point_from_config(config, spec.space, spec.training.epochs)
-            check_shapes(config.layers)
+            check_shapes(config.layers, config.dataset)
         except ConfigError as e:
             raise ConfigError(f"start: {path}: {e}") from None
-        if count_params(config) > spec.max_params:
+        if over_limit(count_params(config), spec.max_params):
             raise ConfigError(f"start: {path} has {count_params(config):,} parameters, over max_params ({spec.max_params:,})")
         points.append((path, point))
     return points

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from space.config import DEFAULT_MAX_PARAMS, count_params, layer_rows, load_config
+from space.config import DEFAULT_MAX_PARAMS, count_params, layer_rows, load_config, over_limit
 
 __all__ = ["DEFAULT_MAX_PARAMS", "summary_command"]
 
@@ -19,5 +19,5 @@ def summary_command(config_file: Path, max_params: int = DEFAULT_MAX_PARAMS) -> 
     for i, (description, shape, params) in enumerate(rows):
         print(f"{i:>3}  {description:<{width}}  {'x'.join(map(str, shape)):<13} {params:>10,}")
     total = count_params(config)
-    verdict = "within" if total <= max_params else "OVER"
+    verdict = "OVER" if over_limit(total, max_params) else "within"
     print(f"total params: {total:,} ({verdict} the {max_params:,} limit)")

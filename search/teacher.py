@@ -141,7 +141,7 @@ def _train_and_cache(path: str, config: RunConfig, split: Split, key: str, folde
                      record_file: Path) -> tuple[nn.Module, dict]:
     from safetensors.torch import save_file
 
-    full = load_split(split.root, split.train_images.device, validation=split.eval_name == "val")  # the whole training set of this kind
+    full = load_split(split.root, split.train_images.device, validation=split.eval_name == "val", dataset=split.dataset)  # the whole training set of this kind
     log_line(f"teacher {path}: training it once for {folder} ({len(full.train_images):,} images, {config.epochs} epochs); "
              f"cached in {weights.parent}")
     start = time.perf_counter()

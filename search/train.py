@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from search.augment import augment_batch, normalize
 from search.data import Split
-from space.config import Distill, RunConfig
+from space.config import ConfigError, Distill, RunConfig
+from space.datasets import MNIST, Dataset
 from space.model import PackedBitsDropout, build_model
 
 # torch.optim imports torch._dynamo at the first optimizer (1.2 s), well into a trial. A Ctrl-C that
@@ -76,13 +77,13 @@ _memory_kept = False
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(mean NLL loss, accuracy in %) over the whole set, in large batches."""
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dataset: Dataset = MNIST) -> tuple[float, float]:
+    """(mean NLL loss, accuracy in %) over the whole set of `dataset`'s images, in large batches."""
     model.eval()
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
     for start in range(0, len(images), EVAL_BATCH):
-        out = model(normalize(images[start : start + EVAL_BATCH]))
+        out = model(normalize(images[start : start + EVAL_BATCH], dataset))
         target = labels[start : start + EVAL_BATCH]
         loss_sum += F.nll_loss(out, target, reduction="sum")
         correct += (out.argmax(1) == target).sum()
@@ -253,7 +254,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
     show = progress is not None and sys.stderr.isatty()
     for step, start in enumerate(tqdm(starts, desc=progress, leave=False, disable=not show, unit="batch")):
         idx = order[start : start + config.batch_size]
-        x = augment_batch(images[idx], config.augment, generator).contiguous(memory_format=layout)
+        x = augment_batch(images[idx], config.augment, generator, split.dataset).contiguous(memory_format=layout)
         y = labels[idx]
         net = compiled if compiled is not None and len(idx) == config.batch_size else model
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -293,7 +294,11 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
     metrics have no eval keys), where nothing reads the others: at a rung of 5,000 images,
     scoring 10,000 every epoch costs a third of the rung. Raises DivergedError when the loss
     stops being finite, OutOfTime past `deadline` (time.time()). `compile`: train the full batches
-    through torch.compile; None decides by the run's length (compile_pays)."""
+    through torch.compile; None decides by the run's length (compile_pays). A config of another
+    dataset than the split's is refused (ConfigError): it would train on what it does not describe."""
+    if config.dataset != split.dataset.name:
+        raise ConfigError(f"{config.name or 'config'}: a config of the {config.dataset} dataset cannot train on {split.dataset.name}; "
+                          f"train it on its own dataset")
     device = split.train_images.device
     if device.type == "cpu":
         keep_freed_memory()
@@ -329,7 +334,7 @@ def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None
         metrics = {"epoch": epoch, "lr": lr, "train_loss": train_loss, "train_acc": train_acc}
         if evaluated_epochs is None or epoch > n_epochs - evaluated_epochs:
             evaluated = ema.module if ema else model  # with ema on, the averaged weights are the model
-            eval_loss, eval_acc = evaluate(evaluated, split.eval_images, split.eval_labels)
+            eval_loss, eval_acc = evaluate(evaluated, split.eval_images, split.eval_labels, split.dataset)
             metrics |= {f"{split.eval_name}_loss": eval_loss, f"{split.eval_name}_acc": eval_acc}
         metrics |= {"seconds": time.perf_counter() - start, "images_per_s": len(split.train_images) / train_seconds}
         history.append(metrics)

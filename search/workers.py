@@ -12,7 +12,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import optuna
 import torch
@@ -22,15 +22,18 @@ from search.errors import WorkerDied
 from search.storage import fail_stale
 from search.console import log_line
 
+Job = TypeVar("Job")
 
-def run_in_workers(body: Callable[..., None], args: tuple, workers: int, threads: int | None, study: optuna.Study) -> None:
-    """Run body(*args, index) in `workers` fresh processes (`threads` CPU threads each) and
-    supervise them; `study` is where their trials are."""
+
+def run_in_workers(body: Callable[[Job, int], None], job: Job, workers: int, threads: int | None, study: optuna.Study) -> None:
+    """Run body(job, index) in `workers` fresh processes (`threads` CPU threads each) and
+    supervise them; `job` is a frozen dataclass (what crosses to the process, typed); `study`
+    is where their trials are."""
     context = multiprocessing.get_context("spawn")
-    supervise([context.Process(target=_worker, args=(body, args, i, threads)) for i in range(workers)], study)
+    supervise([context.Process(target=_worker, args=(body, job, i, threads)) for i in range(workers)], study)
 
 
-def _worker(body: Callable[..., None], args: tuple, index: int, threads: int | None) -> None:
+def _worker(body: Callable[[Job, int], None], job: Job, index: int, threads: int | None) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # see search/cli.py main
     if threads:
         torch.set_num_threads(threads)
@@ -40,7 +43,7 @@ def _worker(body: Callable[..., None], args: tuple, index: int, threads: int | N
     tqdm.set_lock(threading.RLock())
     threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
-        body(*args, index)
+        body(job, index)
     except KeyboardInterrupt:
         sys.exit(130)
 

@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Union
 
+from space.datasets import DATASETS, DEFAULT_DATASET, MNIST
+
 DEFAULT_MAX_PARAMS = 8000
-INPUT_SHAPE = (1, 28, 28)  # MNIST: channels, height, width
-N_CLASSES = 10
-TRAIN_IMAGES = 60_000  # MNIST's training set: no batch can be larger
+# the default dataset's figures, for the families' and tests' constants (a config's own come from DATASETS[config.dataset])
+INPUT_SHAPE = MNIST.image_shape  # channels, height, width
+N_CLASSES = MNIST.classes
+TRAIN_IMAGES = MNIST.train_size
 INTERPOLATIONS = ("nearest", "bilinear")
 MAX_DROPOUT = 0.99  # the CPU dropout quantises its rate to 1/65,536: a rate that rounds to 1 would keep nothing
 
@@ -185,6 +188,7 @@ class RunConfig:
     # weights stay float32); compiled on a CPU with AMX 1.14-1.36x faster a step than compiled float32, eager little
     # (docs/results.md, "Training near the machine's limit")
     precision: str = "fp32"
+    dataset: str = DEFAULT_DATASET  # what it trains on and is tested on (space/datasets.py); a config is trained on no other
 
 
 OPTIMIZERS = ("sgd", "nesterov", "adam", "adamw")
@@ -192,7 +196,7 @@ SCHEDULES = ("step", "onecycle")
 PRECISIONS = ("fp32", "bf16")
 RECIPE_DEFAULTS = (("optimizer", "kind", "sgd"), ("scheduler", "kind", "step"), ("", "label_smoothing", 0.0),
                    ("augment", "translate", 0.0), ("augment", "scale", 0.0), ("", "ema", 0.0), ("", "distill", None),
-                   ("augment", "elastic", None), ("", "precision", "fp32"))
+                   ("augment", "elastic", None), ("", "precision", "fp32"), ("", "dataset", DEFAULT_DATASET))
 MAX_ELASTIC_SIGMA = 6.0  # its smoothing kernel (8·sigma + 1) reflects at the edges: at most 55 taps on a 28-pixel image
 
 
@@ -200,8 +204,8 @@ MAX_ELASTIC_SIGMA = 6.0  # its smoothing kernel (8·sigma + 1) reflects at the e
 
 
 def layer_rows(config: RunConfig) -> list[tuple[str, Shape, int]]:
-    """(description, output shape, params) for each layer, from the MNIST input on."""
-    rows, shape = [], INPUT_SHAPE
+    """(description, output shape, params) for each layer, from the dataset's input on."""
+    rows, shape = [], DATASETS[config.dataset].image_shape
     for layer in config.layers:
         description, params = layer.describe(shape[0]), layer.n_params(shape[0])
         shape = layer.output_shape(shape)
@@ -230,10 +234,16 @@ def count_params(config: RunConfig) -> int:
     return sum(params for _, _, params in layer_rows(config))
 
 
-def check_shapes(layers: tuple[Layer, ...]) -> None:
-    """Raise a one-line ConfigError when the layers do not fit the MNIST input: a kernel or pool
-    larger than its feature map, a huge activation, or an output other than 10x1x1."""
-    shape = INPUT_SHAPE
+def over_limit(n_params: int, limit: int) -> bool:
+    """The parameter limit's one rule, for every trial, start config and command: a net of
+    exactly `limit` parameters is within it; one over it never trains."""
+    return n_params > limit
+
+
+def check_shapes(layers: tuple[Layer, ...], dataset: str = DEFAULT_DATASET) -> None:
+    """Raise a one-line ConfigError when the layers do not fit the dataset's images: a kernel or
+    pool larger than its feature map, a huge activation, or an output other than one value per class."""
+    shape, classes = DATASETS[dataset].image_shape, DATASETS[dataset].classes
     for i, layer in enumerate(layers):
         where = f"layers[{i}]"
         c, h, w = shape
@@ -254,9 +264,9 @@ def check_shapes(layers: tuple[Layer, ...]) -> None:
         raise ConfigError(f"layers[{len(layers) - 1}]: its output {c}x{h}x{w} is {c * h * w:,} values an image; at most {MAX_ACTIVATION:,} are allowed")
     if not layers or not isinstance(layers[-1], LogSoftmax):
         raise ConfigError("layers: the last layer must be {\"type\": \"log_softmax\"}")
-    if shape != (N_CLASSES, 1, 1):
+    if shape != (classes, 1, 1):
         c, h, w = shape
-        raise ConfigError(f"layers: the network ends in {c}x{h}x{w}; it must end in {N_CLASSES}x1x1 (one value per class)")
+        raise ConfigError(f"layers: the network ends in {c}x{h}x{w}; it must end in {classes}x1x1 (one value per class)")
 
 
 # ---------------------------------------------------------------- reading and writing
@@ -353,7 +363,10 @@ def config_from_dict(raw: Any) -> RunConfig:
 
     check(0.0 <= config.dropout <= MAX_DROPOUT, "dropout", f"must be in [0, {MAX_DROPOUT}], got {config.dropout}")
     check(config.epochs > 0, "epochs", f"must be > 0, got {config.epochs}")
-    check(0 < config.batch_size <= TRAIN_IMAGES, "batch_size", f"must be in 1..{TRAIN_IMAGES:,} (MNIST's training set), got {config.batch_size}")
+    check(config.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}, got {json.dumps(config.dataset)}")
+    dataset = DATASETS[config.dataset]
+    check(0 < config.batch_size <= dataset.train_size, "batch_size",
+          f"must be in 1..{dataset.train_size:,} ({dataset.title}'s training set), got {config.batch_size}")
     check(optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {optimizer.lr}")
     check(0.0 <= optimizer.momentum < 1.0, "optimizer.momentum", f"must be in [0, 1), got {optimizer.momentum}")
     check(optimizer.weight_decay >= 0, "optimizer.weight_decay", f"must be >= 0, got {optimizer.weight_decay}")
@@ -380,7 +393,7 @@ def config_from_dict(raw: Any) -> RunConfig:
         check(distill.teacher.strip() != "", "distill.teacher", "must name the teacher's config file, e.g. \"studies/reference/teacher.json\"")
         check(0.0 <= distill.weight <= 1.0, "distill.weight", f"must be in [0, 1], got {distill.weight}")
         check(0.0 < distill.temperature <= 100.0, "distill.temperature", f"must be in (0, 100], got {distill.temperature}")
-    check_shapes(layers)
+    check_shapes(layers, config.dataset)
     return config
 
 

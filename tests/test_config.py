@@ -104,6 +104,8 @@ RECIPE_CONFIGS = [
     ({"scheduler": {"kind": "onecycle", "step_size": 6}}, ["scheduler.step_size", "a onecycle schedule has no step_size"]),
     ({"scheduler": {"kind": "onecycle", "warmup": 1.0}}, ["scheduler.warmup", "(0, 1)"]),
     ({"scheduler": {"kind": "step", "gamma": 0.1}}, ["scheduler.step_size", "missing"]),
+    ({"dataset": "mnist"}, None),
+    ({"dataset": "cifar10"}, ["dataset", "must be one of mnist", "cifar10"]),
 ]
 
 

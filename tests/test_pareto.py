@@ -19,7 +19,7 @@ from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_err
 from search.note import study_note
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
 from search.results import in_region
-from search.studyfile import Fidelity, Region, load_study_spec
+from search.studyfile import Fidelity, Region, load_study_spec, stored_spec
 from space.config import ConfigError, count_params, load_config
 
 def test_front_promotion_and_hypervolume_by_hand():
@@ -162,6 +162,15 @@ def test_export_target_acc_writes_the_smallest_confirmed_config_that_reaches_it_
     assert lines[0].startswith(f"error: no confirmed config of 'tinypareto' reaches 100 %; closest: trial {largest} "
                                f"({confirmed[largest]['n_params']:,} params): {confirmed[largest]['mean']:.2f} ±")
     assert not (tmp / "exp2").exists() or not list((tmp / "exp2").glob("target-*.json"))
+    # without --target-acc: best.json, and the answer to the study's own [region] target_acc (stored with its settings)
+    study.set_user_attr("spec", {**study.user_attrs["spec"], "region": {"floor": 0.0, "target_acc": float(target)}})
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp3"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp / "exp3").glob("*.json")) == ["best.json", f"target-{float(target):g}.json"]
+    study.set_user_attr("spec", {**study.user_attrs["spec"], "region": {"floor": 0.0, "target_acc": 100.0}})
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp4"))
+    assert result.returncode == 0 and "no confirmed config of 'tinypareto' reaches 100 %" in result.stdout  # said, not failed: best.json was asked for
+    assert [p.name for p in (tmp / "exp4").glob("*.json")] == ["best.json"]
 
 
 def test_confirm_resumes_after_ctrl_c(shared_pareto_study, tmp_path):
@@ -278,7 +287,7 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     assert "3 epochs on 300 training images" in confirmed.stdout
     # the candidates: four of the region's trials at most, its front's two ends among them (the most accurate, and the
     # smallest that no other trial of the region beats on accuracy); no later round: nothing reaches the file's 99.17 %
-    region = in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    region = in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), stored_spec(study).region.floor)
     chosen = {int(n) for n in load(storage, "tiny").user_attrs["confirmed"]}
     most_accurate = max(region, key=lambda t: (t.values[0], -t.values[1]))
     smallest = min(region, key=lambda t: (t.values[1], -t.values[0]))
@@ -305,7 +314,7 @@ def test_a_changed_confirmation_budget_trains_new_runs_instead_of_reusing_the_ol
     assert {e["images"] for e in study.user_attrs["confirmed"].values()} == {256}
     from search.results import best_trial
 
-    note = study_note(study, best_trial(study))
+    note = study_note(study, stored_spec(study), best_trial(study))
     assert "3 epochs on 256 training images" in note and "50,000" not in note
     assert "`export-config.json`" in note and "`config.json`" not in note
 
@@ -351,7 +360,7 @@ def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candid
     assert "nan in epoch 1" in table.loc[table["trial"] == number, "diverged"].item()
     from search.results import best_trial
 
-    assert "seed 4: training loss is nan in epoch 1" in study_note(load(storage), best_trial(load(storage)))
+    assert "seed 4: training loss is nan in epoch 1" in study_note(load(storage), stored_spec(load(storage)), best_trial(load(storage)))
     missed = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "e"), "--target-acc", "99.9")
     assert missed.returncode == 1 and f"trial {number} " not in missed.stderr  # never chosen, even as the closest
 
@@ -440,9 +449,10 @@ def test_time_budgets_are_read_from_the_study_file_and_overridden(tmp_path):
 
 
 def test_a_round_is_expected_to_take_its_runs_in_order_on_the_first_free_worker():
-    from search.confirm import fitting_round, round_seconds, runs_to_train
+    from search.confirm_plan import fitting_round, round_seconds, runs_to_train
 
     study = region_study(floor=0.0)  # PARETO: 3 epochs a rung, 3 export epochs; the study's seed is 3, so confirmation seeds 4, 5, 6
+    spec = stored_spec(study)
     for number, (train_seconds, seconds) in enumerate(((10.0, 12.0), (20.0, 22.0), (30.0, 32.0), (40.0, 42.0), (5.0, 7.0))):
         rungs = [{"rung": 1, "images": 500, "val_acc": 91.0, "seconds": seconds, "train_seconds": train_seconds}]
         study.add_trial(optuna.trial.create_trial(values=[91.0, 1000 + number], user_attrs={"n_params": 1000 + number, "rungs": rungs}))
@@ -453,20 +463,20 @@ def test_a_round_is_expected_to_take_its_runs_in_order_on_the_first_free_worker(
         companion.add_trial(optuna.trial.create_trial(values=[99.0, 1000], user_attrs={
             "candidate": candidate, "seed": seed, "seconds": seconds, "budget": {"epochs": 3, "images": images}}))
     # candidate 2's seed 5 ran at another budget: planned at this one, it has no result here, so it trains again
-    assert runs_to_train(study, companion, 1, 3, 50_000) == 1 and runs_to_train(study, companion, 2, 2, 50_000) == 1
-    assert runs_to_train(study, companion, 1, 2, 50_000) == 0  # its two seeds are done: nothing to train
-    assert round_seconds(study, companion, {1: 3}, 50_000, workers=2) == 340.0  # one run: its candidate's longest
-    assert round_seconds(study, companion, {1: 3, 2: 3}, 50_000, workers=2) == 840.0  # 340 + 500 | 500: each run to the first free worker
-    assert round_seconds(study, companion, {1: 3, 2: 3}, 50_000, workers=1) == 1340.0  # three runs in turn on one worker
+    assert runs_to_train(study, spec, companion, 1, 3, 50_000) == 1 and runs_to_train(study, spec, companion, 2, 2, 50_000) == 1
+    assert runs_to_train(study, spec, companion, 1, 2, 50_000) == 0  # its two seeds are done: nothing to train
+    assert round_seconds(study, spec, companion, {1: 3}, 50_000, workers=2) == 340.0  # one run: its candidate's longest
+    assert round_seconds(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=2) == 840.0  # 340 + 500 | 500: each run to the first free worker
+    assert round_seconds(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=1) == 1340.0  # three runs in turn on one worker
     # no run at this budget yet: its last search rung's training seconds times the images (50,000 / 500) and epochs (3 / 3),
     # plus its other seconds (scoring the same validation images)
-    assert round_seconds(study, companion, {3: 1}, 50_000, workers=2) == pytest.approx(40.0 * 100 + 2.0)
-    assert round_seconds(study, companion, {4: 2, 0: 2}, 50_000, workers=2) == pytest.approx(5.0 * 100 + 2.0 + 10.0 * 100 + 2.0)
+    assert round_seconds(study, spec, companion, {3: 1}, 50_000, workers=2) == pytest.approx(40.0 * 100 + 2.0)
+    assert round_seconds(study, spec, companion, {4: 2, 0: 2}, 50_000, workers=2) == pytest.approx(5.0 * 100 + 2.0 + 10.0 * 100 + 2.0)
     # the time left decides how many of the candidates, in the round's order, get their runs: all, the first, or none
-    assert fitting_round(study, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=840.0) == {1: 3, 2: 3}
-    assert fitting_round(study, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=400.0) == {1: 3}
-    assert fitting_round(study, companion, {2: 3, 1: 3}, 50_000, workers=2, seconds=400.0) == {}  # the round's first runs first
-    assert fitting_round(study, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=300.0) == {}
+    assert fitting_round(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=840.0) == {1: 3, 2: 3}
+    assert fitting_round(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=400.0) == {1: 3}
+    assert fitting_round(study, spec, companion, {2: 3, 1: 3}, 50_000, workers=2, seconds=400.0) == {}  # the round's first runs first
+    assert fitting_round(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=300.0) == {}
 
 
 def region_study(floor: float, target: float = 0.0) -> optuna.Study:
@@ -522,23 +532,23 @@ def test_the_region_widens_by_its_floor_at_each_rung_below_the_last():
 
 
 def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_region():
-    from search.confirm import candidates
+    from search.candidates import candidates
     from search.results import front_in_region
 
     study = region_study(floor=1.0)
     for acc, size in ((97.0, 500), (98.2, 1000), (98.5, 2000), (98.6, 3000), (98.7, 4000), (98.8, 6000), (99.0, 8000), (98.0, 7000)):
         study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size}, constraints={"params_over_limit": -1}))
-    region = front_in_region(study)
+    region = front_in_region(study, 1.0)
     assert {t.user_attrs["n_params"] for t in region} == {1000, 2000, 3000, 4000, 6000, 8000}  # 97 % at 500: 2 points below the best
     # in the order confirmation takes them: the front's two ends, the more accurate first; then by crowding distance over log
     # size and accuracy (2,000: the widest gaps; 4,000 and 3,000 tie, the more accurate first); then the next front (7,000)
-    assert [t.user_attrs["n_params"] for t in candidates(study, 7)] == [8000, 1000, 2000, 6000, 4000, 3000, 7000]
-    assert [t.user_attrs["n_params"] for t in candidates(study, 1)] == [8000]
-    assert len(candidates(study, 10)) == 7  # 500 lies outside the region
+    assert [t.user_attrs["n_params"] for t in candidates(study, 7, 1.0)] == [8000, 1000, 2000, 6000, 4000, 3000, 7000]
+    assert [t.user_attrs["n_params"] for t in candidates(study, 1, 1.0)] == [8000]
+    assert len(candidates(study, 10, 1.0)) == 7  # 500 lies outside the region
 
 
 def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
-    from search.confirm import candidates
+    from search.candidates import candidates
 
     study = region_study(floor=1.0)
     for acc, size, start in ((98.2, 1000, False), (98.6, 3000, False), (99.0, 8000, False), (98.7, 7000, True), (98.1, 3500, True)):
@@ -546,16 +556,16 @@ def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
                                                   constraints={"params_over_limit": -1}))
     # the search's own 3,000-parameter net comes before the larger start config (7,000) that does not dominate it, and the
     # dominated start config (3,500 at 98.1 %) gets no slot ahead of any trial of the front
-    assert sorted(t.user_attrs["n_params"] for t in candidates(study, 3)) == [1000, 3000, 8000]
-    assert sorted(t.user_attrs["n_params"] for t in candidates(study, 4)) == [1000, 3000, 7000, 8000]
+    assert sorted(t.user_attrs["n_params"] for t in candidates(study, 3, 1.0)) == [1000, 3000, 8000]
+    assert sorted(t.user_attrs["n_params"] for t in candidates(study, 4, 1.0)) == [1000, 3000, 7000, 8000]
     single = optuna.create_study(direction="maximize")  # an accuracy study: its best, a start config or not
     for value, start in ((98.0, False), (99.0, False), (97.0, True), (98.5, False), (96.0, True)):
         single.add_trial(optuna.trial.create_trial(value=value, user_attrs={"start": "s.json"} if start else {}))
-    assert [t.value for t in candidates(single, 3)] == [99.0, 98.5, 98.0]
+    assert [t.value for t in candidates(single, 3, 0.0)] == [99.0, 98.5, 98.0]
 
 
 def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
-    from search.confirm import in_question
+    from search.candidates import in_question
     from search.results import SEED_SPREAD, interval, within_noise
 
     row = {"trial": 1, "n_params": 3000, "seeds": [4, 5], "mean": 99.10, "std": 0.02, "diverged": {}}
@@ -573,7 +583,7 @@ def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
 
 
 def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_still_open():
-    from search.confirm import near_the_answer
+    from search.candidates import near_the_answer
 
     study = region_study(floor=2.0)
     for acc, size in ((97.6, 2000), (97.8, 3000), (98.0, 3500), (98.2, 4000), (98.4, 5000), (98.6, 6000), (98.8, 7000), (99.0, 8000)):
@@ -585,10 +595,10 @@ def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_sti
 
     # confirmed: 2,000 far below 99.17, 5,000 far above, 8,000 far above: the answer is open between 2,000 and 5,000
     rows = [row(0, 98.5), row(4, 99.5), row(7, 99.6)]
-    assert [t.user_attrs["n_params"] for t in near_the_answer(study, rows, 99.17)] == [4000, 3000, 3500]  # in promotion order
+    assert [t.user_attrs["n_params"] for t in near_the_answer(study, rows, 99.17, 2.0)] == [4000, 3000, 3500]  # in promotion order
     rows = [row(0, 98.5), row(4, 99.18, std=0.2)]  # 5,000 reaches it within noise only: nothing is decided to reach it yet
-    assert near_the_answer(study, rows, 99.17) == []
-    assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], 0.0) == []  # no target: no question to concentrate on
+    assert near_the_answer(study, rows, 99.17, 2.0) == []
+    assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], 0.0, 2.0) == []  # no target: no question to concentrate on
 
 
 def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto_study, tmp_path):
@@ -703,14 +713,15 @@ def test_a_confirmation_run_still_training_at_the_deadline_is_stopped_and_traine
                                                                                             monkeypatch):
     import torch
 
-    from search.confirm import open_companion, plan, run_confirmations
+    from search.confirm import run_confirmations
+    from search.confirm_plan import open_companion, plan
     from search.data import load_split
 
     _, storage = copy_of(shared_pareto_study, tmp_path)
     study = load(storage)
     companion = open_companion(study)
     number = int(next(iter(study.user_attrs["confirmed"])))
-    plan(study, companion, {number: 3}, 512)  # a third seed: one run to train
+    plan(study, stored_spec(study), companion, {number: 3}, 512)  # a third seed: one run to train
     (waiting,) = companion.get_trials(states=(TrialState.WAITING,))
     split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512, eval_subset=1000)
     class Later:  # the training loop's clock, an hour on: the run starts (confirmation's own clock is now) and is past its deadline
@@ -727,7 +738,7 @@ def test_a_confirmation_run_still_training_at_the_deadline_is_stopped_and_traine
     monkeypatch.undo()
     stopped = companion.trials[waiting.number]
     assert stopped.state == TrialState.FAIL and stopped.user_attrs["reason"] == "the confirmation's time budget ran out"
-    plan(study, companion, {number: 3}, 512)  # the next `confirm` enqueues it again, and it trains
+    plan(study, stored_spec(study), companion, {number: 3}, 512)  # the next `confirm` enqueues it again, and it trains
     run_confirmations(companion, lambda: split)
     assert [t.user_attrs["seed"] for t in companion.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs["candidate"] == number] == [4, 5, 6]
 

@@ -1,6 +1,7 @@
 """The search study end to end on a tiny budget: hard limit, storage, export, reproduction, resume."""
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 import optuna
 import pytest
 
-from conftest import ROOT, TINY, assert_one_line_error, copy_study, run_cli, write_study
+from conftest import ROOT, TINY, assert_one_line_error, copy_study, journal, run_cli, write_study
 from space.config import count_params, load_config
 
 @pytest.fixture()
@@ -116,6 +117,23 @@ def test_rerun_with_more_trials_resumes_to_the_total(shared_tiny_study, tmp_path
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))) == 10
     done = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu", "--trials", "10")
     assert done.returncode == 0 and "already holds 10 finished trials" in done.stdout
+
+
+def test_a_study_made_before_the_dataset_and_typed_settings_resumes_and_exports(tmp_path, data_dir):
+    """tests/data/study-before-35: a Pareto study (4 trials, confirmed) written by the code before
+    issue 35 (commit 53b60bf): its stored settings name no dataset, its journal no typed records."""
+    shutil.copytree(ROOT / "tests" / "data" / "study-before-35", tmp_path / "old")
+    storage = str(tmp_path / "old" / "journal.log")
+    again = run_cli("run", str(tmp_path / "old" / "old.toml"), "--storage", storage, "--out", str(tmp_path / "out"), "--device", "cpu",
+                    "--trials", "5")
+    assert again.returncode == 0, again.stderr
+    assert "created from different settings" not in again.stderr
+    study = optuna.load_study(study_name="old", storage=journal(tmp_path / "old" / "journal.log"))
+    assert len(study.trials) == 5 and study.trials[4].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert study.trials[4].user_attrs["config"].get("dataset", "mnist") == "mnist"
+    exported = run_cli("export", "--study", "old", "--storage", storage, "--out", str(tmp_path / "export"))
+    assert exported.returncode == 0, exported.stderr
+    assert load_config(tmp_path / "export" / "best.json").dataset == "mnist"  # the confirmed best of the old runs
 
 
 def test_changed_settings_do_not_touch_an_existing_study(shared_tiny_study, tmp_path):

@@ -573,3 +573,15 @@ def test_the_one_thread_channels_last_path_computes_what_the_contiguous_path_doe
         assert max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, reference)) < tolerance
     trained = train(replace(config, epochs=1), load_split(data_dir, torch.device("cpu"), validation=True, subset=128, eval_subset=500))[0]
     assert all(p.is_contiguous() for p in trained.parameters())  # model files see the usual layout
+
+
+def test_a_config_is_trained_on_its_own_dataset_only(data_dir):
+    from space.config import ConfigError
+    from space.datasets import MNIST
+
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=256, eval_subset=100)
+    assert split.dataset == MNIST and step3_config(SMALL_PARAMS, epochs=1).dataset == "mnist"
+    other = replace(split, dataset=replace(MNIST, name="mnist-rotated"))  # a second record of the same shape
+    with pytest.raises(ConfigError, match="a config of the mnist dataset cannot train on mnist-rotated"):
+        train(step3_config(SMALL_PARAMS, epochs=1), other)
+

@@ -1,0 +1,60 @@
+"""Which trials confirmation takes: the first candidates of a study, then, round by round, the
+candidates one more seed could move across the target and the unconfirmed trials whose size
+lies where the answer is still open. Reads trials and confirmed rows; trains nothing."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import TrialState
+
+from search.pareto import promotion_order
+from search.results import holds, in_region, within_noise
+
+
+def candidates(study: optuna.Study, top: int, floor: float) -> list[optuna.trial.FrozenTrial]:
+    """`top` trials at most, chosen by one rule for every trial (a start config's trial too), in
+    the order confirmation takes them: an accuracy study's best, the best first; in a Pareto
+    study, the trials in the region (`floor`: [region] floor; docs/design.md) in the order successive halving promotes
+    them (search/pareto.py): front by front, each front's two ends and then the points that
+    spread it along the size axis, so that confirmation answers "how small still holds" and not
+    only "how accurate". Which of them are near the target shows at the export budget: the later
+    rounds go there (`in_question`, `near_the_answer`)."""
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(study.directions) == 1:
+        return sorted(finished, key=lambda t: -t.values[0])[:top]
+    region = in_region(study, finished, floor)
+    return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])[:top]]
+
+
+def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
+    """The confirmed candidates (smallest first) that one more seed could move across `target`
+    and that could still be the answer: within noise of it (results.within_noise), below
+    max_seeds, none diverged, and no larger than the smallest candidate already decided to
+    reach it (a larger one cannot change "the smallest net that holds the target")."""
+    if not target or not max_seeds:
+        return []
+    limit = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=math.inf)
+    return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
+
+
+def decided_to_reach(row: dict, target: float) -> bool:
+    return holds(row) and row["mean"] >= target and not within_noise(row, target)
+
+
+def near_the_answer(study: optuna.Study, rows: list[dict], target: float, floor: float) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials of a Pareto study's region, not yet confirmed, whose size lies where the
+    answer is still open: below the smallest candidate decided to reach `target`, and above the
+    largest smaller one decided to fall short of it; in promotion order. None while no candidate
+    is decided to reach the target (then the answer is "none yet", and its seeds decide it), and
+    none without a target or in an accuracy study."""
+    above = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=None) if target else None
+    if above is None or len(study.directions) == 1:
+        return []
+    below = max((r["n_params"] for r in rows if holds(r) and r["mean"] < target and not within_noise(r, target)
+                 and r["n_params"] < above), default=0)
+    confirmed = {r["trial"] for r in rows}
+    region = [t for t in in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor)
+              if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
+    return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]

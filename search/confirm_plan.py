@@ -1,0 +1,161 @@
+"""The plan of a confirmation: its runs, (candidate, seed, epochs, images), enqueued as trials of
+the companion study NAME.confirm and merged into the search study's "confirm_plans"; what a
+round of them is expected to take, so that a round fits the time budget; and the summary of
+their results per candidate (mean ± std), stored in the search study as "confirmed"."""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+from dataclasses import replace
+
+import optuna
+from optuna.trial import TrialState
+
+from search.export import export_config
+from search.optuna_internals import storage_of
+from search.storage import fail_stale, worker_is_gone
+from search.studyfile import StudySpec, Training
+from space.config import config_to_dict
+
+
+def companion_name(study_name: str) -> str:
+    return f"{study_name}.confirm"
+
+
+def expected_run_seconds(study: optuna.Study, training: Training, companion: optuna.Study, number: int, images: int) -> float | None:
+    """What one confirmation run of candidate `number` on `images` training images is expected to
+    take: its longest finished run at that budget; before any, its last search rung's training
+    seconds scaled by the images and epochs, plus its evaluation seconds (the same 3 epochs are
+    scored); None when neither was recorded."""
+    runs = [t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("candidate") == number and t.user_attrs.get("budget") == {"epochs": training.export_epochs, "images": images}]
+    if runs:
+        return max(runs)
+    rung = (study.get_trials(deepcopy=False)[number].user_attrs.get("rungs") or [{}])[-1]
+    if "seconds" not in rung:
+        return None
+    trained = rung.get("train_seconds", rung["seconds"])  # (a rung recorded before its training seconds were: all of it)
+    return trained * (images / rung["images"]) * (training.export_epochs / training.epochs) + (rung["seconds"] - trained)
+
+
+def runs_to_train(study: optuna.Study, spec: StudySpec, companion: optuna.Study, number: int, count: int, images: int) -> int:
+    """How many runs bringing candidate `number` to `count` seeds at `images` training images would
+    train: the seeds planned (this count's and any earlier plan's at that budget) without a
+    result (COMPLETE, or diverged) in `companion`."""
+    export_epochs = spec.training.export_epochs
+    earlier = study.user_attrs.get("confirm_plans", {}).get(str(number), {})
+    planned = set(confirmation_seeds(spec, count)) | (set(earlier.get("seeds", [])) if earlier.get("images") == images else set())
+    done = {run_key(t.user_attrs) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs}
+    return sum((number, seed, export_epochs, images) not in done for seed in planned)
+
+
+def round_seconds(study: optuna.Study, spec: StudySpec, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int) -> float:
+    """What a round that brings each candidate of `wanted` (trial number: seed count) to its seed
+    count is expected to take on `workers` processes: its runs in the round's order, each taken by
+    the first process free (as the workers take waiting runs); a run of unknown length is taken
+    as the longest known one."""
+    known = {number: expected_run_seconds(study, spec.training, companion, number, images) for number in wanted}
+    longest = max((s for s in known.values() if s is not None), default=0.0)
+    free = [0.0] * max(workers, 1)
+    for number, count in wanted.items():
+        for _ in range(runs_to_train(study, spec, companion, number, count, images)):
+            first = free.index(min(free))
+            free[first] += known[number] if known[number] is not None else longest
+    return max(free)
+
+
+def fitting_round(study: optuna.Study, spec: StudySpec, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int,
+                  seconds: float) -> dict[int, int]:
+    """The first candidates of `wanted`, in its order, whose round is expected to end within
+    `seconds`, as many as fit."""
+    for count in range(len(wanted), 0, -1):
+        first = dict(list(wanted.items())[:count])
+        if round_seconds(study, spec, companion, first, images, workers) <= seconds:
+            return first
+    return {}
+
+
+def confirmation_seeds(spec: StudySpec, count: int) -> list[int]:
+    """Seeds the search never used: the study's seed + 1, + 2, ..."""
+    return [spec.seed + 1 + i for i in range(count)]
+
+
+def open_companion(study: optuna.Study) -> optuna.Study:
+    """The study holding `study`'s confirmation runs, created on first use."""
+    companion = optuna.create_study(study_name=companion_name(study.study_name), storage=storage_of(study),
+                                    directions=["maximize", "minimize"], load_if_exists=True)
+    if not companion.metric_names:
+        with warnings.catch_warnings():  # Optuna marks metric names experimental; the dashboard shows them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            companion.set_metric_names(["final val acc %", "params"])
+    return companion
+
+
+def plan(study: optuna.Study, spec: StudySpec, companion: optuna.Study, wanted: dict[int, int], images: int) -> list[tuple[int, int]]:
+    """Enqueue every (candidate, seed) run for the candidates in `wanted` (trial number: seed
+    count) at this budget (the export epochs, `images` training images) that has no result, is
+    not waiting and is not running in a live worker; returns all runs of the plan. Runs of dead
+    local workers are marked FAIL. A run is identified by all that decides its result
+    (candidate, seed, epochs, images), so a changed budget never reuses another budget's
+    results. The plan is merged into the study's "confirm_plans" (one entry per candidate ever
+    confirmed, its seeds only ever added to), so a later, smaller `confirm` keeps the earlier
+    candidates and their seeds."""
+    runs = companion.get_trials(deepcopy=False)
+    stale = [t for t in runs if t.state == TrialState.RUNNING and worker_is_gone(t)]
+    fail_stale(companion, stale, by="confirm")
+    held = {run_key(t.user_attrs) for t in runs
+            if t.state in (TrialState.COMPLETE, TrialState.WAITING) or (t.state == TrialState.PRUNED and "diverged" in t.user_attrs)
+            or (t.state == TrialState.RUNNING and t not in stale)}
+    plans = dict(study.user_attrs.get("confirm_plans", {}))
+    planned_runs = []
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for trial in (trials[number] for number in wanted):
+        config = export_config(trial, spec.training, study.study_name)
+        budget = {"epochs": config.epochs, "images": images}
+        earlier = plans.get(str(trial.number), {})
+        same_budget = {k: earlier.get(k) for k in budget} == budget
+        planned = sorted(set(confirmation_seeds(spec, wanted[trial.number])) | set(earlier.get("seeds", []) if same_budget else []))
+        plans[str(trial.number)] = {"seeds": planned, **budget}
+        for seed in planned:
+            planned_runs.append((trial.number, seed))
+            attrs = {"candidate": trial.number, "seed": seed, "budget": budget}
+            if run_key(attrs) not in held:
+                seeded = replace(config, seed=seed, name=f"{config.name}-seed{seed}")
+                companion.enqueue_trial({}, user_attrs={**attrs, "n_params": trial.user_attrs["n_params"], "config": config_to_dict(seeded)})
+    study.set_user_attr("confirm_plans", plans)
+    return planned_runs
+
+
+def run_key(attrs: dict) -> tuple:
+    """What decides a confirmation run's result: (candidate, seed, epochs, training images); the
+    validation images are a study setting, which no resumed study can change."""
+    budget = attrs.get("budget", {})
+    return attrs.get("candidate"), attrs.get("seed"), budget.get("epochs"), budget.get("images")
+
+
+def summarize(study: optuna.Study, companion: optuna.Study) -> dict[str, dict]:
+    """Mean ± std of the final validation accuracy of every candidate ever planned, at the
+    budget of its plan, stored in `study` (user attribute "confirmed", keyed by trial number)
+    and returned. Diverged runs are listed per seed with their reason; the mean is over the
+    others."""
+    plans = study.user_attrs.get("confirm_plans", {})
+    finished: dict[tuple, optuna.trial.FrozenTrial] = {}
+    for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs:
+            finished[run_key(t.user_attrs)] = t
+    summary = {}
+    for number, p in plans.items():
+        runs = {seed: finished[key] for seed in p["seeds"] if (key := (int(number), seed, p["epochs"], p["images"])) in finished}
+        if not runs:
+            continue
+        accs = {seed: t.values[0] for seed, t in runs.items() if t.state == TrialState.COMPLETE}
+        summary[number] = {"n_params": next(iter(runs.values())).user_attrs["n_params"],
+                           "mean": statistics.mean(accs.values()) if accs else None,
+                           "std": statistics.stdev(accs.values()) if len(accs) > 1 else 0.0,
+                           "seeds": sorted(accs), "planned_seeds": p["seeds"],
+                           "diverged": {str(seed): t.user_attrs["diverged"] for seed, t in runs.items() if t.state != TrialState.COMPLETE},
+                           "complete": len(runs) == len(p["seeds"]), "epochs": p["epochs"], "images": p["images"]}
+    study.set_user_attr("confirmed", summary)
+    return summary
