@@ -2,5 +2,5 @@ import sys
 
 from search.cli import main
 
-if __name__ == "__main__":  # worker processes (multiprocessing's spawn) import this module too
+if __name__ == "__main__":  # (a process multiprocessing starts may import this module: it must not run the command again)
     sys.exit(main())
