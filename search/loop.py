@@ -14,9 +14,9 @@ import optuna
 from tqdm import tqdm
 
 from search.data import SearchSplit, Split
-from search.objective import FINISHED, SurplusTrial, make_pruner, objective
+from search.objective import FINISHED, SurplusTrial, objective
 from search.storage import has_heartbeat, open_storage, worker_is_gone
-from search.study import seed_sampler
+from search.study import make_pruner, seed_sampler
 from search.studyfile import StudySpec
 from search.console import log_line
 from search.workers import run_in_workers

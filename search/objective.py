@@ -22,7 +22,6 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import optuna
 
@@ -31,7 +30,7 @@ from search.data import Split
 from search.export import export_form
 from search.pareto import promoted, promotion_order
 from search.storage import worker_id, worker_is_gone
-from search.studyfile import OBJECTIVE_EPOCHS, Pruner, StudySpec
+from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, config_from_point
 from search.train import OutOfTime
 from search.trial_training import train_in_trial
 from space.config import ConfigError, RunConfig, architecture, check_shapes, config_to_dict, count_params, over_limit
@@ -54,6 +53,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
     params = FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
     config = config_from_point(spec, params, f"{trial.study.study_name}-trial{trial.number}")
     n_params = count_params(config)  # exact, and needs only the channel counts: valid or not
+    too_large = over_limit(n_params, spec.max_params)
     trial.set_user_attr("n_params", n_params)
     trial.set_user_attr("architecture", architecture(config))
     trial.set_user_attr("config", config_to_dict(config))
@@ -63,7 +63,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
         _constrain(trial, "params_over_limit", max(n_params - spec.max_params, 1))
         return _prune(trial, f"invalid shape: {e}")
     _constrain(trial, "params_over_limit", n_params - spec.max_params)  # <= 0: feasible
-    if over_limit(n_params, spec.max_params):
+    if too_large:
         return _prune(trial, f"over the parameter limit: {n_params:,} > {spec.max_params:,}")
 
     trial.set_user_attr("seed", config.seed)
@@ -200,18 +200,6 @@ class SurplusTrial(Exception):
     """Raised in a trial that several workers started together beyond the study's trial count."""
 
 
-# ---------------------------------------------------------------- a point as a config
-
-
-def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
-    """The config of a point of the study's space, with the recipe values its family takes
-    from [training] (the step-3 family: batch size, momentum, weight decay), and the study's precision and dataset."""
-    family = FAMILIES[spec.family]
-    fixed = {key: getattr(spec.training, key) for key in family.FROM_TRAINING}
-    config = family.config_from_params({**fixed, **params}, epochs=spec.training.epochs, seed=spec.seed, name=name)
-    return replace(config, precision=spec.training.precision, dataset=spec.dataset)
-
-
 # ---------------------------------------------------------------- pruning and fidelity
 
 
@@ -228,13 +216,6 @@ def may_prune(epoch: int, settled: int, epochs: int) -> bool:
     ends) and not after its last epoch (then nothing is saved, and its finished objective would
     be replaced by one epoch's value)."""
     return settled < epoch < epochs
-
-
-def make_pruner(pruner: Pruner) -> optuna.pruners.BasePruner:
-    """Median pruning after `startup_trials` completed trials (Optuna's MedianPruner counts COMPLETE ones)."""
-    if pruner.kind == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=0)
-    return optuna.pruners.NopPruner()
 
 
 def rung_subsets(spec: StudySpec) -> list[int]:

@@ -1,5 +1,5 @@
 """A study in its storage: created from a study file (settings stored, the hand-made model as
-its first trial) or resumed with the same settings, and its sampler, seeded from the study."""
+its first trial) or resumed with the same settings, and its sampler, seeded from the study, and pruner."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from typing import Any
 import optuna
 
 from search.errors import UsageError
-from search.objective import config_from_point, make_pruner
 from search.optuna_internals import reseed_tpe
 from search.storage import mask_password
-from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, same_settings, spec_to_dict, stored_spec
+from search.studyfile import OBJECTIVE_EPOCHS, Pruner, StudySpec, config_from_point, same_settings, spec_to_dict, stored_spec
 from space.config import count_params, over_limit
 from space.families import FAMILIES
 
@@ -126,3 +125,10 @@ def seed_sampler(study: optuna.Study, spec: StudySpec, url: str, first: bool, in
         study.sampler = optuna.samplers.TPESampler(seed=spec.seed, **options)
     else:
         study.sampler = TrialSeededTPE(spec.seed, **options)
+
+
+def make_pruner(pruner: Pruner) -> optuna.pruners.BasePruner:
+    """Median pruning after `startup_trials` completed trials (Optuna's MedianPruner counts COMPLETE ones)."""
+    if pruner.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=0)
+    return optuna.pruners.NopPruner()

@@ -3,7 +3,8 @@
 `load_study_spec` reads and checks a study file; command-line overrides go through the same
 checks. The checked settings (`StudySpec`) are stored in the study as JSON (`spec_to_dict`),
 and every command that opens an existing study reads them back typed (`stored_spec`), through
-the same checks.
+the same checks. `config_from_point` turns a point of the study's space into the config a
+trial trains: the family's net and recipe with the study's [training] values.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import optuna
 from search.data import N_VAL, TRAIN_SPLIT
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
-from space.config import PRECISIONS, ConfigError, check, check_shapes, count_params, load_config, over_limit, parse_section, read_text_file
+from space.config import PRECISIONS, ConfigError, RunConfig, check, check_shapes, count_params, load_config, over_limit, parse_section, read_text_file
 from space.datasets import DATASETS, DEFAULT_DATASET
 from space.families import FAMILIES, RECIPE_IN_TRAINING
 
@@ -280,3 +281,12 @@ def same_settings(a: StudySpec, b: StudySpec) -> bool:
     volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
     return (replace(a, **volatile, region=replace(a.region, target_acc=0.0))
             == replace(b, **volatile, region=replace(b.region, target_acc=0.0)))
+
+
+def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
+    """The config of a point of the study's space, with the recipe values its family takes
+    from [training] (the step-3 family: batch size, momentum, weight decay), and the study's precision and dataset."""
+    family = FAMILIES[spec.family]
+    fixed = {key: getattr(spec.training, key) for key in family.FROM_TRAINING}
+    config = family.config_from_params({**fixed, **params}, epochs=spec.training.epochs, seed=spec.seed, name=name)
+    return replace(config, precision=spec.training.precision, dataset=spec.dataset)

@@ -205,7 +205,7 @@ def test_commands_on_a_missing_study_are_one_line(tmp_path):
 
 
 def test_a_studys_precision_is_written_into_every_trials_config(tmp_path):
-    from search.objective import config_from_point
+    from search.studyfile import config_from_point
     from search.studyfile import load_study_spec
     from space.step3 import REFERENCE_PARAMS
 
