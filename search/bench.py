@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.data import Split, load_mnist
+from search.data import Split, load_images
 from search.errors import UsageError
 from search.reproduce import environment
 from search.augment import augment_batch
@@ -95,7 +95,7 @@ def bench_recipe(config: RunConfig, root: Path, device: torch.device, steps: int
                 "elastic": replace(plain, augment=replace(plain.augment, elastic=Elastic(34.0, 4.0))),
                 "distill": replace(plain, distill=Distill(str(TEACHER)))}
     teacher = build_model(load_config(TEACHER)).to(device).eval()
-    images, labels = load_mnist(root, train=True)
+    images, labels = load_images(root, train=True)
     n = steps * config.batch_size
     check_steps(n, len(images), config.batch_size)
     split = Split(images[:n].to(device), labels[:n].to(device), images[:0].to(device), labels[:0].to(device), "none")
@@ -130,7 +130,7 @@ def bench(root: Path, device: torch.device, steps: int, rounds: int, warmup: int
     """Print images/s of both pipelines per round, and the median and spread of the per-round
     ratios ours / seed's; return the median ratio."""
     config = replace(load_config(REFERENCE), batch_size=128)
-    images, labels = load_mnist(root, train=True)
+    images, labels = load_images(root, train=True)
     n = steps * config.batch_size
     check_steps(n, len(images), config.batch_size)
     split = Split(images[:n].to(device), labels[:n].to(device), images[:0].to(device), labels[:0].to(device), "none")
@@ -253,7 +253,7 @@ def bench_nets(configs: list[RunConfig], root: Path, device: torch.device, steps
     and GFLOP/s of the whole step (augmentation included); printed as a table, returned."""
     if device.type == "cpu":
         keep_freed_memory()
-    images, labels = load_mnist(root, train=True)
+    images, labels = load_images(root, train=True)
     peak = matmul_gflop_per_s(device)
     env = environment(device)
     print(f"bench --nets: {steps} steps a round, {warmup} warm-up + {rounds} timed rounds per path, alternating; device "

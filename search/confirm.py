@@ -35,7 +35,7 @@ from optuna.trial import TrialState
 from search.candidates import candidates, in_question, near_the_answer
 from search.confirm_plan import companion_name, fitting_round, open_companion, plan, round_seconds, summarize
 from search.console import log_line
-from search.data import SearchSplit, Split, load_mnist, resolve_data_dir
+from search.data import SearchSplit, Split, load_images, resolve_data_dir
 from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
 from search.export import export_best, export_config
@@ -48,6 +48,7 @@ from search.train import OutOfTime
 from search.trial_training import train_in_trial
 from search.workers import run_in_workers
 from space.config import config_from_dict
+from space.datasets import DATASETS
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def confirm_command(options: ConfirmOptions) -> None:
         raise UsageError(f"--max-seeds {max_seeds} is below the {seeds} seeds every candidate gets; pass --max-seeds >= {seeds} (or 0)")
     out = output_folder(options.out or Path("studies") / study_name, "--out")  # before hours of training, not after
     data = resolve_data_dir(options.data_dir)
-    load_mnist(data, train=True)  # a data error before any run is enqueued
+    load_images(data, train=True, dataset=DATASETS[spec.dataset])  # a data error before any run is enqueued
     timeout = options.timeout if options.timeout is not None else settings.timeout
     spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, seeds=seeds, max_seeds=max_seeds, timeout=timeout))
     confirm(study, spec, url, resolve_device(options.device), data, workers, trials)

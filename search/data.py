@@ -48,9 +48,10 @@ def resolve_data_dir(option: str | None) -> Path:
     return Path(option or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
-def load_mnist(root: Path, train: bool, dataset: Dataset = MNIST) -> tuple[torch.Tensor, torch.Tensor]:
-    """One file pair of `dataset` from root/MNIST/raw/ (torchvision's layout): (uint8 images (N, 28, 28),
-    int64 labels). The IDX files are read directly: torchvision, which would read them the same
+def load_images(root: Path, train: bool, dataset: Dataset = MNIST) -> tuple[torch.Tensor, torch.Tensor]:
+    """One file pair of `dataset` (its training or its test set) from root/FOLDER (torchvision's
+    layout, MNIST/raw/ for MNIST): (uint8 images (N, H, W), int64 labels). The IDX files are read
+    directly (the format of MNIST and of the datasets made like it): torchvision, which would read them the same
     way, takes 2.4 s to import, more than the files take to read; it is imported only to
     download files that are missing."""
 
@@ -90,15 +91,15 @@ def _read_idx(path: Path, magic: int, dims: int) -> torch.Tensor:
 
 
 def _download(root: Path, dataset: Dataset) -> None:
-    """torchvision's own download into root/MNIST/raw/ (where it has a network); it prints its attempts, which are noise here."""
+    """torchvision's own download into root/FOLDER (where it has a network); it prints its attempts, which are noise here."""
     try:
-        from torchvision.datasets import MNIST
+        import torchvision.datasets
 
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            MNIST(str(root), train=True, download=True)
+            getattr(torchvision.datasets, dataset.torchvision_class)(str(root), train=True, download=True)
     except Exception:
         raise DataError(
-            f"MNIST is not in {root / dataset.folder} and the download failed; put the four files "
+            f"{dataset.title} is not in {root / dataset.folder} and the download failed; put the four files "
             f"({', '.join(dataset.train_files + dataset.test_files)}) there, or pass --data-dir / set {DATA_DIR_ENV} to a folder that has {dataset.folder}/"
         ) from None
 
@@ -135,13 +136,13 @@ def load_split(root: Path, device: torch.device, validation: bool, subset: int |
     """validation=True: the search's split (MNIST: 50,000 train / 10,000 validation); else the
     whole training set and the test set (60,000 / 10,000). `subset` keeps the first N training
     images of the split, `eval_subset` the first N evaluation images."""
-    images, labels = load_mnist(root, train=True, dataset=dataset)
+    images, labels = load_images(root, train=True, dataset=dataset)
     if validation:
         train_idx, val_idx = validation_indices(dataset)
         eval_images, eval_labels, eval_name = images[val_idx], labels[val_idx], "val"
         images, labels = images[train_idx], labels[train_idx]
     else:
-        eval_images, eval_labels = load_mnist(root, train=False, dataset=dataset)
+        eval_images, eval_labels = load_images(root, train=False, dataset=dataset)
         eval_name = "test"
     if subset is not None:
         images, labels = images[:subset], labels[:subset]

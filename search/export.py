@@ -12,7 +12,7 @@ import optuna
 
 from search.errors import TargetMissed, UsageError
 from search.results import best_trial, confirmed_rows, format_row, interval, target_row, undecided_lines, within_noise
-from search.storage import load_existing_study, output_folder
+from search.storage import load_existing_study, mask_password, output_folder
 from search.studyfile import StudySpec, Training, stored_spec
 from space.config import RunConfig, config_from_dict, save_config
 
@@ -27,6 +27,9 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
     out = output_folder(out or Path("studies") / study_name, "--out")
     if target_acc is None:
         print(f"best config written to {export_best(study, spec.training, out)}")
+        if spec.region.target_acc and not confirmed_rows(study):
+            print(f"the study's target, {spec.region.target_acc:g} % validation accuracy, has no confirmed candidate to answer it yet: "
+                  f"python -m search confirm --study {study_name}" + (f" --storage {mask_password(storage)}" if storage else ""))
         export_answer(study, spec, out)
     else:
         _export_target(study, spec, out, target_acc)
@@ -34,14 +37,10 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
 
 def export_answer(study: optuna.Study, spec: StudySpec, out: Path) -> None:
     """The smallest confirmed config reaching the study's [region] target_acc, as target-ACC.json,
-    when the study has a target; a target no confirmed config reaches yet is said, not raised
-    (the answer is "none yet")."""
+    when the study has a target and confirmed candidates; a target none of them reaches is said,
+    not raised (the answer is "none yet")."""
     target = spec.region.target_acc
-    if not target:
-        return
-    if not confirmed_rows(study):
-        print(f"the study's target, {target:g} % validation accuracy, has no confirmed candidate to answer it yet: "
-              f"python -m search confirm --study {study.study_name}")
+    if not target or not confirmed_rows(study):
         return
     try:
         _export_target(study, spec, out, target)

@@ -21,6 +21,7 @@ from search.export import export_config, trial_config
 from search.results import best_trial
 from search.storage import load_existing_study, output_folder
 from search.studyfile import stored_spec
+from space.datasets import DATASETS
 from space.config import DEFAULT_MAX_PARAMS, RunConfig, config_to_dict, count_params, load_config, over_limit
 
 if TYPE_CHECKING:  # torch and the trainer are imported once the command's checks have passed: a mistake answers at once
@@ -95,7 +96,8 @@ def reproduce_command(options: ReproduceOptions) -> None:
     torch_device = resolve_device(options.device)
     if as_trained and "threads" in trial.user_attrs and torch_device.type == "cpu":  # the CPU's numbers depend on the thread count
         torch.set_num_threads(trial.user_attrs["threads"])
-    split = load_split(resolve_data_dir(options.data_dir), torch_device, validation=validation, subset=subset, eval_subset=eval_subset)
+    split = load_split(resolve_data_dir(options.data_dir), torch_device, validation=validation, subset=subset, eval_subset=eval_subset,
+                       dataset=DATASETS[config.dataset])
     record = reproduce(config, seeds, split, out)
     if not record["runs"]:
         raise Diverged(f"{source}: training diverged on every seed ({', '.join(map(str, seeds))}); lower its learning rate")

@@ -7,12 +7,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search.data import N_VAL, resolve_data_dir
+from search.data import resolve_data_dir
 from search.export import export_answer, export_best
 from search.results import best_trial, confirmed_rows, holds
 from search.storage import check_workers, default_storage, fail_stale, has_heartbeat, mask_password, open_storage, output_folder, stale_trials
 from search.studyfile import load_study_spec, start_points
 from space.config import DEFAULT_MAX_PARAMS
+from space.datasets import DATASETS
 from space.families import FAMILIES
 
 
@@ -53,7 +54,7 @@ def run_command(options: RunOptions) -> None:
     url = storage or default_storage(out, workers)
     # torch and the training modules only now: a bad study file or option answers at once
     from search.confirm import confirm
-    from search.data import SearchSplit, load_mnist
+    from search.data import SearchSplit, load_images
     from search.device import cpu_threads, resolve_device
     from search.loop import SearchJob, run_search, trial_line
     from search.note import publish_best
@@ -67,7 +68,7 @@ def run_command(options: RunOptions) -> None:
     # the data before the study: a data error leaves the study as it was (several workers each load their own copy)
     split = search_data.load() if workers == 1 or teachers else None
     if split is None:
-        load_mnist(data, train=True)
+        load_images(data, train=True, dataset=DATASETS[spec.dataset])
     for path in teachers:  # trained (or loaded) now, on its own line, not inside a trial
         teacher(path, split)
     study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url, starts)
@@ -79,7 +80,7 @@ def run_command(options: RunOptions) -> None:
         fail_stale(study, stale)
     for lost in requeue_lost(study, spec, starts):
         print(f"the enqueued trial {lost!r} was lost to a crash (FAIL); enqueued again")
-    checked_on = f" (evaluated on {spec.training.validation:,} validation images)" if spec.training.validation < N_VAL else ""
+    checked_on = f" (evaluated on {spec.training.validation:,} validation images)" if spec.training.validation < DATASETS[spec.dataset].validation_size else ""
     print(f"study {spec.name!r} ({spec.family} family): {spec.trials} trials, {spec.training.epochs} epochs on {spec.training.subset:,} "
           f"training images a trial{checked_on}, limit {spec.max_params:,} params, device {torch_device}, {workers} worker(s), storage {mask_password(url)}",
           flush=True)

@@ -114,7 +114,7 @@ class StudySpec:
     # model: hints for the sampler, judged by the same rules as every trial (family "blocks"; read by every `run`, enqueued
     # when the study is created, and again on resume when their trial was lost to a crash)
     start: tuple[str, ...] = ()
-    dataset: str = DEFAULT_DATASET  # what every trial trains on (space/datasets.py), written into each trial's config
+    dataset: str = DEFAULT_DATASET  # what every trial trains on (space/datasets.py): each trial's config field `dataset`
 
     @property
     def pareto(self) -> bool:

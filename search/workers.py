@@ -76,7 +76,7 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
     except (OSError, IndexError):  # no /proc (not Linux): existing is all we know
         return True
 
@@ -87,7 +87,7 @@ def supervise(processes: list[Any], study: optuna.Study) -> None:
     for p in processes:
         p.start()
     try:
-        # is_alive() reaps a dead worker, so the others see its pid gone (not a zombie) and take
+        # the fork server reaps a dead worker (its parent), so the others see its pid gone and take
         # over its trial; a list, not any(), so that every worker is polled on every round
         while any([p.is_alive() for p in processes]):
             time.sleep(0.5)

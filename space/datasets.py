@@ -24,6 +24,7 @@ class Dataset:
     train_size: int
     test_size: int
     validation_size: int  # held out of the training set for the search's validation (a fixed, seeded split)
+    torchvision_class: str | None = None  # torchvision.datasets' class that downloads the files, where there is one
 
     @property
     def search_train_size(self) -> int:
@@ -33,6 +34,7 @@ class Dataset:
 
 MNIST = Dataset(name="mnist", title="MNIST", folder="MNIST/raw", train_files=("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 test_files=("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), image_shape=(1, 28, 28), classes=10,
-                mean=0.1307, std=0.3081, train_size=60_000, test_size=10_000, validation_size=10_000)
+                mean=0.1307, std=0.3081, train_size=60_000, test_size=10_000, validation_size=10_000,
+                torchvision_class="MNIST")
 DATASETS = {dataset.name: dataset for dataset in (MNIST,)}
 DEFAULT_DATASET = MNIST.name  # of every config, study and model file that names none

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from space.config import INPUT_SHAPE, Conv, GlobalAvgPool, LogSoftmax, MaxPool, RunConfig
+from space.config import Conv, GlobalAvgPool, LogSoftmax, MaxPool, RunConfig
+from space.datasets import DATASETS
 
 UNIFORM_LEVELS = 65_536  # the keep-mask compares 16-bit uniforms, so p is quantised to 1/65,536
 EXACT_MASK_DTYPES = (torch.float32, torch.float64)
@@ -115,7 +116,7 @@ def build_model(config: RunConfig, dropout: Callable[[float], nn.Module] = Packe
     `dropout` and `conv` make those modules (`bench` passes nn.Dropout and nn.Conv2d to build
     the seed's model)."""
     modules: list[nn.Module] = []
-    channels = INPUT_SHAPE[0]
+    channels = DATASETS[config.dataset].image_shape[0]
     for layer in config.layers:
         match layer:
             case Conv():

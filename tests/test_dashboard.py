@@ -11,6 +11,7 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 
 from conftest import CHROMIUM, CHROMIUM_FLAGS, ROOT, assert_one_line_error, free_port, run_cli, wait_for_http
+from search import optuna_internals
 
 
 @pytest.fixture()
@@ -39,7 +40,7 @@ def dashboard(study_dir):
 
 def test_best_trial_carries_config_and_learning_curve_artifacts(study_dir):
     study = optuna.load_study(study_name="tiny", storage=storage_of(study_dir))
-    names = {meta.filename: meta for meta in get_all_artifact_meta(study.best_trial, storage=study._storage)}
+    names = {meta.filename: meta for meta in get_all_artifact_meta(study.best_trial, storage=optuna_internals.storage_of(study))}
     assert set(names) == {"export-config.json", "learning-curve.png"}
     stored = study_dir / "artifacts" / names["export-config.json"].artifact_id
     assert stored.read_text() == (study_dir / "best.json").read_text()
@@ -54,7 +55,7 @@ def test_dashboard_in_headless_chromium_shows_study_trials_and_best_n_params(stu
 
     base, _ = dashboard
     study = optuna.load_study(study_name="tiny", storage=storage_of(study_dir))
-    study_id = study._storage.get_study_id_from_name("tiny")
+    study_id = optuna_internals.storage_of(study).get_study_id_from_name("tiny")
     best = study.best_trial
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)

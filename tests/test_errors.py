@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import REFERENCE, assert_one_line_error, copy_study, run_cli, write_study
+from conftest import REFERENCE, TINY, assert_one_line_error, copy_study, run_cli, write_study
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,15 @@ def test_export_of_a_study_without_complete_trial(tmp_path, data_dir):
     result = run_cli("export", "--study", "tiny", "--storage", f"sqlite:///{tmp_path / 'out' / 'study.db'}", "--out", str(tmp_path / "x"))
     assert_one_line_error(result, "has no COMPLETE trial")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_config_of_a_dataset_the_tool_does_not_know_is_one_line(tmp_path):
+    path = tmp_path / "cifar.json"
+    path.write_text(json.dumps({**json.loads((REFERENCE / "step3.json").read_text()), "dataset": "cifar10"}))
+    for command in (["reproduce", str(path)], ["summary", str(path)]):
+        assert_one_line_error(run_cli(*command), "dataset", "must be one of mnist", "cifar10")
+    study = write_study(tmp_path, TINY.replace("seed = 3", 'seed = 3\ndataset = "cifar10"'))
+    assert_one_line_error(run_cli("run", str(study)), "dataset", "must be one of mnist", "cifar10")
 
 
 def test_reproduce_over_the_limit_needs_allow_over_limit():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import SMALL_PARAMS, assert_one_line_error, run_cli
-from search.data import load_mnist
+from search.data import load_images
 from search.model_files import Deployable, load_weights
 from space.config import config_from_dict, save_config
 from space.step3 import config_from_params
@@ -24,7 +24,7 @@ def reproduced(shared_reproduction):
 
 @pytest.fixture(scope="module")
 def test_set(data_dir):
-    return load_mnist(data_dir, train=False)
+    return load_images(data_dir, train=False)
 
 
 def test_reproduce_writes_weights_and_onnx_named_after_the_record(reproduced):

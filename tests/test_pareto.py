@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
+from search.optuna_internals import storage_of
 from search.note import study_note
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
 from search.results import in_region
@@ -212,7 +213,7 @@ def test_dashboard_shows_the_front_without_over_limit_points_and_the_confirmed_t
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for_http(f"{base}/dashboard", process)
-        study_id = study._storage.get_study_id_from_name("tinypareto")
+        study_id = storage_of(study).get_study_id_from_name("tinypareto")
         # the dashboard computes its own front (it reads no Optuna 5 constraints): only COMPLETE, feasible trials
         shown = json.loads(wait_for_http(f"{base}/api/studies/{study_id}?after=0", process))
         front = {t["number"] for t in shown["best_trials"]}

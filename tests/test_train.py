@@ -8,7 +8,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from conftest import REFERENCE, SMALL_PARAMS
-from search.data import load_mnist, load_split, validation_indices
+from search.data import load_images, load_split, validation_indices
 from search.augment import MEAN, STD, _affine_grid, _uniform, augment_batch, normalize
 from search.train import loss_fn, train, training_model
 from space.config import Augment, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler, load_config
@@ -20,7 +20,7 @@ N = 64
 
 @pytest.fixture(scope="module")
 def images(data_dir):
-    return load_mnist(data_dir, train=False)[0][:N]
+    return load_images(data_dir, train=False)[0][:N]
 
 
 def factors(half_width: float) -> torch.Tensor:
@@ -107,7 +107,7 @@ def test_mnist_is_read_as_torchvision_reads_it(data_dir):
     from torchvision.datasets import MNIST
 
     for training_file in (True, False):
-        images, labels = load_mnist(data_dir, train=training_file)
+        images, labels = load_images(data_dir, train=training_file)
         reference = MNIST(str(data_dir), train=training_file, download=False)
         assert torch.equal(images, reference.data) and torch.equal(labels, reference.targets)
         assert images.dtype == torch.uint8 and labels.dtype == torch.int64

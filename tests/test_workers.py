@@ -155,8 +155,9 @@ def test_waiting_run_requeues_a_stale_trial_of_another_host(tmp_path, data_dir):
     assert first.communicate(timeout=600) and first.returncode == 0
     storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=3)
     remote = optuna.load_study(study_name="tiny", storage=storage).ask()  # RUNNING, owned by a machine we cannot see
-    storage.set_trial_user_attr(remote._trial_id, "worker", "another-host:4242")
-    storage.record_heartbeat(remote._trial_id)  # ... which then dies: its heartbeat stops here
+    remote.set_user_attr("worker", "another-host:4242")
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("tiny"), remote.number))
+    # ... which then dies: its heartbeat stops here
     started = time.monotonic()
     survivor = start_run(study_file, "--out", str(out), "--trials", "4", "--timeout", "120")
     stdout, stderr = survivor.communicate(timeout=600)
