@@ -34,8 +34,7 @@ from torch import nn
 from search.data import Split, load_images
 from search.errors import UsageError
 from search.reproduce import environment
-from search.augment import augment_batch
-from search.train import CompiledNet, can_compile, compile_pays, ema_of, keep_freed_memory, loss_fn, make_optimizer, train_epoch, training_model
+from search.train import CompiledNet, can_compile, compile_pays, ema_of, forward_loss, keep_freed_memory, make_optimizer, train_epoch, training_model
 from space.config import Distill, Elastic, RunConfig, count_params, load_config
 from space.model import build_model
 
@@ -219,10 +218,10 @@ def flop_per_image(config: RunConfig, device: torch.device, batch: int = 128) ->
     return counter.get_total_flops() / batch
 
 
-def matmul_gflop_per_s(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024, repeats: int = 20) -> float:
+def matmul_gflop_per_s(device: torch.device, n: int = 1024, repeats: int = 20) -> float:
     """GFLOP/s of a large square matrix product on this device and thread count: the rate the
     arithmetic reaches when nothing else limits it (the peak a step's rate is compared with)."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -309,7 +308,8 @@ class _StepRunner:
         return time.perf_counter()
 
     def round(self, steps: int) -> tuple[float, float, float, float]:
-        """Mean ms of (forward with augmentation and loss, backward, optimizer step, whole step) over `steps` steps."""
+        """Mean ms of (forward with augmentation and loss, backward, optimizer step, whole step) over `steps` steps: train_epoch's
+        step (its first part is the same function, forward_loss), with the clock read between the parts."""
         self.model.train()
         config, n = self.config, self.config.batch_size
         order = torch.randperm(len(self.images), generator=self.generator, device=self.device)
@@ -318,10 +318,7 @@ class _StepRunner:
         for step in range(steps):
             idx = order[step * n : (step + 1) * n]
             t0 = self._clock()
-            x = augment_batch(self.images[idx], config.augment, self.generator).contiguous(memory_format=self.layout)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-                out = self.forward(x)
-            loss = loss_fn(out.float(), self.labels[idx], config.label_smoothing)
+            _, _, loss = forward_loss(self.forward, self.images[idx], self.labels[idx], config, self.generator, self.layout)
             t1 = self._clock()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -250,17 +250,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
     starts = range(0, n, config.batch_size)
-    bf16 = config.precision == "bf16"
     show = progress is not None and sys.stderr.isatty()
     for step, start in enumerate(tqdm(starts, desc=progress, leave=False, disable=not show, unit="batch")):
         idx = order[start : start + config.batch_size]
-        x = augment_batch(images[idx], config.augment, generator, split.dataset).contiguous(memory_format=layout)
         y = labels[idx]
         net = compiled if compiled is not None and len(idx) == config.batch_size else model
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = net(x)
-        out = out.float()
-        loss = loss_fn(out, y, config.label_smoothing)
+        x, out, loss = forward_loss(net, images[idx], y, config, generator, layout, split.dataset)
         if teacher is not None:
             with torch.inference_mode():
                 soft_targets = teacher(x)
@@ -280,6 +275,17 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, config: RunC
             if deadline is not None and time.time() > deadline:
                 raise OutOfTime(f"past the deadline in epoch step {step + 1}")
     return loss_sum.item() / n, 100.0 * correct.item() / n
+
+
+def forward_loss(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: RunConfig, generator: torch.Generator,
+                 layout: torch.memory_format, dataset: Dataset = MNIST) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training step's first part, for one batch of uint8 `images`: augmented and laid out (x), through `net` (under
+    bfloat16 autocast for config.precision "bf16"), the outputs in float32 and the loss: (x, outputs, loss)."""
+    x = augment_batch(images, config.augment, generator, dataset).contiguous(memory_format=layout)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+        out = net(x)
+    out = out.float()
+    return x, out, loss_fn(out, labels, config.label_smoothing)
 
 
 def train(config: RunConfig, split: Split, on_epoch: EpochCallback | None = None,

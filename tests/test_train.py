@@ -469,6 +469,7 @@ def test_a_bfloat16_step_stays_near_the_float64_one(data_dir):
     split = load_split(data_dir, cpu, validation=True, subset=128, eval_subset=500)
     x, labels = normalize(split.train_images), split.train_labels
     threads = torch.get_num_threads()
+    torch.manual_seed(0)  # the same weights whatever ran before in this process (over seeds 0-11: loss within 5.3e-4, cosine >= 0.990)
     try:
         torch.set_num_threads(1)
         model, layout = training_model(replace(config, precision="bf16"), cpu)
