@@ -40,8 +40,9 @@ from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
 from search.export import export_best, export_config
 from search.note import publish_best
-from search.results import confirmed_rows, format_row
-from search.storage import check_workers, load_existing_study, open_storage, output_folder, storage_of_existing, worker_id
+from search.results import best_trial, confirmed_rows, format_row
+from search.stale import worker_id
+from search.storage import check_workers, load_existing_study, open_storage, output_folder, storage_of_existing
 from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, stored_spec
 from search.teacher import usable_cache_dir
 from search.train import OutOfTime
@@ -92,14 +93,15 @@ def confirm_command(options: ConfirmOptions) -> None:
     load_images(data, train=True, dataset=DATASETS[spec.dataset])  # a data error before any run is enqueued
     timeout = options.timeout if options.timeout is not None else settings.timeout
     spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, seeds=seeds, max_seeds=max_seeds, timeout=timeout))
-    confirm(study, spec, url, resolve_device(options.device), data, workers, trials)
-    path = export_best(study, spec.training, out)
-    publish_best(study, spec)
+    rows = confirm(study, spec, url, resolve_device(options.device), data, workers, trials)
+    best = best_trial(study, rows)
+    path = export_best(study, best, spec.training, out)
+    publish_best(study, spec, best, rows)
     print(f"best config (best confirmed mean) written to {path}")
 
 
 def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device, data_dir: Path, workers: int,
-            trials: list[int] | None = None) -> dict[str, dict]:
+            trials: list[int] | None = None) -> list[dict]:
     """Confirm `study`'s candidates (spec.confirm: how many, with how many seeds, on how many
     images; `trials`: these instead of `candidates`) in this process or in `workers` processes
     sharing `url`, in rounds: first spec.confirm.seeds seeds each, then, while there is time, one
@@ -108,7 +110,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     (`near_the_answer`), so the later rounds concentrate on the target. spec.confirm.timeout is a
     hard bound: a round starts only for the runs (in the round's order) expected to end within
     it, and a run still training at it is stopped (FAIL; the next `confirm` trains it again).
-    Store and print the mean ± std per candidate, and return them."""
+    Store and print the mean ± std per candidate, and return them (`confirmed_rows`)."""
     settings, target, floor = spec.confirm, spec.region.target_acc, spec.region.floor
     check_workers(url, workers)  # (for callers other than confirm_command)
     trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -121,7 +123,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     deadline = None if settings.timeout is None else time.time() + settings.timeout  # wall-clock: the workers are other processes
     data = SearchSplit(data_dir, str(device), settings.subset, spec.training.validation, spec.dataset)
     wanted = {t.number: settings.seeds for t in chosen}  # the first round in the candidates' order: the front's ends first
-    summary: dict[str, dict] = summarize(study, companion)
+    summarize(study, companion)  # (plans of an earlier confirm, finished since)
     while wanted:
         if deadline is not None:
             fitting = fitting_round(study, spec, companion, wanted, settings.subset, workers, deadline - time.time())
@@ -144,7 +146,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
             run_confirmations(companion, data.load, deadline)
         else:
             run_in_workers(confirm_worker, ConfirmJob(study.study_name, url, data, deadline), busy, cpu_threads(device, busy), companion)
-        summary = summarize(study, companion)
+        summarize(study, companion)
         if deadline is not None and time.time() >= deadline:
             log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
             break
@@ -156,7 +158,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:
         print("  " + format_row(row))
-    return summary
+    return rows
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from search.export import export_config
 from search.optuna_internals import storage_of
-from search.storage import fail_stale, worker_is_gone
+from search.stale import fail_stale, worker_is_gone
 from search.studyfile import StudySpec, Training
 from space.config import config_to_dict
 

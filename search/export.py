@@ -22,36 +22,36 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
     study's question (`export_answer`); with `target_acc`, only the smallest confirmed config
     reaching that target (TargetMissed, exit 1, when none does)."""
     study = load_existing_study(study_name, storage)
-    spec = stored_spec(study)
-    best_trial(study)  # a study with nothing to export is refused before any folder is made
+    spec, rows = stored_spec(study), confirmed_rows(study)
+    best = best_trial(study, rows)  # a study with nothing to export is refused before any folder is made
     out = output_folder(out or Path("studies") / study_name, "--out")
     if target_acc is None:
-        print(f"best config written to {export_best(study, spec.training, out)}")
-        if spec.region.target_acc and not confirmed_rows(study):
+        print(f"best config written to {export_best(study, best, spec.training, out)}")
+        if spec.region.target_acc and not rows:
             print(f"the study's target, {spec.region.target_acc:g} % validation accuracy, has no confirmed candidate to answer it yet: "
                   f"python -m search confirm --study {study_name}" + (f" --storage {mask_password(storage)}" if storage else ""))
-        export_answer(study, spec, out)
+        export_answer(study, spec, rows, out)
     else:
-        _export_target(study, spec, out, target_acc)
+        _export_target(study, spec, rows, out, target_acc)
 
 
-def export_answer(study: optuna.Study, spec: StudySpec, out: Path) -> None:
-    """The smallest confirmed config reaching the study's [region] target_acc, as target-ACC.json,
-    when the study has a target and confirmed candidates; a target none of them reaches is said,
-    not raised (the answer is "none yet")."""
+def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path) -> None:
+    """The smallest of the confirmed candidates `rows` (the study's `confirmed_rows`) reaching the
+    study's [region] target_acc, as target-ACC.json, when the study has a target and confirmed
+    candidates; a target none of them reaches is said, not raised (the answer is "none yet")."""
     target = spec.region.target_acc
-    if not target or not confirmed_rows(study):
+    if not target or not rows:
         return
     try:
-        _export_target(study, spec, out, target)
+        _export_target(study, spec, rows, out, target)
     except TargetMissed as e:
         print(str(e))
 
 
-def _export_target(study: optuna.Study, spec: StudySpec, out: Path, target: float) -> None:
-    path, row = export_target(study, spec.training, out, target)
+def _export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, target: float) -> None:
+    path, row = export_target(study, rows, spec.training, out, target)
     print(f"smallest confirmed config reaching {target:g} % validation accuracy: {format_row(row)}; written to {path}")
-    for line in undecided_lines(confirmed_rows(study), row, target, study.study_name, spec.confirm.max_seeds):
+    for line in undecided_lines(rows, row, target, study.study_name, spec.confirm.max_seeds):
         print(line)
 
 
@@ -79,15 +79,14 @@ def export_form(config: RunConfig, training: Training, name: str) -> RunConfig:
     return replace(config, epochs=training.export_epochs, scheduler=scheduler, name=name)
 
 
-def export_best(study: optuna.Study, training: Training, out: Path) -> Path:
-    """Write the best trial's config, ready for `summary` and `reproduce`, to out/best.json."""
-    return _write(study, best_trial(study), training, out / "best.json")
+def export_best(study: optuna.Study, best: optuna.trial.FrozenTrial, training: Training, out: Path) -> Path:
+    """Write the best trial's config (`best_trial`), ready for `summary` and `reproduce`, to out/best.json."""
+    return _write(study, best, training, out / "best.json")
 
 
-def export_target(study: optuna.Study, training: Training, out: Path, target: float) -> tuple[Path, dict]:
-    """Write the smallest confirmed config whose mean validation accuracy reaches `target` (%) to
-    out/target-TARGET.json; TargetMissed names the one that comes closest."""
-    rows = confirmed_rows(study)
+def export_target(study: optuna.Study, rows: list[dict], training: Training, out: Path, target: float) -> tuple[Path, dict]:
+    """Write the smallest of the confirmed candidates `rows` whose mean validation accuracy reaches
+    `target` (%) to out/target-TARGET.json; TargetMissed names the one that comes closest."""
     if not rows:
         raise UsageError(f"study {study.study_name!r} has no confirmed candidate yet; run python -m search confirm --study {study.study_name}")
     row, closest = target_row(rows, target)

@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from search.data import SearchSplit, Split
 from search.objective import FINISHED, SurplusTrial, objective
-from search.storage import has_heartbeat, open_storage, worker_is_gone
+from search.stale import worker_is_gone
+from search.storage import has_heartbeat, open_storage
 from search.study import make_pruner, seed_sampler
 from search.studyfile import StudySpec
 from search.console import log_line

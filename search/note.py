@@ -11,7 +11,7 @@ import optuna_dashboard
 from optuna.trial import TrialState
 
 from search.export import export_config
-from search.results import best_trial, budget, confirmed_rows
+from search.results import budget
 from search.studyfile import StudySpec
 from space.config import RunConfig, architecture
 
@@ -36,15 +36,15 @@ def recipe(config: RunConfig) -> str:
             + extras)
 
 
-def study_note(study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial) -> str:
-    """Markdown for the dashboard's study note: the best trial and how to rerun it."""
+def study_note(study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial, rows: list[dict]) -> str:
+    """Markdown for the dashboard's study note: the best trial (`best_trial`) and how to rerun it,
+    then the confirmed candidates `rows` (`confirmed_rows`)."""
     name = study.study_name
     trials = study.get_trials(deepcopy=False)
     count = lambda state: sum(t.state == state for t in trials)  # noqa: E731
     over = sum("over the parameter limit" in t.user_attrs.get("reason", "") for t in trials)
     invalid = sum("invalid shape" in t.user_attrs.get("reason", "") for t in trials)
     config = export_config(best, spec.training, name)
-    rows = confirmed_rows(study)
     confirmed = ["", "## Confirmed candidates", "",
                  "Retrained at the budget shown on seeds the search never used; final validation accuracy, mean ± std over the "
                  f"seeds. A diverged run counts against its candidate. Every run is a trial of the study `{name}.confirm`.", "",
@@ -75,6 +75,6 @@ def study_note(study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTr
     ])
 
 
-def publish_best(study: optuna.Study, spec: StudySpec) -> None:
+def publish_best(study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTrial, rows: list[dict]) -> None:
     """Keep the dashboard's study note on the best trial current."""
-    optuna_dashboard.save_note(study, study_note(study, spec, best_trial(study)))
+    optuna_dashboard.save_note(study, study_note(study, spec, best, rows))

@@ -4,14 +4,11 @@ parameter limit, train, report the validation accuracy after every epoch and hon
 `should_prune` (see `may_prune`).
 
 A Pareto study (accuracy up, parameters down) cannot report or prune in Optuna; it trains
-its trials by successive halving instead: rung by rung on more images, going on only while
-the trial ranks in the top 1/eta of its rung (search/pareto.py) and, with a [region] floor,
-stays within that many points of the best result there. A trial that stops early is PRUNED,
-without values, so every COMPLETE trial, and so the front the sampler and the dashboard see,
-is measured at the same budget and lies in the region; one below the region is also
-infeasible for the sampler (constraint "below_region" > 0), as one over the limit is, and so,
-slightly, is one stopped by successive halving ("stopped_early", graded by how far it got), so
-that TPE, which cannot rank a trial without values, ranks these by how near they came.
+its trials by successive halving instead (the rules: search/halving.py): rung by rung on more
+images, going on only while the verdict after each rung says so. A trial that stops early is
+PRUNED, without values, so every COMPLETE trial, and so the front the sampler and the dashboard
+see, is measured at the same budget and lies in the region; the verdict's constraints make
+the stopped ones infeasible for the sampler, as one over the limit is.
 """
 
 from __future__ import annotations
@@ -28,8 +25,8 @@ import optuna
 from search.artifacts import attach_trial_files
 from search.data import Split
 from search.export import export_form
-from search.pareto import promoted, promotion_order
-from search.storage import worker_id, worker_is_gone
+from search.halving import no_time_for_rung, rung_results, rung_subsets, verdict
+from search.stale import worker_id, worker_is_gone
 from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, config_from_point
 from search.train import OutOfTime
 from search.trial_training import train_in_trial
@@ -89,75 +86,14 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
         last = rung + 1 == len(subsets)
         if spec.pareto:
             trial.set_user_attr("rungs", rungs)
-            stop = _halving_verdict(trial, spec, rung, images, accuracy, n_params, last)  # the same rule for every trial
-            if stop:
-                return _prune(trial, stop)
+            peers = rung_results(trial.study.get_trials(deepcopy=False), rung)
+            judged = verdict(spec, peers, trial.number, rung, images, last)  # the same rule for every trial
+            for key, value in judged.constraints.items():
+                _constrain(trial, key, value)
+            if judged.stop:
+                return _prune(trial, judged.stop)
     attach_trial_files(trial, export_form(config, spec.training, config.name), n_params, history, out)
     return (accuracy, n_params) if spec.pareto else accuracy
-
-
-def no_time_for_rung(rungs: list[dict], images: int, deadline: float | None, now: float) -> str | None:
-    """Why the next rung (on `images` images) must not start, or None: it is expected to take the
-    last rung's training seconds times the ratio of images plus the rest of its seconds (scoring
-    the same validation images), and to end before `deadline`."""
-    if not rungs or deadline is None:
-        return None
-    last = rungs[-1]
-    trained = last.get("train_seconds", last["seconds"])
-    needed = trained * images / last["images"] + (last["seconds"] - trained)
-    if now + needed <= deadline:
-        return None
-    return (f"no time left for rung {len(rungs)} ({images:,} images): about {needed:.0f} s needed, "
-            f"{max(deadline - now, 0):.0f} s left of the search's time budget")
-
-
-def _halving_verdict(trial: optuna.Trial, spec: StudySpec, rung: int, images: int, accuracy: float, n_params: int,
-                     last: bool) -> str | None:
-    """Whether a Pareto trial stops after `rung` (the reason) or goes on (None): below the region
-    (more than [region] floor points under the best result there), or, before the last rung,
-    not promoted by successive halving. With a region, the trial's constraint "below_region"
-    is set where it ends: > 0 (how far below) makes it infeasible for the sampler."""
-    peers = rung_results(trial.study.get_trials(deepcopy=False), rung)
-    floor = rung_floor(spec, rung)
-    below = max(p["val_acc"] for p in peers) - floor - accuracy  # > 0: below the region
-    if floor and below > 0:
-        _constrain(trial, "below_region", below)
-        return (f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
-                f"{floor:g} points below the best result there")
-    points, mine = [(p["val_acc"], p["n_params"]) for p in peers], [p["number"] for p in peers].index(trial.number)
-    promoted_here = last or promoted(points, mine, spec.fidelity.eta)
-    if floor and (last or not promoted_here):
-        _constrain(trial, "below_region", below)  # <= 0: in the region
-    if promoted_here:
-        return None
-    # How far from the end it stopped, for the sampler: a trial without values is one TPE cannot rank, but an infeasible one
-    # it ranks by this sum, so a trial stopped at a later rung, or better placed at its rung, counts as nearer the good ones
-    # (scaled to stay below every other constraint: a point below the region or over the limit counts as worse).
-    order = promotion_order(points)
-    _constrain(trial, "stopped_early", STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1)))
-    rule = (f"the best of the {len(peers)} results there" if len(peers) < spec.fidelity.eta  # promoted(): the best so far
-            else f"in the top 1/{spec.fidelity.eta} of the {len(peers)} results there")
-    return f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not {rule}"
-
-
-def rung_floor(spec: StudySpec, rung: int) -> float:
-    """[region] floor at the last rung, and one floor wider for each rung below it (3, 6 and 9
-    points on three rungs): on fewer images a small net's accuracy lags the best by more than
-    it will at the export budget (measured: a 4,338-parameter net 2.9 points behind the best at
-    1,851 images, 0.1 behind at 16,666: docs/results.md), and a fixed floor stopped such nets at
-    the first rung."""
-    return spec.region.floor * (spec.fidelity.rungs - rung)
-
-
-STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; "below_region" and the limit's violations are larger
-
-
-def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict]:
-    """Every trial's result at `rung`, with its size and number. A trial re-queued after its worker
-    died carries a copy of the FAIL original's attributes: the original is counted out (the copy's
-    own rungs are reset when it starts)."""
-    return [t.user_attrs["rungs"][rung] | {"n_params": t.user_attrs["n_params"], "number": t.number}
-            for t in trials if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
 
 
 def _train_rung(trial: optuna.Trial, spec: StudySpec, config, split: Split, start: float, rung: int,
@@ -195,12 +131,11 @@ def _prune(trial: optuna.Trial, reason: str) -> float:
     raise optuna.TrialPruned(reason)
 
 
-
 class SurplusTrial(Exception):
     """Raised in a trial that several workers started together beyond the study's trial count."""
 
 
-# ---------------------------------------------------------------- pruning and fidelity
+# ---------------------------------------------------------------- an accuracy study's pruning
 
 
 def settled_after(config: RunConfig) -> int:
@@ -216,9 +151,3 @@ def may_prune(epoch: int, settled: int, epochs: int) -> bool:
     ends) and not after its last epoch (then nothing is saved, and its finished objective would
     be replaced by one epoch's value)."""
     return settled < epoch < epochs
-
-
-def rung_subsets(spec: StudySpec) -> list[int]:
-    """Training images of each rung, smallest first; the last is the study's subset."""
-    f = spec.fidelity
-    return [spec.training.subset // f.eta ** (f.rungs - 1 - k) for k in range(f.rungs)]

@@ -144,14 +144,13 @@ def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, path: Path) -
                marker="x", color="grey", label="pruned (last val acc)")
     front = [points[i] for i in front_indices(points)]
     ax.step([p[1] for p in front], [p[0] for p in front], where="post", color="tab:orange", label="front (search)", zorder=4)
-    rows = confirmed_rows(study)
-    rows = [r for r in rows if r["seeds"]]
+    rows = [r for r in confirmed_rows(study) if r["seeds"]]
     if rows:
         ax.errorbar([r["n_params"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="D", color="tab:green",
                     label="confirmed mean ± std (export budget)", zorder=5)
     ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit:,}")
     ax.axvline(STEP3_SIZE, color="black", linestyle=":", label=f"hand-made step 3 ({STEP3_SIZE:,})")
-    best = best_trial(study)
+    best = best_trial(study, confirmed_rows(study))
     ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.values[0]), textcoords="offset points", xytext=(-90, -18))
     values = [p[0] for p in points] + [t.intermediate_values[max(t.intermediate_values)] for t in pruned] + [r["mean"] for r in rows]
     ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))

@@ -18,7 +18,7 @@ from search.console import log_line
 from search.data import load_split, resolve_data_dir
 from search.errors import Diverged, UsageError
 from search.export import export_config, trial_config
-from search.results import best_trial
+from search.results import best_trial, confirmed_rows
 from search.storage import load_existing_study, output_folder
 from search.studyfile import stored_spec
 from space.datasets import DATASETS
@@ -69,7 +69,7 @@ def reproduce_command(options: ReproduceOptions) -> None:
         study = load_existing_study(study_name, options.storage)
         spec = stored_spec(study)
         max_params = max_params or spec.max_params  # the study's own limit, not the default
-        trial = best_trial(study) if trial_number is None else _trial(study, trial_number)
+        trial = best_trial(study, confirmed_rows(study)) if trial_number is None else _trial(study, trial_number)
         source = f"study {study_name!r} trial {trial.number}"
         if as_trained:  # exactly as the study trained it: same split, subset, seed, epochs and CPU threads
             if "subset" not in trial.user_attrs:

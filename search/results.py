@@ -82,13 +82,13 @@ def holds(row: dict) -> bool:
     return not row.get("diverged") and row["mean"] is not None
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
-    """The candidate with the best confirmed mean (every planned seed done, none diverged) when
-    there is one; else the best trial of the search (of a Pareto study: the most accurate point
-    of its front)."""
+def best_trial(study: optuna.Study, rows: list[dict]) -> optuna.trial.FrozenTrial:
+    """The candidate with the best confirmed mean among `rows` (the study's `confirmed_rows`: every
+    planned seed done, none diverged) when there is one; else the best trial of the search (of a
+    Pareto study: the most accurate point of its front)."""
     if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial yet; run it longer (python -m search run ...)")
-    confirmed = {r["trial"]: r["mean"] for r in confirmed_rows(study) if holds(r)}
+    confirmed = {r["trial"]: r["mean"] for r in rows if holds(r)}
     if confirmed:
         return study.get_trials(deepcopy=False)[max(confirmed, key=confirmed.get)]
     if len(study.directions) > 1:

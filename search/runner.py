@@ -10,7 +10,8 @@ from pathlib import Path
 from search.data import resolve_data_dir
 from search.export import export_answer, export_best
 from search.results import best_trial, confirmed_rows, holds
-from search.storage import check_workers, default_storage, fail_stale, has_heartbeat, mask_password, open_storage, output_folder, stale_trials
+from search.stale import fail_stale, stale_trials
+from search.storage import check_workers, default_storage, has_heartbeat, mask_password, open_storage, output_folder
 from search.studyfile import load_study_spec, start_points
 from space.config import DEFAULT_MAX_PARAMS
 from space.datasets import DATASETS
@@ -89,13 +90,12 @@ def run_command(options: RunOptions) -> None:
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         print("no trial has completed yet, so there is no best.json; rerun to go on")
         return
-    if spec.confirm.after_run:
-        confirm(study, spec, url, torch_device, data, workers)
-    best = best_trial(study)
-    path = export_best(study, spec.training, out)
-    publish_best(study, spec)
-    export_answer(study, spec, out)  # the answer to the study's question, when it has one
-    print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in confirmed_rows(study)) else ""))
+    rows = confirm(study, spec, url, torch_device, data, workers) if spec.confirm.after_run else confirmed_rows(study)
+    best = best_trial(study, rows)
+    path = export_best(study, best, spec.training, out)
+    publish_best(study, spec, best, rows)
+    export_answer(study, spec, rows, out)  # the answer to the study's question, when it has one
+    print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in rows) else ""))
     limit = "" if spec.max_params == DEFAULT_MAX_PARAMS else f" --max-params {spec.max_params}"
     print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3{limit})")
     default_place = not storage and out == Path("studies") / spec.name

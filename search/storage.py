@@ -3,8 +3,7 @@ PostgreSQL (or any RDB URL) for several machines.
 
 An RDB storage runs heartbeats: a trial whose worker died (SIGKILL, power loss) is marked
 FAIL after the grace period and re-queued once by RetryHeartbeatStaleTrialCallback. The
-journal file has no heartbeat; every trial records its worker (host:pid), so a later run on
-the same host can tell which RUNNING trials belong to dead processes.
+journal file has no heartbeat: search/stale.py finds the trials of dead workers there.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import atexit
 import os
 import re
-import socket
 import time
 import warnings
 from pathlib import Path
@@ -23,7 +21,6 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from sqlalchemy import event
 
 from search.errors import UsageError
-from search.optuna_internals import set_trial_user_attr
 
 SQLITE_FILE, JOURNAL_FILE = "study.db", "journal.log"
 HEARTBEAT_INTERVAL, GRACE_PERIOD = 10, 30  # seconds; a dead worker's trial is re-queued about 30 s later
@@ -153,34 +150,3 @@ def load_existing_study(name: str, storage: str | None) -> optuna.Study:
     except KeyError:
         names = optuna.get_all_study_names(opened)
         raise UsageError(f"no study named {name!r} in {mask_password(url)} (it holds: {', '.join(names) or 'no study'}); check --study") from None
-
-
-# ---------------------------------------------------------------- workers and stale trials
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def worker_is_gone(trial: optuna.trial.FrozenTrial) -> bool:
-    """True when a RUNNING trial's worker was a process on this host that no longer exists."""
-    host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False  # another machine's worker, or not started yet: assume alive
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if worker_is_gone(t)]
-
-
-def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], by: str = "--fail-stale") -> None:
-    for trial in trials:
-        set_trial_user_attr(study, trial, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by {by}")
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

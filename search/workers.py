@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from search.errors import WorkerDied
-from search.storage import fail_stale
+from search.stale import fail_stale
 from search.console import log_line
 
 Job = TypeVar("Job")

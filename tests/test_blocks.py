@@ -14,7 +14,7 @@ from search.export import export_form
 from search.objective import may_prune, settled_after
 from search.study import create_or_resume
 from search.studyfile import Training, load_study_spec, start_points
-from space.blocks import (NET4838_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point, space_from_dict,
+from space.blocks import (NET4838_PARAMS, STEP3_ONECYCLE_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point, space_from_dict,
                           suggest_params)
 from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
                           config_to_dict, count_params, load_config)
@@ -106,6 +106,14 @@ def test_the_reference_is_in_the_default_space_and_out_of_a_narrower_one():
     assert reference_point(Space(), 15) == STEP3_PARAMS
     assert reference_point(replace(Space(), width=(4, 12)), 3) is None
     assert reference_point(replace(Space(), optimizer=("adam",)), 3) is None
+
+
+def test_a_space_without_steplr_starts_from_the_hand_made_net_with_the_one_cycle_recipe():
+    onecycle = replace(Space(), schedule=("onecycle",), dropout=(0.0, 0.1))
+    assert reference_point(onecycle, 15) == reference_point(onecycle, 3) == STEP3_ONECYCLE_PARAMS
+    exported = load_config(REFERENCE / "step3-onecycle.json")
+    assert config_from_params(STEP3_ONECYCLE_PARAMS, epochs=15, name=exported.name, seed=exported.seed) == exported
+    assert reference_point(replace(onecycle, rotation=(0.0, 5.0)), 15) is None  # neither recipe in the space
 
 
 @pytest.mark.parametrize("text, fragments", [

@@ -21,7 +21,7 @@ from search.note import study_note
 from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
 from search.results import in_region
 from search.studyfile import Fidelity, Region, load_study_spec, stored_spec
-from space.config import ConfigError, count_params, load_config
+from space.config import ConfigError, load_config
 
 def test_front_promotion_and_hypervolume_by_hand():
     points = [(99.0, 5000), (98.0, 3000), (99.5, 7000), (97.0, 6000), (98.5, 3000)]
@@ -313,9 +313,10 @@ def test_a_changed_confirmation_budget_trains_new_runs_instead_of_reusing_the_ol
     assert sorted({t.user_attrs["budget"]["images"] for t in companion.trials}) == [256, 512]
     study = load(storage)
     assert {e["images"] for e in study.user_attrs["confirmed"].values()} == {256}
-    from search.results import best_trial
+    from search.results import best_trial, confirmed_rows
 
-    note = study_note(study, stored_spec(study), best_trial(study))
+    rows = confirmed_rows(study)
+    note = study_note(study, stored_spec(study), best_trial(study, rows), rows)
     assert "3 epochs on 256 training images" in note and "50,000" not in note
     assert "`export-config.json`" in note and "`config.json`" not in note
 
@@ -359,9 +360,11 @@ def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candid
 
     table = pd.read_csv(tmp / "report" / "confirmed.csv")
     assert "nan in epoch 1" in table.loc[table["trial"] == number, "diverged"].item()
-    from search.results import best_trial
+    from search.results import best_trial, confirmed_rows
 
-    assert "seed 4: training loss is nan in epoch 1" in study_note(load(storage), stored_spec(load(storage)), best_trial(load(storage)))
+    study = load(storage)
+    rows = confirmed_rows(study)
+    assert "seed 4: training loss is nan in epoch 1" in study_note(study, stored_spec(study), best_trial(study, rows), rows)
     missed = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "e"), "--target-acc", "99.9")
     assert missed.returncode == 1 and f"trial {number} " not in missed.stderr  # never chosen, even as the closest
 
@@ -524,12 +527,32 @@ def test_a_trial_far_below_the_best_result_of_its_rung_stops_and_is_infeasible_a
 
 
 def test_the_region_widens_by_its_floor_at_each_rung_below_the_last():
-    from search.objective import rung_floor
+    from search.halving import rung_floor
     from search.studyfile import stored_spec
 
     spec = replace(stored_spec(region_study(floor=3.0)), fidelity=Fidelity(rungs=3, eta=3))
     assert [rung_floor(spec, k) for k in range(3)] == [9.0, 6.0, 3.0]
     assert rung_floor(replace(spec, region=Region()), 0) == 0.0  # no floor: none at any rung
+
+
+def test_the_verdict_after_a_rung_stops_below_the_region_or_unpromoted_and_grades_what_the_sampler_is_told():
+    from search.halving import STOPPED_SCALE, verdict
+    from search.studyfile import stored_spec
+
+    spec = replace(stored_spec(region_study(floor=1.0)), fidelity=Fidelity(rungs=2, eta=3))  # floors: 2 points at rung 0, 1 at rung 1
+    peers = [{"number": n, "val_acc": acc, "n_params": size}
+             for n, (acc, size) in enumerate([(99.0, 8000), (98.9, 3000), (98.5, 5000), (96.5, 1000), (98.0, 6000), (98.8, 7000)])]
+    below = verdict(spec, peers, 3, 0, 600, last=False)  # 2.5 points under the best: out of the region
+    assert below.stop.startswith("below the region at rung 0 (600 images)") and below.constraints == {"below_region": pytest.approx(0.5)}
+    # promotion order: the first front's ends (0, 3), its middle (1), the second front's ends (5, 2), then 4; 6 // 3 go on
+    first = verdict(spec, peers, 0, 0, 600, last=False)
+    assert first.stop is None and first.constraints == {}  # goes on; told nothing until it ends
+    assert "is not in the top 1/3" in verdict(spec, peers, 1, 0, 600, last=False).stop
+    stopped = verdict(spec, peers, 4, 0, 600, last=False)  # dominated in both fronts: last in the promotion order
+    assert "is not in the top 1/3 of the 6 results there" in stopped.stop
+    assert stopped.constraints == {"below_region": pytest.approx(-1.0), "stopped_early": pytest.approx(STOPPED_SCALE * 2)}
+    at_the_top = verdict(spec, [{**p, "val_acc": p["val_acc"] + 0.5} if p["number"] == 4 else p for p in peers], 4, 1, 1800, last=True)
+    assert at_the_top.stop is None and at_the_top.constraints == {"below_region": pytest.approx(-0.5)}  # the last rung: in the region
 
 
 def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_region():
@@ -617,7 +640,7 @@ def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
     missed = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "e"), "--target-acc",
                      f"{confirmed[best]['mean'] + 0.01:.4f}")
-    assert missed.returncode == 1 and f"undecided: its interval" in missed.stderr and f"--trial {best} --max-seeds" in missed.stderr
+    assert missed.returncode == 1 and "undecided: its interval" in missed.stderr and f"--trial {best} --max-seeds" in missed.stderr
 
 
 def test_confirm_takes_the_trials_it_is_given_and_refuses_one_that_is_not_complete(shared_pareto_study, tmp_path):
@@ -697,7 +720,7 @@ def test_the_search_time_budget_is_a_hard_bound(tmp_path, data_dir):
     assert study.trials[-1].user_attrs["reason"] == "the search's time budget ran out during rung 0 (256 images)"
     # once a rung is measured, the next is expected to take its training seconds times the ratio of images, plus the rest
     from search.loop import first_rung_seconds
-    from search.objective import no_time_for_rung
+    from search.halving import no_time_for_rung
 
     rungs = [{"rung": 0, "images": 1851, "seconds": 45.0, "train_seconds": 40.0}]
     assert no_time_for_rung(rungs, 5555, None, 1000.0) is None and no_time_for_rung([], 1851, 1000.0, 1000.0) is None

@@ -1,0 +1,97 @@
+"""Successive halving, the ladder a Pareto study's trials climb: the rungs' training images, the
+verdict after a rung (go on, or stop with the reason, and what the sampler is told), and whether
+the next rung fits in the search's time budget. Pure rules over the rung results the trials
+record; the objective (search/objective.py) applies them.
+
+A trial goes on while it ranks in the top 1/eta of its rung by search/pareto.py's promotion
+order and, with a [region] floor, stays within that many points of the best result there (one
+floor wider for each rung below the last). A trial that stops is PRUNED, without values: TPE
+cannot rank it, so it is made slightly infeasible instead ("stopped_early", graded by how far it
+got), and one below the region clearly so ("below_region" > 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import optuna
+
+from search.pareto import promoted, promotion_order
+from search.studyfile import StudySpec
+
+STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; "below_region" and the limit's violations are larger
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """After a rung: why the trial stops there (None: it goes on), and the constraints to set on it
+    (key -> value; > 0 is infeasible for the sampler)."""
+
+    stop: str | None
+    constraints: dict[str, float] = field(default_factory=dict)
+
+
+def rung_subsets(spec: StudySpec) -> list[int]:
+    """Training images of each rung, smallest first; the last is the study's subset."""
+    f = spec.fidelity
+    return [spec.training.subset // f.eta ** (f.rungs - 1 - k) for k in range(f.rungs)]
+
+
+def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict]:
+    """Every trial's result at `rung`, with its size and number. A trial re-queued after its worker
+    died carries a copy of the FAIL original's attributes: the original is counted out (the copy's
+    own rungs are reset when it starts)."""
+    return [t.user_attrs["rungs"][rung] | {"n_params": t.user_attrs["n_params"], "number": t.number}
+            for t in trials if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
+
+
+def rung_floor(spec: StudySpec, rung: int) -> float:
+    """[region] floor at the last rung, and one floor wider for each rung below it (3, 6 and 9
+    points on three rungs): on fewer images a small net's accuracy lags the best by more than
+    it will at the export budget (measured: a 4,338-parameter net 2.9 points behind the best at
+    1,851 images, 0.1 behind at 16,666: docs/results.md), and a fixed floor stopped such nets at
+    the first rung."""
+    return spec.region.floor * (spec.fidelity.rungs - rung)
+
+
+def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: int, last: bool) -> Verdict:
+    """Whether trial `number` stops after `rung` (on `images` images) or goes on, given every
+    result there (`rung_results`, its own among them): below the region, or, before the last
+    rung, not promoted by successive halving. With a region, "below_region" is set where the
+    trial ends: > 0 (how far below) makes it infeasible for the sampler."""
+    mine = [p["number"] for p in peers].index(number)
+    accuracy, n_params = peers[mine]["val_acc"], peers[mine]["n_params"]
+    floor = rung_floor(spec, rung)
+    below = max(p["val_acc"] for p in peers) - floor - accuracy  # > 0: below the region
+    if floor and below > 0:
+        return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
+                       f"{floor:g} points below the best result there", {"below_region": below})
+    points = [(p["val_acc"], p["n_params"]) for p in peers]
+    promoted_here = last or promoted(points, mine, spec.fidelity.eta)
+    constraints = {"below_region": below} if floor and (last or not promoted_here) else {}  # <= 0: in the region
+    if promoted_here:
+        return Verdict(None, constraints)
+    # How far from the end it stopped, for the sampler: a trial without values is one TPE cannot rank, but an infeasible one
+    # it ranks by this sum, so a trial stopped at a later rung, or better placed at its rung, counts as nearer the good ones
+    # (scaled to stay below every other constraint: a point below the region or over the limit counts as worse).
+    order = promotion_order(points)
+    constraints["stopped_early"] = STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1))
+    rule = (f"the best of the {len(peers)} results there" if len(peers) < spec.fidelity.eta  # promoted(): the best so far
+            else f"in the top 1/{spec.fidelity.eta} of the {len(peers)} results there")
+    return Verdict(f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not {rule}",
+                   constraints)
+
+
+def no_time_for_rung(rungs: list[dict], images: int, deadline: float | None, now: float) -> str | None:
+    """Why the next rung (on `images` images) must not start, or None: it is expected to take the
+    last rung's training seconds times the ratio of images plus the rest of its seconds (scoring
+    the same validation images), and to end before `deadline`."""
+    if not rungs or deadline is None:
+        return None
+    last = rungs[-1]
+    trained = last.get("train_seconds", last["seconds"])
+    needed = trained * images / last["images"] + (last["seconds"] - trained)
+    if now + needed <= deadline:
+        return None
+    return (f"no time left for rung {len(rungs)} ({images:,} images): about {needed:.0f} s needed, "
+            f"{max(deadline - now, 0):.0f} s left of the search's time budget")

@@ -1,0 +1,41 @@
+"""Trials left RUNNING by dead workers. A journal or SQLite storage has no heartbeat (an RDB
+storage's heartbeats re-queue such trials by themselves: search/storage.py), so every trial
+records its worker (host:pid), and a later run on the same host can tell which RUNNING trials
+belong to processes that no longer exist, and mark them FAIL (`run --fail-stale`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import optuna
+
+from search.optuna_internals import set_trial_user_attr
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_is_gone(trial: optuna.trial.FrozenTrial) -> bool:
+    """True when a RUNNING trial's worker was a process on this host that no longer exists."""
+    host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another machine's worker, or not started yet: assume alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def stale_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if worker_is_gone(t)]
+
+
+def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], by: str = "--fail-stale") -> None:
+    for trial in trials:
+        set_trial_user_attr(study, trial, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by {by}")
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
