@@ -74,11 +74,11 @@ def budget_summary(study: optuna.Study, spec: StudySpec, within: float = 2.0) ->
 RANKINGS = {"val_acc": "mean val acc of the last 3 epochs", "final_val_acc": "final val acc", "train_loss_sum": "sum of training losses (negated)"}
 
 
-def ranking_summary(study: optuna.Study) -> list[str]:
+def ranking_summary(study: optuna.Study, confirmed: list[dict]) -> list[str]:
     """How well each rung's statistics rank the confirmed candidates: Spearman's correlation of
     each with the confirmed mean (the sum of training losses negated: lower is better), over the
     candidates confirmed at one budget, none diverged."""
-    rows = [r for r in confirmed_rows(study) if holds(r) and r["epochs"] is not None]
+    rows = [r for r in confirmed if holds(r) and r["epochs"] is not None]
     if not rows:
         return []
     budget_of = max({(r["epochs"], r["images"]) for r in rows}, key=lambda b: sum((r["epochs"], r["images"]) == b for r in rows))
@@ -130,7 +130,7 @@ def refused_summary(table: pd.DataFrame) -> str | None:
             f"in the last {k}; a refused trial took {seconds.median():.3f} s (median of {len(seconds)})")
 
 
-def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, path: Path) -> None:
+def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, confirmed: list[dict], path: Path) -> None:
     """Accuracy against parameters: every trained trial, the front of the COMPLETE ones, the
     confirmed means (± std), the limit and the hand-made reference's size."""
     limit = spec.max_params
@@ -144,13 +144,13 @@ def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, path: Path) -
                marker="x", color="grey", label="pruned (last val acc)")
     front = [points[i] for i in front_indices(points)]
     ax.step([p[1] for p in front], [p[0] for p in front], where="post", color="tab:orange", label="front (search)", zorder=4)
-    rows = [r for r in confirmed_rows(study) if r["seeds"]]
+    rows = [r for r in confirmed if r["seeds"]]
     if rows:
         ax.errorbar([r["n_params"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="D", color="tab:green",
                     label="confirmed mean ± std (export budget)", zorder=5)
     ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit:,}")
     ax.axvline(STEP3_SIZE, color="black", linestyle=":", label=f"hand-made step 3 ({STEP3_SIZE:,})")
-    best = best_trial(study, confirmed_rows(study))
+    best = best_trial(study, confirmed)
     ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.values[0]), textcoords="offset points", xytext=(-90, -18))
     values = [p[0] for p in points] + [t.intermediate_values[max(t.intermediate_values)] for t in pruned] + [r["mean"] for r in rows]
     ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))
@@ -185,7 +185,7 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
     import optuna.visualization.matplotlib as vis
 
     out.mkdir(parents=True, exist_ok=True)
-    table = trials_table(study)
+    table, rows = trials_table(study), confirmed_rows(study)
     written = [out / "trials.csv"]
     table.to_csv(written[0], index=False)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
@@ -207,7 +207,7 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
             print(f"skipped {name}: {problem}")
         else:
             written.append(out / name)
-    plot_params_vs_objective(study, spec, out / "params_vs_objective.png")
+    plot_params_vs_objective(study, spec, rows, out / "params_vs_objective.png")
     written.append(out / "params_vs_objective.png")
     if len(study.directions) > 1:
         floor, limit = hypervolume_reference(study, spec)
@@ -222,17 +222,16 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
     top = table[table["state"] == "COMPLETE"].sort_values("objective", ascending=False).head(5)
     print(f"top 5 of {len(table)} trials in {study.study_name!r} (objective: {study.user_attrs.get('objective', '')}):")
     print(top.drop(columns=["reason", "state"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    rows = confirmed_rows(study)
     if rows:
         written.append(out / "confirmed.csv")
         columns = ["trial", "n_params", "mean", "std", "seeds", "diverged", "epochs", "images"]
-        confirmed = pd.DataFrame([{**r, "seeds": " ".join(map(str, r["seeds"])),
+        frame = pd.DataFrame([{**r, "seeds": " ".join(map(str, r["seeds"])),
                                    "diverged": "; ".join(f"seed {k}: {v}" for k, v in r["diverged"].items())} for r in rows])[columns]
-        confirmed.to_csv(written[-1], index=False)
+        frame.to_csv(written[-1], index=False)
         print("confirmed candidates (final validation accuracy, mean ± std over seeds; a diverged run counts against its candidate), "
               "smallest first:")
         for row in rows:
             print("  " + format_row(row))
-        for line in ranking_summary(study):
+        for line in ranking_summary(study, rows):
             print(line)
     return written

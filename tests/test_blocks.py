@@ -14,8 +14,8 @@ from search.export import export_form
 from search.objective import may_prune, settled_after
 from search.study import create_or_resume
 from search.studyfile import Training, load_study_spec, start_points
-from space.blocks import (NET4838_PARAMS, STEP3_ONECYCLE_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point, space_from_dict,
-                          suggest_params)
+from space.blocks import (NET4838_PARAMS, STEP3_ONECYCLE_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point,
+                          space_from_dict, suggest_params)
 from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
                           config_to_dict, count_params, load_config)
 from space.model import build_model

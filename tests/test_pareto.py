@@ -548,7 +548,7 @@ def test_the_verdict_after_a_rung_stops_below_the_region_or_unpromoted_and_grade
     first = verdict(spec, peers, 0, 0, 600, last=False)
     assert first.stop is None and first.constraints == {}  # goes on; told nothing until it ends
     assert "is not in the top 1/3" in verdict(spec, peers, 1, 0, 600, last=False).stop
-    stopped = verdict(spec, peers, 4, 0, 600, last=False)  # dominated in both fronts: last in the promotion order
+    stopped = verdict(spec, peers, 4, 0, 600, last=False)  # in the third front: last in the promotion order
     assert "is not in the top 1/3 of the 6 results there" in stopped.stop
     assert stopped.constraints == {"below_region": pytest.approx(-1.0), "stopped_early": pytest.approx(STOPPED_SCALE * 2)}
     at_the_top = verdict(spec, [{**p, "val_acc": p["val_acc"] + 0.5} if p["number"] == 4 else p for p in peers], 4, 1, 1800, last=True)
@@ -769,6 +769,7 @@ def test_a_confirmation_run_still_training_at_the_deadline_is_stopped_and_traine
 
 def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared_pareto_study, tmp_path):
     from search.report import ranking_summary
+    from search.results import confirmed_rows
 
     _, storage, _ = shared_pareto_study.folder, shared_pareto_study.storage, None
     result = run_cli("report", "--study", "tinypareto", "--storage", storage, "--out", str(tmp_path))
@@ -782,6 +783,6 @@ def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared
         rows[str(k)] = {"n_params": 1000 + k, "mean": confirmed, "std": 0.0, "seeds": [4, 5], "planned_seeds": [4, 5], "diverged": {},
                         "complete": True, "epochs": 3, "images": 512}
     study.set_user_attr("confirmed", rows)
-    lines = ranking_summary(study)
+    lines = ranking_summary(study, confirmed_rows(study))
     assert "rung 0, mean val acc of the last 3 epochs: Spearman +1.00 with the confirmed mean over 4 candidates" in lines
     assert "rung 0, sum of training losses (negated): Spearman -0.20 with the confirmed mean over 4 candidates" in lines
