@@ -34,7 +34,8 @@ from torch import nn
 from search.data import Split, load_images
 from search.errors import UsageError
 from search.reproduce import environment
-from search.train import CompiledNet, can_compile, compile_pays, ema_of, forward_loss, keep_freed_memory, make_optimizer, train_epoch, training_model
+from search.train import ema_of, forward_loss, keep_freed_memory, make_optimizer, train_epoch
+from search.training_net import CompiledNet, can_compile, compile_pays, training_model
 from space.config import Distill, Elastic, RunConfig, count_params, load_config
 from space.model import build_model
 

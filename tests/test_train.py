@@ -10,7 +10,8 @@ from torchvision.transforms import InterpolationMode
 from conftest import REFERENCE, SMALL_PARAMS
 from search.data import load_images, load_split, validation_indices
 from search.augment import MEAN, STD, _affine_grid, _uniform, augment_batch, normalize
-from search.train import loss_fn, train, training_model
+from search.train import loss_fn, train
+from search.training_net import training_model
 from space.config import Augment, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Optimizer, RunConfig, Scheduler, load_config
 from space.model import Conv2d, PackedBitsDropout, _ConvWeightGradAsConv, build_model
 from space.step3 import config_from_params as step3_config
@@ -429,7 +430,7 @@ def test_the_compiled_path_computes_what_the_eager_model_does(data_dir):
     0.988), which the test below bounds; compiling the bfloat16 graph too would cost the suite
     another 20-30 s, so its accuracy over seeds is what docs/results.md measures ("Training near the
     machine's limit"). The bounds leave a few times what was measured."""
-    from search.train import CompiledNet, can_compile
+    from search.training_net import CompiledNet, can_compile
 
     if not can_compile(torch.device("cpu")):
         pytest.skip("no C++ compiler for torch.compile's CPU kernels")
@@ -501,7 +502,7 @@ def test_a_bfloat16_step_stays_near_the_float64_one(data_dir):
 
 
 def test_compile_pays_for_long_runs_only():
-    from search.train import COMPILE_MIN_IMAGE_EPOCHS, can_compile, compile_pays
+    from search.training_net import COMPILE_MIN_IMAGE_EPOCHS, can_compile, compile_pays
 
     cpu = torch.device("cpu")
     assert not compile_pays(cpu, 1_851 * 15) and not compile_pays(cpu, 16_666 * 15)  # a study's first and last rungs
