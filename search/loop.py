@@ -13,13 +13,13 @@ from typing import Callable
 import optuna
 from tqdm import tqdm
 
+from search.console import log_line
 from search.data import SearchSplit, Split
 from search.objective import FINISHED, SurplusTrial, objective
+from search.sampler import make_pruner, seed_sampler
 from search.stale import worker_is_gone
 from search.storage import has_heartbeat, open_storage
-from search.study import make_pruner, seed_sampler
 from search.studyfile import StudySpec
-from search.console import log_line
 from search.workers import run_in_workers
 
 
