@@ -1,28 +1,20 @@
-"""`report`: a study's trials as a table (trials.csv), its plots, the top 5 and the confirmed
-candidates on the terminal."""
+"""`report`: a study's trials as a table (trials.csv), its plots (search/plots.py), the top 5 and
+the confirmed candidates on the terminal, with what the search spent its time on and how well
+its rungs ranked the confirmed candidates."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
 
-matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-import pandas as pd  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
-
-from search.pareto import front_indices, hypervolume  # noqa: E402
-from search.results import best_trial, confirmed_rows, format_row, front_in_region, holds  # noqa: E402
-from search.storage import load_existing_study, output_folder  # noqa: E402
-from search.studyfile import StudySpec, stored_spec  # noqa: E402
-from space import blocks  # noqa: E402
-from space.config import count_params  # noqa: E402
-
-# the hand-made step-3 model's size (7,944), marked on the plot
-STEP3_SIZE = count_params(blocks.config_from_params(blocks.STEP3_PARAMS, epochs=15, seed=1, name="step3"))
-
+from search.pareto import hypervolume
+from search.plots import write_plots
+from search.results import confirmed_rows, format_row, front_in_region, holds
+from search.storage import load_existing_study, output_folder
+from search.studyfile import StudySpec, stored_spec
 
 HYPERVOLUME_FLOOR = 90.0  # accuracy (%) below which a point adds nothing to the front's hypervolume
 
@@ -130,85 +122,13 @@ def refused_summary(table: pd.DataFrame) -> str | None:
             f"in the last {k}; a refused trial took {seconds.median():.3f} s (median of {len(seconds)})")
 
 
-def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, confirmed: list[dict], path: Path) -> None:
-    """Accuracy against parameters: every trained trial, the front of the COMPLETE ones, the
-    confirmed means (± std), the limit and the hand-made reference's size."""
-    limit = spec.max_params
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
-    points = [(t.values[0], t.user_attrs["n_params"]) for t in complete]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.scatter([p[1] for p in points], [p[0] for p in points], label="complete (objective)", zorder=3, s=14)
-    ax.scatter([t.user_attrs["n_params"] for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-               marker="x", color="grey", label="pruned (last val acc)")
-    front = [points[i] for i in front_indices(points)]
-    ax.step([p[1] for p in front], [p[0] for p in front], where="post", color="tab:orange", label="front (search)", zorder=4)
-    rows = [r for r in confirmed if r["seeds"]]
-    if rows:
-        ax.errorbar([r["n_params"] for r in rows], [r["mean"] for r in rows], yerr=[r["std"] for r in rows], fmt="D", color="tab:green",
-                    label="confirmed mean ± std (export budget)", zorder=5)
-    ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit:,}")
-    ax.axvline(STEP3_SIZE, color="black", linestyle=":", label=f"hand-made step 3 ({STEP3_SIZE:,})")
-    best = best_trial(study, confirmed)
-    ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.values[0]), textcoords="offset points", xytext=(-90, -18))
-    values = [p[0] for p in points] + [t.intermediate_values[max(t.intermediate_values)] for t in pruned] + [r["mean"] for r in rows]
-    ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))
-    ax.set(xlabel="parameters", ylabel="validation accuracy (%)", title=f"{study.study_name}: parameters vs objective")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _save_optuna_plot(plot, study: optuna.Study, path: Path) -> str | None:
-    """Draw one of Optuna's matplotlib plots to `path`; the reason when it cannot be drawn."""
-    try:
-        ax = plot(study)
-    except (ValueError, RuntimeError) as e:
-        return str(e)
-    fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-    if hasattr(ax, "get_legend") and ax.get_legend() is not None and len(ax.get_lines()) > 10:
-        ax.get_legend().remove()  # one entry per trial: unreadable, and it would push the plot off the page
-    fig.set_size_inches(8, 5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return None
-
-
 def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
     """trials.csv, the plots, and a top-5 table on the terminal; returns the files written."""
-    import warnings
-
-    import optuna.visualization.matplotlib as vis
-
     out.mkdir(parents=True, exist_ok=True)
     table, rows = trials_table(study), confirmed_rows(study)
     written = [out / "trials.csv"]
     table.to_csv(written[0], index=False)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # Optuna marks its matplotlib plots experimental
-    warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes")  # the target above is negated for it
-    warnings.filterwarnings("ignore", message="Some regimes for parameter")  # conditional parameters are rare in some regimes
-    if len(study.directions) > 1:  # Optuna's plots of one objective take a target; the front is its own plot
-        accuracy = {"target": lambda t: t.values[0], "target_name": "val acc %"}
-        plots = {"pareto_front.png": vis.plot_pareto_front,
-                 "optimization_history.png": lambda s: vis.plot_optimization_history(s, **accuracy),
-                 # PED-ANOVA, Optuna's default evaluator, ranks parameters by how they reach *low* target values
-                 "param_importances.png": lambda s: vis.plot_param_importances(s, target=lambda t: -t.values[0],
-                                                                               target_name="val acc % (negated)")}
-    else:
-        plots = {"optimization_history.png": vis.plot_optimization_history, "param_importances.png": vis.plot_param_importances,
-                 "intermediate_values.png": vis.plot_intermediate_values}
-    for name, plot in plots.items():
-        problem = _save_optuna_plot(plot, study, out / name)
-        if problem:
-            print(f"skipped {name}: {problem}")
-        else:
-            written.append(out / name)
-    plot_params_vs_objective(study, spec, rows, out / "params_vs_objective.png")
-    written.append(out / "params_vs_objective.png")
+    written += write_plots(study, spec, rows, out)
     if len(study.directions) > 1:
         floor, limit = hypervolume_reference(study, spec)
         print(f"front hypervolume: {front_hypervolume(study, spec):,.0f} (accuracy points x parameters above {floor:.2f} % "
