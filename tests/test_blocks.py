@@ -3,11 +3,11 @@ the usual format, invalid and over-limit points are refused before anything is b
 blocks study runs end to end."""
 
 import re
-import time
 from dataclasses import replace
 
 import optuna
 import pytest
+import torch
 
 from conftest import REFERENCE, assert_one_line_error, run_cli
 from search.export import export_form
@@ -17,7 +17,7 @@ from search.studyfile import Training, load_study_spec, start_points
 from space.blocks import (NET4838_PARAMS, STEP3_ONECYCLE_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point,
                           space_from_dict, suggest_params)
 from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
-                          config_to_dict, count_params, load_config)
+                          config_to_dict, count_params, load_config, over_limit)
 from space.model import build_model
 
 ROOT_STUDIES = REFERENCE.parent
@@ -87,18 +87,21 @@ def test_a_parameter_that_no_point_can_use_is_not_sampled():
     assert "sgd_lr" in params and "adam_lr" not in params and "warmup" in params and "step_size" not in params and "gamma" not in params
 
 
-def test_an_invalid_or_over_limit_point_is_refused_before_anything_is_built():
+def test_an_invalid_or_over_limit_point_is_refused_before_anything_is_built(monkeypatch):
+    """The refusal reads only the config's channel counts: no module of torch is made for it (its
+    cost, about 0.3 ms a point, is a measurement in docs/design.md, not a test)."""
     points = [point for _, point in sampled_points(100)]
-    start = time.perf_counter()
+    monkeypatch.setattr(torch.nn.Module, "__init__", lambda *args, **kwargs: pytest.fail("a network was built to refuse a point"))
+    refused = 0
     for point in points:
         config = config_from_params(point, epochs=3)
-        count_params(config)
         try:
             check_shapes(config.layers)
         except ConfigError:
-            pass
-    per_point = (time.perf_counter() - start) / len(points)
-    assert per_point < 0.01  # the refusal itself; Optuna's sampling and storage writes come on top (README)
+            refused += 1
+            continue
+        refused += over_limit(count_params(config), 8000)
+    assert 0 < refused < len(points)
 
 
 def test_the_reference_is_in_the_default_space_and_out_of_a_narrower_one():
