@@ -27,9 +27,11 @@ def front_indices(points: list[Point]) -> list[int]:
 def promotion_order(points: list[Point]) -> list[int]:
     """All indices, best first: front by front (non-dominated sorting), and within a front the
     points that spread it along the size axis first (NSGA-II's crowding distance over log size
-    and accuracy): its two ends (the more accurate first), then the points with the largest gaps
-    to their neighbours. So small nets stay in play beside accurate ones, and a crowd of near
-    twins does not take every place."""
+    and accuracy): its two ends (the smaller first), then the points with the largest gaps to
+    their neighbours. So small nets stay in play beside accurate ones, and a crowd of near twins
+    does not take every place. The smaller end goes first because the sampler drifts to large
+    nets (the accurate end never lacks candidates) and a rung's one place went to the large end
+    (docs/results.md, "The smaller end first")."""
     left, order = list(range(len(points))), []
     while left:
         front = [left[i] for i in front_indices([points[j] for j in left])]
@@ -40,7 +42,7 @@ def promotion_order(points: list[Point]) -> list[int]:
 
 def _by_crowding(points: list[Point], front: list[int]) -> list[int]:
     """`front` (indices, smallest first) ordered by crowding distance, the largest first; ties (the
-    two ends) the more accurate first."""
+    two ends) the smaller first, then the more accurate."""
     distance = {i: math.inf for i in front}
     if len(front) > 2:
         sizes = [math.log(points[i][1]) for i in front]
@@ -48,12 +50,12 @@ def _by_crowding(points: list[Point], front: list[int]) -> list[int]:
         size_span, acc_span = (sizes[-1] - sizes[0]) or 1.0, (max(accs) - min(accs)) or 1.0
         for k in range(1, len(front) - 1):
             distance[front[k]] = (sizes[k + 1] - sizes[k - 1]) / size_span + abs(accs[k + 1] - accs[k - 1]) / acc_span
-    return sorted(front, key=lambda i: (-distance[i], -points[i][0], points[i][1]))
+    return sorted(front, key=lambda i: (-distance[i], points[i][1], -points[i][0]))
 
 
 def promoted(points: list[Point], index: int, eta: int) -> bool:
     """Whether the point at `index` goes on to the next rung. While the rung holds fewer than
-    `eta` results, only the first in `promotion_order` goes on (the most accurate of the first
+    `eta` results, only the first in `promotion_order` goes on (the smallest of the first
     front), as Optuna's SuccessiveHalvingPruner lets the best so far go on: a stopped trial is
     never resumed, so stopping the first results of a rung whatever they are would lose good
     ones for good. From `eta` results on, ASHA's rule: it goes on when it is among the first

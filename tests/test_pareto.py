@@ -27,12 +27,13 @@ def test_front_promotion_and_hypervolume_by_hand():
     points = [(99.0, 5000), (98.0, 3000), (99.5, 7000), (97.0, 6000), (98.5, 3000)]
     assert dominates((98.5, 3000), (98.0, 3000)) and not dominates((99.0, 5000), (98.5, 3000))
     assert front_indices(points) == [4, 0, 2]  # smallest first
-    # front by front; within one its two ends first (the more accurate first), then by crowding distance
-    assert promotion_order(points) == [2, 4, 0, 1, 3]
+    # front by front; within one its two ends first (the smaller first), then by crowding distance
+    assert promotion_order(points) == [4, 2, 0, 1, 3]
     assert promoted(points, 2, eta=2) and promoted(points, 4, eta=2) and not promoted(points, 0, eta=2)
-    # fewer than eta results at a rung: only the best so far goes on (a stopped trial is never resumed)
-    assert promoted(points[:1], 0, eta=3) and promoted(points[:2], 0, eta=3) and not promoted(points[:2], 1, eta=3)
-    assert promoted(points[:3], 2, eta=4) and not promoted(points[:3], 0, eta=4)
+    # fewer than eta results at a rung: only the first in that order goes on (a stopped trial is never resumed), the small
+    # end of a front before its accurate end
+    assert promoted(points[:1], 0, eta=3) and promoted(points[:2], 1, eta=3) and not promoted(points[:2], 0, eta=3)
+    assert promoted(points[:3], 1, eta=4) and not promoted(points[:3], 2, eta=4) and not promoted(points[:3], 0, eta=4)
     # strips up to the next size: 8.5 * 2000 + 9 * 2000 + 9.5 * 1000
     assert hypervolume(points, (90.0, 8000)) == pytest.approx(44_500)
     assert hypervolume([(89.0, 100)], (90.0, 8000)) == 0
@@ -42,7 +43,7 @@ def test_promotion_spreads_a_front_along_the_size_axis():
     # one front: a crowd of near twins around 5,000 parameters, a small net and a large one
     points = [(98.0, 2000), (98.90, 5000), (98.91, 5050), (98.92, 5100), (98.93, 5150), (99.3, 8000)]
     order = promotion_order(points)
-    assert order[:2] == [5, 0]  # the two ends, the more accurate first: the small net stays in play
+    assert order[:2] == [0, 5]  # the two ends, the smaller first: the small net stays in play
     assert order[2] in (1, 4)  # then the twin with the largest gap to its neighbours (an edge of the crowd), not all twins
     assert promoted(points, 0, eta=3) and not promoted(points, 2, eta=3)  # 6 // 3 = 2 go on: both ends
 
@@ -110,8 +111,9 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
     study = load(storage)
     companion = load(storage, "tinypareto.confirm")
     runs = [t for t in companion.trials if t.state == TrialState.COMPLETE]
-    by_size = sorted(study.best_trials, key=lambda t: t.user_attrs["n_params"])
-    front = [by_size[0], by_size[-1]] if len(by_size) > 2 else by_size  # top = 2: both ends of the front
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]  # no [region]: every COMPLETE trial is in it
+    order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in complete])
+    front = [complete[i] for i in order[:2]]  # top = 2: the first two by the promotion order (a front of two or more: its ends)
     assert sorted((t.user_attrs["candidate"], t.user_attrs["seed"]) for t in runs) == sorted((c.number, s) for c in front for s in (4, 5))
     assert "on 512 training images) on 1,000 validation images" in stdout  # [training] validation holds for confirmation too
     for run in runs:  # trained at the confirmation budget on the validation split, from the export config with its own seed
@@ -564,10 +566,10 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
         study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size}, constraints={"params_over_limit": -1}))
     region = front_in_region(study, 1.0)
     assert {t.user_attrs["n_params"] for t in region} == {1000, 2000, 3000, 4000, 6000, 8000}  # 97 % at 500: 2 points below the best
-    # in the order confirmation takes them: the front's two ends, the more accurate first; then by crowding distance over log
-    # size and accuracy (2,000: the widest gaps; 4,000 and 3,000 tie, the more accurate first); then the next front (7,000)
-    assert [t.user_attrs["n_params"] for t in candidates(study, 7, 1.0)] == [8000, 1000, 2000, 6000, 4000, 3000, 7000]
-    assert [t.user_attrs["n_params"] for t in candidates(study, 1, 1.0)] == [8000]
+    # in the order confirmation takes them: the front's two ends, the smaller first; then by crowding distance over log
+    # size and accuracy (2,000: the widest gaps; 3,000 and 4,000 tie, the smaller first); then the next front (7,000)
+    assert [t.user_attrs["n_params"] for t in candidates(study, 7, 1.0)] == [1000, 8000, 2000, 6000, 3000, 4000, 7000]
+    assert [t.user_attrs["n_params"] for t in candidates(study, 1, 1.0)] == [1000]
     assert len(candidates(study, 10, 1.0)) == 7  # 500 lies outside the region
 
 
@@ -619,7 +621,7 @@ def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_sti
 
     # confirmed: 2,000 far below 99.17, 5,000 far above, 8,000 far above: the answer is open between 2,000 and 5,000
     rows = [row(0, 98.5), row(4, 99.5), row(7, 99.6)]
-    assert [t.user_attrs["n_params"] for t in near_the_answer(study, rows, 99.17, 2.0)] == [4000, 3000, 3500]  # in promotion order
+    assert [t.user_attrs["n_params"] for t in near_the_answer(study, rows, 99.17, 2.0)] == [3000, 4000, 3500]  # in promotion order
     rows = [row(0, 98.5), row(4, 99.18, std=0.2)]  # 5,000 reaches it within noise only: nothing is decided to reach it yet
     assert near_the_answer(study, rows, 99.17, 2.0) == []
     assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], 0.0, 2.0) == []  # no target: no question to concentrate on
