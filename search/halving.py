@@ -3,8 +3,8 @@ verdict after a rung (go on, or stop with the reason, and what the sampler is to
 the next rung fits in the search's time budget. Pure rules over the rung results the trials
 record; the objective (search/objective.py) applies them.
 
-A trial goes on while it ranks in the top 1/eta of its rung by search/pareto.py's promotion
-order and, with a [region] floor, stays within that many points of the best result there (one
+A trial goes on while it is an end of its rung's first front or ranks in the top 1/eta of its
+rung by search/pareto.py's promotion order and, with a [region] floor, stays within that many points of the best result there (one
 floor wider for each rung below the last). A trial that stops is PRUNED, without values: TPE
 cannot rank it, so it is made slightly infeasible instead ("stopped_early", graded by how far it
 got), and one below the region clearly so ("below_region" > 0).
@@ -67,7 +67,7 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
         return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
                        f"{floor:g} points below the best result there", {"below_region": below})
     points = [(p["val_acc"], p["n_params"]) for p in peers]
-    promoted_here = last or promoted(points, mine, spec.fidelity.eta)
+    promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor)
     constraints = {"below_region": below} if floor and (last or not promoted_here) else {}  # <= 0: in the region
     if promoted_here:
         return Verdict(None, constraints)
@@ -76,8 +76,7 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     # (scaled to stay below every other constraint: a point below the region or over the limit counts as worse).
     order = promotion_order(points)
     constraints["stopped_early"] = STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1))
-    rule = (f"the best of the {len(peers)} results there" if len(peers) < spec.fidelity.eta  # promoted(): the best so far
-            else f"in the top 1/{spec.fidelity.eta} of the {len(peers)} results there")
+    rule = f"an end of the first front nor in the top 1/{spec.fidelity.eta} of the {len(peers)} results there"
     return Verdict(f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not {rule}",
                    constraints)
 

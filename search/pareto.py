@@ -29,9 +29,8 @@ def promotion_order(points: list[Point]) -> list[int]:
     points that spread it along the size axis first (NSGA-II's crowding distance over log size
     and accuracy): its two ends (the smaller first), then the points with the largest gaps to
     their neighbours. So small nets stay in play beside accurate ones, and a crowd of near twins
-    does not take every place. The smaller end goes first because the sampler drifts to large
-    nets (the accurate end never lacks candidates) and a rung's one place went to the large end
-    (docs/results.md, "The smaller end first")."""
+    does not take every place. The smaller end goes first: the question is how small still holds
+    (docs/results.md, "Which end of the front goes on")."""
     left, order = list(range(len(points))), []
     while left:
         front = [left[i] for i in front_indices([points[j] for j in left])]
@@ -53,15 +52,19 @@ def _by_crowding(points: list[Point], front: list[int]) -> list[int]:
     return sorted(front, key=lambda i: (-distance[i], points[i][1], -points[i][0]))
 
 
-def promoted(points: list[Point], index: int, eta: int) -> bool:
-    """Whether the point at `index` goes on to the next rung. While the rung holds fewer than
-    `eta` results, only the first in `promotion_order` goes on (the smallest of the first
-    front), as Optuna's SuccessiveHalvingPruner lets the best so far go on: a stopped trial is
-    never resumed, so stopping the first results of a rung whatever they are would lose good
-    ones for good. From `eta` results on, ASHA's rule: it goes on when it is among the first
-    len(points) // eta."""
-    rank = promotion_order(points).index(index)
-    return rank == 0 if len(points) < eta else rank < len(points) // eta
+def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0) -> bool:
+    """Whether the point at `index` goes on to the next rung: when it is one of the two ends of
+    the first front of the points within `floor` points of the most accurate (the smallest and
+    the most accurate of them), or when it is among the first len(points) // eta in
+    `promotion_order` (ASHA's rule). The ends' rule is for a young rung, where ASHA's rule gives
+    one place or none and the first trials to complete teach the sampler where to look: one place
+    gave that lesson to one end of the front, and the sampler went there (docs/results.md, "Which
+    end of the front goes on"). A stopped trial is never resumed, so a rung's first results are
+    not stopped whatever they are (as Optuna's SuccessiveHalvingPruner lets the best so far go on)."""
+    best = max(p[0] for p in points)
+    kept = [i for i, p in enumerate(points) if not floor or p[0] >= best - floor]
+    first = [kept[i] for i in front_indices([points[i] for i in kept])]
+    return index in (first[0], first[-1]) or promotion_order(points).index(index) < len(points) // eta
 
 
 def hypervolume(points: list[Point], reference: Point) -> float:

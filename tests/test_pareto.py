@@ -30,10 +30,12 @@ def test_front_promotion_and_hypervolume_by_hand():
     # front by front; within one its two ends first (the smaller first), then by crowding distance
     assert promotion_order(points) == [4, 2, 0, 1, 3]
     assert promoted(points, 2, eta=2) and promoted(points, 4, eta=2) and not promoted(points, 0, eta=2)
-    # fewer than eta results at a rung: only the first in that order goes on (a stopped trial is never resumed), the small
-    # end of a front before its accurate end
-    assert promoted(points[:1], 0, eta=3) and promoted(points[:2], 1, eta=3) and not promoted(points[:2], 0, eta=3)
-    assert promoted(points[:3], 1, eta=4) and not promoted(points[:3], 2, eta=4) and not promoted(points[:3], 0, eta=4)
+    # a young rung (where ASHA's rule gives one place or none): the two ends of the first front go on, its middle does not
+    assert promoted(points[:1], 0, eta=3) and promoted(points[:2], 1, eta=3) and promoted(points[:2], 0, eta=3)
+    assert promoted(points[:3], 1, eta=4) and promoted(points[:3], 2, eta=4) and not promoted(points[:3], 0, eta=4)
+    assert not promoted([(99.0, 5000), (98.0, 6000)], 1, eta=3)  # dominated: no end of the first front
+    # the ends are taken within `floor` of the most accurate: a tiny net far below does not take the small end's place
+    assert promoted(points[:3], 0, eta=4, floor=0.7) and not promoted(points[:3], 1, eta=4, floor=0.7)
     # strips up to the next size: 8.5 * 2000 + 9 * 2000 + 9.5 * 1000
     assert hypervolume(points, (90.0, 8000)) == pytest.approx(44_500)
     assert hypervolume([(89.0, 100)], (90.0, 8000)) == 0
@@ -546,12 +548,14 @@ def test_the_verdict_after_a_rung_stops_below_the_region_or_unpromoted_and_grade
              for n, (acc, size) in enumerate([(99.0, 8000), (98.9, 3000), (98.5, 5000), (96.5, 1000), (98.0, 6000), (98.8, 7000)])]
     below = verdict(spec, peers, 3, 0, 600, last=False)  # 2.5 points under the best: out of the region
     assert below.stop.startswith("below the region at rung 0 (600 images)") and below.constraints == {"below_region": pytest.approx(0.5)}
-    # promotion order: the first front's ends (0, 3), its middle (1), the second front's ends (5, 2), then 4; 6 // 3 go on
+    # promotion order: the first front's ends (3, 0), its middle (1), the second front's ends (2, 5), then 4; 6 // 3 go on,
+    # and the ends of the first front within the floor (1 and 0) go on anyway
     first = verdict(spec, peers, 0, 0, 600, last=False)
     assert first.stop is None and first.constraints == {}  # goes on; told nothing until it ends
-    assert "is not in the top 1/3" in verdict(spec, peers, 1, 0, 600, last=False).stop
+    assert verdict(spec, peers, 1, 0, 600, last=False).stop is None  # the small end of the region's first front
+    assert "is not an end of the first front nor in the top 1/3" in verdict(spec, peers, 2, 0, 600, last=False).stop
     stopped = verdict(spec, peers, 4, 0, 600, last=False)  # in the third front: last in the promotion order
-    assert "is not in the top 1/3 of the 6 results there" in stopped.stop
+    assert "nor in the top 1/3 of the 6 results there" in stopped.stop
     assert stopped.constraints == {"below_region": pytest.approx(-1.0), "stopped_early": pytest.approx(STOPPED_SCALE * 2)}
     at_the_top = verdict(spec, [{**p, "val_acc": p["val_acc"] + 0.5} if p["number"] == 4 else p for p in peers], 4, 1, 1800, last=True)
     assert at_the_top.stop is None and at_the_top.constraints == {"below_region": pytest.approx(-0.5)}  # the last rung: in the region
