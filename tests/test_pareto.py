@@ -200,7 +200,8 @@ def test_confirm_resumes_after_ctrl_c(shared_pareto_study, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "1 of 3 run(s) to train" in result.stdout  # seeds 4 and 5 were kept
     study = load(storage)
-    top = max(study.best_trials, key=lambda t: t.values[0]).number
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]  # --top 1: the first by the promotion order
+    top = complete[promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in complete])[0]].number
     assert study.user_attrs["confirmed"][str(top)]["seeds"] == [4, 5, 6]
     assert json.loads((tmp / "conf" / "best.json").read_text())["name"].startswith("tinypareto-trial")
 
