@@ -58,8 +58,8 @@ class Pruner:
 @dataclass(frozen=True)
 class Fidelity:
     """Successive halving (Pareto studies): rung k of `rungs` trains on subset / eta^(rungs-1-k)
-    images; a trial goes on to the next rung while it ranks in the top 1/eta there (the best
-    so far while the rung holds fewer than eta results)."""
+    images; a trial goes on to the next rung while it is an end of the rung's first front (the
+    smallest or the most accurate within the rung's floor) or ranks in the top 1/eta there."""
     rungs: int = 1
     eta: int = 3
 

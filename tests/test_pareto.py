@@ -284,7 +284,7 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     assert result.returncode == 0, result.stderr
     study = load(f"sqlite:///{out / 'study.db'}", "tiny")
     assert study.best_trials, result.stdout  # a non-empty front
-    first = study.trials[0]  # the hand-made model: the first result of rung 0 is the best so far, so it goes on
+    first = study.trials[0]  # the hand-made model: the first result of rung 0 is both ends of its front, so it goes on
     assert first.user_attrs["n_params"] == 7944 and len(first.user_attrs["rungs"]) == 3 and first.user_attrs["enqueued"] == "reference"
     assert not [t for t in study.trials if "start" in t.user_attrs]  # the shipped file gives the search no start configs
     storage = f"sqlite:///{out / 'study.db'}"
@@ -392,7 +392,7 @@ def test_failed_trials_are_not_counted_at_a_rung(tmp_path, data_dir):
                          "brightness": 0.0, "contrast": 0.0})
     study.optimize(lambda t: objective(t, spec, split, tmp_path), n_trials=1)
     mine = study.trials[-1]
-    # counted: 3 results, it ranks second, not in the top 1/2; not counted: 2 results, it ranks first
+    # counted: 3 results, it ranks second, not in the top 1/2 nor an end of the first front; not counted: 2 results, it ranks first
     assert mine.state == TrialState.COMPLETE, mine.user_attrs.get("reason")
 
 
