@@ -5,9 +5,10 @@ record; the objective (search/objective.py) applies them.
 
 A trial goes on while it is an end of its rung's first front or ranks in the top 1/eta of its
 rung by search/pareto.py's promotion order and, with a [region] floor, stays within that many
-points of the best result there (one floor wider for each rung below the last). A trial that stops is PRUNED, without values: TPE
-cannot rank it, so it is made slightly infeasible instead ("stopped_early", graded by how far it
-got), and one below the region clearly so ("below_region" > 0).
+points of the best result there (one floor wider for each rung below the last). A trial that
+stops is PRUNED, without values: TPE cannot rank it, so it is made slightly infeasible instead
+("stopped_early", graded by how far it got), and one below the region clearly so
+("below_region" > 0).
 """
 
 from __future__ import annotations
