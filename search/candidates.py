@@ -10,7 +10,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.pareto import promotion_order
-from search.results import holds, in_region, within_noise
+from search.answer import decided_to_reach, within_noise
+from search.results import holds, in_region
 
 
 def candidates(study: optuna.Study, top: int, floor: float) -> list[optuna.trial.FrozenTrial]:
@@ -30,17 +31,13 @@ def candidates(study: optuna.Study, top: int, floor: float) -> list[optuna.trial
 
 def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
     """The confirmed candidates (smallest first) that one more seed could move across `target`
-    and that could still be the answer: within noise of it (results.within_noise), below
+    and that could still be the answer: within noise of it (answer.within_noise), below
     max_seeds, none diverged, and no larger than the smallest candidate already decided to
     reach it (a larger one cannot change "the smallest net that holds the target")."""
     if not target or not max_seeds:
         return []
     limit = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=math.inf)
     return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
-
-
-def decided_to_reach(row: dict, target: float) -> bool:
-    return holds(row) and row["mean"] >= target and not within_noise(row, target)
 
 
 def near_the_answer(study: optuna.Study, rows: list[dict], target: float, floor: float) -> list[optuna.trial.FrozenTrial]:

@@ -17,8 +17,9 @@ dashboard lists the companion study with every run; the mean ± std per candidat
 candidate ever confirmed) is stored in the search study (user attribute "confirmed") and shown
 in its note and by `report`.
 
-This module runs the rounds; search/candidates.py chooses what each round confirms, and
-search/confirm_plan.py turns that into runs, fits a round into the time budget and sums up.
+This module runs the rounds: search/candidates.py chooses what each round confirms,
+search/confirm_budget.py fits a round into the time budget, and search/companion.py enqueues
+its runs and sums them up.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import torch
 from optuna.trial import TrialState
 
 from search.candidates import candidates, in_question, near_the_answer
-from search.confirm_plan import companion_name, fitting_round, open_companion, plan, round_seconds, summarize
+from search.companion import companion_name, open_companion, plan, summarize
+from search.confirm_budget import fitting_round, round_seconds
 from search.console import log_line
 from search.data import SearchSplit, Split, load_images, resolve_data_dir
 from search.device import cpu_threads, resolve_device

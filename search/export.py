@@ -11,7 +11,8 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.results import best_trial, confirmed_rows, format_row, interval, target_row, undecided_lines, within_noise
+from search.answer import interval, target_row, undecided_lines, within_noise
+from search.results import best_trial, confirmed_rows, format_row
 from search.storage import load_existing_study, mask_password, output_folder
 from search.studyfile import StudySpec, Training, stored_spec
 from space.config import RunConfig, config_from_dict, save_config

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from search.pareto import promoted, promotion_order
+from search.pareto import below_region, promoted, promotion_order
 from search.studyfile import StudySpec
 
 STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; "below_region" and the limit's violations are larger
@@ -63,8 +63,8 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     mine = [p["number"] for p in peers].index(number)
     accuracy, n_params = peers[mine]["val_acc"], peers[mine]["n_params"]
     floor = rung_floor(spec, rung)
-    below = max(p["val_acc"] for p in peers) - floor - accuracy  # > 0: below the region
-    if floor and below > 0:
+    below = below_region(accuracy, max(p["val_acc"] for p in peers), floor)
+    if below > 0:
         return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
                        f"{floor:g} points below the best result there", {"below_region": below})
     points = [(p["val_acc"], p["n_params"]) for p in peers]

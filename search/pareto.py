@@ -52,6 +52,12 @@ def _by_crowding(points: list[Point], front: list[int]) -> list[int]:
     return sorted(front, key=lambda i: (-distance[i], points[i][1], -points[i][0]))
 
 
+def below_region(accuracy: float, best: float, floor: float) -> float:
+    """How far `accuracy` lies below the region, the results within `floor` points of the best
+    `best` ([region] floor; > 0: outside it, <= 0: inside); without a floor (0) every result is inside."""
+    return best - floor - accuracy if floor else -math.inf
+
+
 def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0) -> bool:
     """Whether the point at `index` goes on to the next rung: when it is one of the two ends of
     the first front of the points within `floor` points of the most accurate (the smallest and
@@ -62,7 +68,7 @@ def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0) -> b
     end of the front goes on"). A stopped trial is never resumed, so a rung's first results are
     not stopped whatever they are (as Optuna's SuccessiveHalvingPruner lets the best so far go on)."""
     best = max(p[0] for p in points)
-    kept = [i for i, p in enumerate(points) if not floor or p[0] >= best - floor]
+    kept = [i for i, p in enumerate(points) if below_region(p[0], best, floor) <= 0]
     first = [kept[i] for i in front_indices([points[i] for i in kept])]
     return index in (first[0], first[-1]) or promotion_order(points).index(index) < len(points) // eta
 

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
 from search.optuna_internals import storage_of
 from search.note import study_note
-from search.pareto import dominates, front_indices, hypervolume, promoted, promotion_order
+from search.pareto import below_region, dominates, front_indices, hypervolume, promoted, promotion_order
 from search.results import in_region
 from search.studyfile import Fidelity, Region, load_study_spec, stored_spec
 from space.config import ConfigError, load_config
@@ -39,6 +39,14 @@ def test_front_promotion_and_hypervolume_by_hand():
     # strips up to the next size: 8.5 * 2000 + 9 * 2000 + 9.5 * 1000
     assert hypervolume(points, (90.0, 8000)) == pytest.approx(44_500)
     assert hypervolume([(89.0, 100)], (90.0, 8000)) == 0
+
+
+def test_the_region_is_one_rule_for_the_verdict_the_ends_and_the_candidates():
+    # the results within `floor` points of the best: how far below it a result lies (> 0: outside)
+    assert below_region(96.0, best=99.0, floor=3.0) == 0.0  # on the edge: inside
+    assert below_region(95.5, best=99.0, floor=3.0) == pytest.approx(0.5)
+    assert below_region(98.0, best=99.0, floor=3.0) == pytest.approx(-2.0)
+    assert below_region(10.0, best=99.0, floor=0.0) < 0  # no floor: no region, nothing outside it
 
 
 def test_promotion_spreads_a_front_along_the_size_axis():
@@ -133,7 +141,7 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
 
 
 def test_the_target_row_is_the_smallest_candidate_that_reaches_the_target():
-    from search.results import target_row
+    from search.answer import target_row
 
     def row(trial, n_params, mean, diverged=None):
         return {"trial": trial, "n_params": n_params, "mean": mean, "std": 0.05, "seeds": [1, 2], "diverged": diverged or {}}
@@ -458,7 +466,7 @@ def test_time_budgets_are_read_from_the_study_file_and_overridden(tmp_path):
 
 
 def test_a_round_is_expected_to_take_its_runs_in_order_on_the_first_free_worker():
-    from search.confirm_plan import fitting_round, round_seconds, runs_to_train
+    from search.confirm_budget import fitting_round, round_seconds, runs_to_train
 
     study = region_study(floor=0.0)  # PARETO: 3 epochs a rung, 3 export epochs; the study's seed is 3, so confirmation seeds 4, 5, 6
     spec = stored_spec(study)
@@ -597,7 +605,7 @@ def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
 
 def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
     from search.candidates import in_question
-    from search.results import SEED_SPREAD, interval, within_noise
+    from search.answer import SEED_SPREAD, interval, within_noise
 
     row = {"trial": 1, "n_params": 3000, "seeds": [4, 5], "mean": 99.10, "std": 0.02, "diverged": {}}
     assert interval(row) == pytest.approx((99.10 - 2 * SEED_SPREAD / 2 ** 0.5, 99.10 + 2 * SEED_SPREAD / 2 ** 0.5))  # at least the measured spread
@@ -633,7 +641,7 @@ def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_sti
 
 
 def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto_study, tmp_path):
-    from search.results import undecided_lines
+    from search.answer import undecided_lines
 
     rows = [{"trial": 1, "n_params": 3000, "mean": 99.14, "std": 0.03, "seeds": [4, 5], "diverged": {}},
             {"trial": 2, "n_params": 4000, "mean": 99.19, "std": 0.03, "seeds": [4, 5], "diverged": {}},
@@ -666,7 +674,7 @@ def test_confirm_takes_the_trials_it_is_given_and_refuses_one_that_is_not_comple
 
 
 def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_study, tmp_path):
-    from search.results import SEED_SPREAD
+    from search.answer import SEED_SPREAD
 
     tmp, storage = copy_of(shared_pareto_study, tmp_path)
     confirmed = load(storage).user_attrs["confirmed"]
@@ -745,7 +753,7 @@ def test_a_confirmation_run_still_training_at_the_deadline_is_stopped_and_traine
     import torch
 
     from search.confirm import run_confirmations
-    from search.confirm_plan import open_companion, plan
+    from search.companion import open_companion, plan
     from search.data import load_split
 
     _, storage = copy_of(shared_pareto_study, tmp_path)

@@ -1,7 +1,8 @@
-"""The plan of a confirmation: its runs, (candidate, seed, epochs, images), enqueued as trials of
-the companion study NAME.confirm and merged into the search study's "confirm_plans"; what a
-round of them is expected to take, so that a round fits the time budget; and the summary of
-their results per candidate (mean ± std), stored in the search study as "confirmed"."""
+"""The companion study NAME.confirm, which holds a confirmation's runs: each run (candidate,
+seed, epochs, images) one trial, enqueued by `plan` and merged into the search study's
+"confirm_plans"; `summarize` stores the results per candidate (mean ± std) in the search
+study as "confirmed". One trial a run lets Optuna hand each run to one worker, mark an
+interrupted one FAIL, and show them all in the dashboard."""
 
 from __future__ import annotations
 
@@ -15,71 +16,12 @@ from optuna.trial import TrialState
 from search.export import export_config
 from search.optuna_internals import storage_of
 from search.stale import fail_stale, worker_is_gone
-from search.studyfile import StudySpec, Training
+from search.studyfile import StudySpec
 from space.config import config_to_dict
 
 
 def companion_name(study_name: str) -> str:
     return f"{study_name}.confirm"
-
-
-def expected_run_seconds(study: optuna.Study, training: Training, companion: optuna.Study, number: int, images: int) -> float | None:
-    """What one confirmation run of candidate `number` on `images` training images is expected to
-    take: its longest finished run at that budget; before any, its last search rung's training
-    seconds scaled by the images and epochs, plus its evaluation seconds (the same 3 epochs are
-    scored); None when neither was recorded."""
-    runs = [t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("candidate") == number and t.user_attrs.get("budget") == {"epochs": training.export_epochs, "images": images}]
-    if runs:
-        return max(runs)
-    rung = (study.get_trials(deepcopy=False)[number].user_attrs.get("rungs") or [{}])[-1]
-    if "seconds" not in rung:
-        return None
-    trained = rung.get("train_seconds", rung["seconds"])  # (a rung recorded before its training seconds were: all of it)
-    return trained * (images / rung["images"]) * (training.export_epochs / training.epochs) + (rung["seconds"] - trained)
-
-
-def runs_to_train(study: optuna.Study, spec: StudySpec, companion: optuna.Study, number: int, count: int, images: int) -> int:
-    """How many runs bringing candidate `number` to `count` seeds at `images` training images would
-    train: the seeds planned (this count's and any earlier plan's at that budget) without a
-    result (COMPLETE, or diverged) in `companion`."""
-    export_epochs = spec.training.export_epochs
-    earlier = study.user_attrs.get("confirm_plans", {}).get(str(number), {})
-    planned = set(confirmation_seeds(spec, count)) | (set(earlier.get("seeds", [])) if earlier.get("images") == images else set())
-    done = {run_key(t.user_attrs) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            if t.state == TrialState.COMPLETE or "diverged" in t.user_attrs}
-    return sum((number, seed, export_epochs, images) not in done for seed in planned)
-
-
-def round_seconds(study: optuna.Study, spec: StudySpec, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int) -> float:
-    """What a round that brings each candidate of `wanted` (trial number: seed count) to its seed
-    count is expected to take on `workers` processes: its runs in the round's order, each taken by
-    the first process free (as the workers take waiting runs); a run of unknown length is taken
-    as the longest known one."""
-    known = {number: expected_run_seconds(study, spec.training, companion, number, images) for number in wanted}
-    longest = max((s for s in known.values() if s is not None), default=0.0)
-    free = [0.0] * max(workers, 1)
-    for number, count in wanted.items():
-        for _ in range(runs_to_train(study, spec, companion, number, count, images)):
-            first = free.index(min(free))
-            free[first] += known[number] if known[number] is not None else longest
-    return max(free)
-
-
-def fitting_round(study: optuna.Study, spec: StudySpec, companion: optuna.Study, wanted: dict[int, int], images: int, workers: int,
-                  seconds: float) -> dict[int, int]:
-    """The first candidates of `wanted`, in its order, whose round is expected to end within
-    `seconds`, as many as fit."""
-    for count in range(len(wanted), 0, -1):
-        first = dict(list(wanted.items())[:count])
-        if round_seconds(study, spec, companion, first, images, workers) <= seconds:
-            return first
-    return {}
-
-
-def confirmation_seeds(spec: StudySpec, count: int) -> list[int]:
-    """Seeds the search never used: the study's seed + 1, + 2, ..."""
-    return [spec.seed + 1 + i for i in range(count)]
 
 
 def open_companion(study: optuna.Study) -> optuna.Study:
@@ -91,6 +33,11 @@ def open_companion(study: optuna.Study) -> optuna.Study:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             companion.set_metric_names(["final val acc %", "params"])
     return companion
+
+
+def confirmation_seeds(spec: StudySpec, count: int) -> list[int]:
+    """Seeds the search never used: the study's seed + 1, + 2, ..."""
+    return [spec.seed + 1 + i for i in range(count)]
 
 
 def plan(study: optuna.Study, spec: StudySpec, companion: optuna.Study, wanted: dict[int, int], images: int) -> list[tuple[int, int]]:
