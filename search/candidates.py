@@ -14,19 +14,32 @@ from search.answer import decided_to_reach, within_noise
 from search.results import holds, in_region
 
 
-def candidates(study: optuna.Study, top: int, floor: float) -> list[optuna.trial.FrozenTrial]:
+def near_target(trials: list[optuna.trial.FrozenTrial], target: float, near: float) -> list[optuna.trial.FrozenTrial]:
+    """Those of these COMPLETE Pareto trials whose result at the last rung is at most `near` points
+    under `target` ([confirm] near, [region] target_acc; all of them without either): a trial
+    further under it cannot reach the target at the export budget, by the gains measured from the
+    last rung to the export budget (docs/results.md, "Confirmation near the target")."""
+    if not (target and near):
+        return trials
+    return [t for t in trials if t.values[0] >= target - near]
+
+
+def candidates(study: optuna.Study, top: int, floor: float, target: float = 0.0, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """`top` trials at most, chosen by one rule for every trial (a start config's trial too), in
     the order confirmation takes them: an accuracy study's best, the best first; in a Pareto
     study, the trials in the region (`floor`: [region] floor; docs/design.md) in the order successive halving promotes
     them (search/pareto.py): front by front, each front's two ends and then the points that
     spread it along the size axis, so that confirmation answers "how small still holds" and not
     only "how accurate". Which of them are near the target shows at the export budget: the later
-    rounds go there (`in_question`, `near_the_answer`)."""
+    rounds go there (`in_question`, `near_the_answer`). With `near` ([confirm] near) only the
+    trials of the region near `target` are taken (`near_target`), or, when none is, its most
+    accurate one, so that the answer can say how far the closest falls short."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(study.directions) == 1:
         return sorted(finished, key=lambda t: -t.values[0])[:top]
     region = in_region(study, finished, floor)
-    return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])[:top]]
+    band = near_target(region, target, near) or sorted(region, key=lambda t: -t.values[0])[:1]  # none near: the closest
+    return [band[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in band])[:top]]
 
 
 def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
@@ -40,18 +53,18 @@ def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
     return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
 
 
-def near_the_answer(study: optuna.Study, rows: list[dict], target: float, floor: float) -> list[optuna.trial.FrozenTrial]:
+def near_the_answer(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region, not yet confirmed, whose size lies where the
     answer is still open: below the smallest candidate decided to reach `target`, and above the
     largest smaller one decided to fall short of it; in promotion order. None while no candidate
     is decided to reach the target (then the answer is "none yet", and its seeds decide it), and
-    none without a target or in an accuracy study."""
+    none without a target or in an accuracy study; with `near`, only those near the target (`near_target`)."""
     above = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=None) if target else None
     if above is None or len(study.directions) == 1:
         return []
     below = max((r["n_params"] for r in rows if holds(r) and r["mean"] < target and not within_noise(r, target)
                  and r["n_params"] < above), default=0)
     confirmed = {r["trial"] for r in rows}
-    region = [t for t in in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor)
+    region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), target, near)
               if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
     return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]

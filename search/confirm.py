@@ -116,9 +116,12 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     settings, target, floor = spec.confirm, spec.region.target_acc, spec.region.floor
     check_workers(url, workers)  # (for callers other than confirm_command)
     trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chosen = candidates(study, settings.top, floor) if not trials else [trials_by_number[n] for n in trials]
+    chosen = candidates(study, settings.top, floor, target, settings.near) if not trials else [trials_by_number[n] for n in trials]
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
+    if not trials and settings.near and target and len(study.directions) > 1:
+        log_line(f"candidates: the region's trials at most {settings.near:g} points under the target ({target:g} %) at the last rung "
+                 f"([confirm] near), else its most accurate: " + ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen))
     if any(export_config(t, spec.training, study.study_name).distill for t in chosen):
         usable_cache_dir()  # its teachers are cached there: a folder that cannot be written fails now, not after an hour
     companion = open_companion(study)
@@ -155,7 +158,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
         rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
         wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, target, settings.max_seeds)}
         if not trials:  # (an explicit list of trials is all the user asked for)
-            wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor) if t.number not in wanted}
+            wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near) if t.number not in wanted}
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:

@@ -75,6 +75,9 @@ class Confirm:
     after_run: bool = False
     subset: int = TRAIN_SPLIT
     max_seeds: int = 0  # > seeds: a candidate whose interval holds [region] target_acc gets seeds up to this many
+    # accuracy points: only the trials whose last-rung result is at most this far under [region] target_acc are confirmed
+    # (the most accurate one when none is); 0: every trial of the region
+    near: float = 0.0
     # seconds, a hard bound on confirmation: a round starts only for the candidates (smallest first) whose runs are expected to
     # end within it, and a run still training at it is stopped (the next `confirm` trains it again). None: no limit
     timeout: float | None = None
@@ -182,6 +185,8 @@ def _spec_from_dict(raw: dict) -> StudySpec:
           f"must be in 1..{sizes.search_train_size:,} (the training split), got {confirm.subset}")
     check(confirm.max_seeds == 0 or confirm.max_seeds >= confirm.seeds, "confirm.max_seeds",
           f"must be 0 (no extra seeds) or >= seeds ({confirm.seeds}), got {confirm.max_seeds}")
+    check(math.isfinite(confirm.near) and confirm.near >= 0.0, "confirm.near", f"must be >= 0 accuracy points (0: no band), got {confirm.near}")
+    check(not confirm.near or region.target_acc, "confirm.near", "needs [region] target_acc: the band lies under the target")
     check(0.0 <= region.floor <= 100.0, "region.floor", f"must be in [0, 100] accuracy points (0: no floor), got {region.floor}")
     check(0.0 <= region.target_acc <= 100.0, "region.target_acc", f"must be a percentage in [0, 100] (0: none), got {region.target_acc}")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")

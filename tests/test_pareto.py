@@ -437,8 +437,13 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
         spec(PARETO.replace('objective = "pareto"', "").replace("rungs = 2", "rungs = 1") + "\n[region]\nfloor = 1.0\n")
     with pytest.raises(ConfigError, match=r"confirm.max_seeds: must be 0 \(no extra seeds\) or >= seeds \(2\)"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nmax_seeds = 1"))
+    assert spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = 0.8") + "\n[region]\ntarget_acc = 99.1\n").confirm.near == 0.8
+    with pytest.raises(ConfigError, match=r"confirm.near: must be >= 0 accuracy points \(0: no band\), got -0.5"):
+        spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = -0.5") + "\n[region]\ntarget_acc = 99.1\n")
+    with pytest.raises(ConfigError, match="confirm.near: needs \\[region\\] target_acc"):
+        spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = 0.8"))
     result = run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"))
-    assert_one_line_error(result, "s.toml", "confirm.max_seeds")
+    assert_one_line_error(result, "s.toml", "confirm.near")
 
 
 @pytest.mark.parametrize("line", ["timeout = -1", 'timeout = "soon"', "timeout = inf", "timeout = true", "[confirm]\ntimeout = -5"])
@@ -584,6 +589,24 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
     assert [t.user_attrs["n_params"] for t in candidates(study, 7, 1.0)] == [1000, 8000, 2000, 6000, 3000, 4000, 7000]
     assert [t.user_attrs["n_params"] for t in candidates(study, 1, 1.0)] == [1000]
     assert len(candidates(study, 10, 1.0)) == 7  # 500 lies outside the region
+
+
+def test_confirmation_concentrates_near_the_target_when_the_study_asks():
+    from search.candidates import candidates, near_the_answer
+
+    study = region_study(floor=3.0)
+    for acc, size in ((96.5, 1500), (97.4, 2000), (98.4, 3000), (98.9, 4500), (99.0, 8000)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], user_attrs={"n_params": size}, constraints={"params_over_limit": -1}))
+    sizes = lambda trials: [t.user_attrs["n_params"] for t in trials]  # noqa: E731
+    everyone = sizes(candidates(study, 6, 3.0))  # no band: the whole region, the front's two ends first
+    assert everyone[:2] == [1500, 8000] and sorted(everyone) == [1500, 2000, 3000, 4500, 8000]
+    # within 0.8 points under a 99.17 % target (98.37 % at the last rung): 3,000 and up, spread along the front as before
+    assert sizes(candidates(study, 6, 3.0, target=99.17, near=0.8)) == [3000, 8000, 4500]
+    assert sizes(candidates(study, 6, 3.0, target=99.9, near=0.5)) == [8000]  # none near: the most accurate, the closest
+    # the later rounds' trials where the answer is open keep to the band too (8,000 decided to reach, nothing decided below)
+    rows = [{"trial": 4, "n_params": 8000, "mean": 99.5, "std": 0.02, "seeds": [1, 2, 3], "diverged": {}}]
+    assert sorted(sizes(near_the_answer(study, rows, 99.17, 3.0))) == [1500, 2000, 3000, 4500]
+    assert sizes(near_the_answer(study, rows, 99.17, 3.0, near=0.8)) == [3000, 4500]
 
 
 def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
