@@ -1,6 +1,7 @@
 """Which trials confirmation takes: the first candidates of a study, then, round by round, the
 candidates one more seed could move across the target and the unconfirmed trials whose size
-lies where the answer is still open. Reads trials and confirmed rows; trains nothing."""
+lies where the answer is still open; with [confirm] near, only trials near the target. Reads
+trials and confirmed rows; trains nothing."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import math
 import optuna
 from optuna.trial import TrialState
 
-from search.pareto import promotion_order
 from search.answer import decided_to_reach, within_noise
+from search.pareto import promotion_order
 from search.results import holds, in_region
 
 
