@@ -39,7 +39,7 @@ def candidates(study: optuna.Study, top: int, floor: float, target: float = 0.0,
     if len(study.directions) == 1:
         return sorted(finished, key=lambda t: -t.values[0])[:top]
     region = in_region(study, finished, floor)
-    band = near_target(region, target, near) or sorted(region, key=lambda t: -t.values[0])[:1]  # none near: the closest
+    band = near_target(region, target, near) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
     return [band[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in band])[:top]]
 
 

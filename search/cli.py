@@ -35,6 +35,7 @@ non_negative_int = option_type(int, lambda v: v >= 0, "a whole number >= 0")
 seconds = option_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number of seconds >= 0")
 port_number = option_type(int, lambda v: 1 <= v <= 65535, "a port number in 1-65535")
 percentage = option_type(float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
+points = option_type(float, lambda v: 0 <= v <= 100, "accuracy points in [0, 100]")
 
 
 # ---------------------------------------------------------------- commands: each calls one function
@@ -57,7 +58,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 def cmd_confirm(a: argparse.Namespace) -> None:
     from search.confirm import ConfirmOptions, confirm_command
 
-    confirm_command(ConfirmOptions(a.study, storage=a.storage, top=a.top, seeds=a.seeds, max_seeds=a.max_seeds, timeout=a.timeout,
+    confirm_command(ConfirmOptions(a.study, storage=a.storage, top=a.top, near=a.near, seeds=a.seeds, max_seeds=a.max_seeds, timeout=a.timeout,
                                    workers=a.workers, out=a.out, data_dir=a.data_dir, device=a.device, trials=tuple(a.trial or ())))
 
 
@@ -154,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("confirm", help="retrain a study's candidates at the export budget with more seeds (validation split)")
     existing_study(p)
     p.add_argument("--top", type=positive_int, help="candidates: K at most, the region's trials in promotion order (each front's ends, "
-                   "then spread by size), or the best trials (default: the study file's)")
+                   "then spread by size; with --near, those near the target), or the best trials (default: the study file's)")
+    p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's [region] "
+                   "target_acc at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
     p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "

@@ -62,6 +62,7 @@ class ConfirmOptions:
     study: str
     storage: str | None = None
     top: int | None = None
+    near: float | None = None
     seeds: int | None = None
     max_seeds: int | None = None
     timeout: float | None = None
@@ -93,8 +94,11 @@ def confirm_command(options: ConfirmOptions) -> None:
     out = output_folder(options.out or Path("studies") / study_name, "--out")  # before hours of training, not after
     data = resolve_data_dir(options.data_dir)
     load_images(data, train=True, dataset=DATASETS[spec.dataset])  # a data error before any run is enqueued
+    near = options.near if options.near is not None else settings.near
+    if near and not spec.region.target_acc:
+        raise UsageError(f"--near {near:g}: study {study_name!r} has no [region] target_acc for the band to lie under; leave --near out")
     timeout = options.timeout if options.timeout is not None else settings.timeout
-    spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, seeds=seeds, max_seeds=max_seeds, timeout=timeout))
+    spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, near=near, seeds=seeds, max_seeds=max_seeds, timeout=timeout))
     rows = confirm(study, spec, url, resolve_device(options.device), data, workers, trials)
     best = best_trial(study, rows)
     path = export_best(study, best, spec.training, out)
@@ -106,7 +110,8 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
             trials: list[int] | None = None) -> list[dict]:
     """Confirm `study`'s candidates (spec.confirm: how many, with how many seeds, on how many
     images; `trials`: these instead of `candidates`) in this process or in `workers` processes
-    sharing `url`, in rounds: first spec.confirm.seeds seeds each, then, while there is time, one
+    sharing `url`, in rounds (with spec.confirm.near, only candidates near the target: see
+    `candidates`): first spec.confirm.seeds seeds each, then, while there is time, one
     more seed for each candidate in question (`in_question`, the smallest first) and the first
     seeds of the COMPLETE trials of the region whose size lies where the answer is still open
     (`near_the_answer`), so the later rounds concentrate on the target. spec.confirm.timeout is a
@@ -120,8 +125,12 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
     if not trials and settings.near and target and len(study.directions) > 1:
-        log_line(f"candidates: the region's trials at most {settings.near:g} points under the target ({target:g} %) at the last rung "
-                 f"([confirm] near), else its most accurate: " + ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen))
+        band = f"at most {settings.near:g} points under the target ({target:g} %) at the last rung ([confirm] near)"
+        listed = ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen)
+        if any(t.values[0] >= target - settings.near for t in chosen):
+            log_line(f"candidates: the region's trials {band}: {listed}")
+        else:
+            log_line(f"candidates: none of the region's trials is {band}; its most accurate only: {listed}")
     if any(export_config(t, spec.training, study.study_name).distill for t in chosen):
         usable_cache_dir()  # its teachers are cached there: a folder that cannot be written fails now, not after an hour
     companion = open_companion(study)

@@ -69,7 +69,8 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
                        f"{floor:g} points below the best result there", {"below_region": below})
     points = [(p["val_acc"], p["n_params"]) for p in peers]
     promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor)
-    constraints = {"below_region": below} if floor and (last or not promoted_here) else {}  # <= 0: in the region
+    # <= 0: in the region (without a floor `below` is -inf, and no region is told)
+    constraints = {"below_region": below} if floor and (last or not promoted_here) else {}
     if promoted_here:
         return Verdict(None, constraints)
     # How far from the end it stopped, for the sampler: a trial without values is one TPE cannot rank, but an infeasible one

@@ -68,8 +68,9 @@ class Fidelity:
 class Confirm:
     """Confirmation: `top` candidates (a Pareto study's region in promotion order, or the top
     trials) trained at the export budget on the validation split with `seeds` seeds each, then
-    seeds added where they decide the answer (see search/confirm.py); `after_run`: at the end of
-    `run`. `subset` below the split's TRAIN_SPLIT images is for quick checks only."""
+    seeds added where they decide the answer (see search/confirm.py); `near`: only the trials near
+    [region] target_acc (search/candidates.py); `after_run`: at the end of `run`. `subset` below
+    the split's TRAIN_SPLIT images is for quick checks only."""
     top: int = 3
     seeds: int = 2
     after_run: bool = False
@@ -186,7 +187,8 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(confirm.max_seeds == 0 or confirm.max_seeds >= confirm.seeds, "confirm.max_seeds",
           f"must be 0 (no extra seeds) or >= seeds ({confirm.seeds}), got {confirm.max_seeds}")
     check(math.isfinite(confirm.near) and confirm.near >= 0.0, "confirm.near", f"must be >= 0 accuracy points (0: no band), got {confirm.near}")
-    check(not confirm.near or region.target_acc, "confirm.near", "needs [region] target_acc: the band lies under the target")
+    check(not confirm.near or (objective == "pareto" and region.target_acc), "confirm.near",
+          "needs objective = \"pareto\" and a [region] target_acc: the band lies under the target")
     check(0.0 <= region.floor <= 100.0, "region.floor", f"must be in [0, 100] accuracy points (0: no floor), got {region.floor}")
     check(0.0 <= region.target_acc <= 100.0, "region.target_acc", f"must be a percentage in [0, 100] (0: none), got {region.target_acc}")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")

@@ -296,15 +296,21 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     assert first.user_attrs["n_params"] == 7944 and len(first.user_attrs["rungs"]) == 3 and first.user_attrs["enqueued"] == "reference"
     assert not [t for t in study.trials if "start" in t.user_attrs]  # the shipped file gives the search no start configs
     storage = f"sqlite:///{out / 'study.db'}"
-    confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--seeds", "1", "--out", str(out), "--device", "cpu")
-    assert confirmed.returncode == 0, confirmed.stderr
-    assert "3 epochs on 300 training images" in confirmed.stdout
-    # the candidates: four of the region's trials at most, its front's two ends among them (the most accurate, and the
-    # smallest that no other trial of the region beats on accuracy); no later round: nothing reaches the file's 99.17 %
     region = in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), stored_spec(study).region.floor)
-    chosen = {int(n) for n in load(storage, "tiny").user_attrs["confirmed"]}
     most_accurate = max(region, key=lambda t: (t.values[0], -t.values[1]))
     smallest = min(region, key=lambda t: (t.values[1], -t.values[0]))
+    # the file's [confirm] near (0.8 points under its 99.17 %): no trial of 3 epochs on 1,200 images is near, so the most accurate only
+    banded = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--seeds", "1", "--out", str(out), "--device", "cpu")
+    assert banded.returncode == 0, banded.stderr
+    assert "none of the region's trials is at most 0.8 points under the target (99.17 %)" in banded.stdout + banded.stderr
+    assert set(load(storage, "tiny").user_attrs["confirmed"]) == {str(most_accurate.number)}
+    confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--near", "0", "--seeds", "1", "--out", str(out),
+                        "--device", "cpu")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert "3 epochs on 300 training images" in confirmed.stdout
+    # without the band: four of the region's trials at most, its front's two ends among them (the most accurate, and the
+    # smallest that no other trial of the region beats on accuracy); no later round: nothing reaches the file's 99.17 %
+    chosen = {int(n) for n in load(storage, "tiny").user_attrs["confirmed"]}
     assert len(chosen) == min(4, len(region)) and {most_accurate.number, smallest.number} <= chosen
     rows = load(storage, "tiny").user_attrs["confirmed"]
     most_accurate = max(rows, key=lambda n: (rows[n]["mean"], -rows[n]["n_params"]))
@@ -440,10 +446,12 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
     assert spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = 0.8") + "\n[region]\ntarget_acc = 99.1\n").confirm.near == 0.8
     with pytest.raises(ConfigError, match=r"confirm.near: must be >= 0 accuracy points \(0: no band\), got -0.5"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = -0.5") + "\n[region]\ntarget_acc = 99.1\n")
-    with pytest.raises(ConfigError, match="confirm.near: needs \\[region\\] target_acc"):
+    with pytest.raises(ConfigError, match="confirm.near: needs objective = \"pareto\" and a \\[region\\] target_acc"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = 0.8"))
-    result = run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out"))
-    assert_one_line_error(result, "s.toml", "confirm.near")
+    assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.near")
+    with pytest.raises(ConfigError, match="confirm.max_seeds"):
+        spec(PARETO.replace("seeds = 2", "seeds = 2\nmax_seeds = 1"))  # (written, then refused)
+    assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.max_seeds")
 
 
 @pytest.mark.parametrize("line", ["timeout = -1", 'timeout = "soon"', "timeout = inf", "timeout = true", "[confirm]\ntimeout = -5"])
