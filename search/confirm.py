@@ -33,7 +33,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.candidates import candidates, in_question, near_the_answer
+from search.candidates import candidates, in_question, near_target, near_the_answer
 from search.companion import companion_name, open_companion, plan, summarize
 from search.confirm_budget import fitting_round, round_seconds
 from search.console import log_line
@@ -127,7 +127,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     if not trials and settings.near and target and len(study.directions) > 1:
         band = f"at most {settings.near:g} points under the target ({target:g} %) at the last rung ([confirm] near)"
         listed = ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen)
-        if any(t.values[0] >= target - settings.near for t in chosen):
+        if near_target(chosen, target, settings.near):
             log_line(f"candidates: the region's trials {band}: {listed}")
         else:
             log_line(f"candidates: none of the region's trials is {band}; its most accurate only: {listed}")
