@@ -5,7 +5,8 @@ record; the objective (search/objective.py) applies them.
 
 A trial goes on while it is an end of its rung's first front or ranks in the top 1/eta of its
 rung by search/pareto.py's promotion order and, with a [region] floor, stays within that many
-points of the best result there (one floor wider for each rung below the last). A trial that
+points of the best result there (one floor wider for each rung below the last); with [region]
+near_target, the last rung's result must also lie within that many points under target_acc. A trial that
 stops is PRUNED, without values: TPE cannot rank it, so it is made slightly infeasible instead
 ("stopped_early", graded by how far it got), and one below the region clearly so
 ("below_region" > 0).
@@ -67,10 +68,17 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     if below > 0:
         return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
                        f"{floor:g} points below the best result there", {"below_region": below})
+    region = spec.region
+    if last and region.near_target:
+        under = below_region(accuracy, region.target_acc, region.near_target)
+        if under > 0:
+            return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
+                           f"{region.near_target:g} points under the target {region.target_acc:g}%", {"below_region": under})
+        below = max(below, under)
     points = [(p["val_acc"], p["n_params"]) for p in peers]
     promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor)
     # <= 0: in the region (without a floor `below` is -inf, and no region is told)
-    constraints = {"below_region": below} if floor and (last or not promoted_here) else {}
+    constraints = {"below_region": below} if (floor or (last and region.near_target)) and (last or not promoted_here) else {}
     if promoted_here:
         return Verdict(None, constraints)
     # How far from the end it stopped, for the sampler: a trial without values is one TPE cannot rank, but an infeasible one

@@ -88,7 +88,9 @@ def run_command(options: RunOptions) -> None:
     deadline = None if spec.timeout is None else time.time() + spec.timeout  # wall-clock: the workers are other processes
     run_search(study, SearchJob(spec, url, out, search_data, deadline, created), split, workers, cpu_threads(torch_device, workers))
     if not any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
-        print("no trial has completed yet, so there is no best.json; rerun to go on")
+        bound = (f" (a trial completes only within {spec.region.near_target:g} points under target_acc {spec.region.target_acc:g}% "
+                 f"at the last rung: [region] near_target)") if spec.region.near_target else ""
+        print(f"no trial has completed yet{bound}, so there is no best.json; rerun to go on")
         return
     rows = confirm(study, spec, url, torch_device, data, workers) if spec.confirm.after_run else confirmed_rows(study)
     best = best_trial(study, rows)

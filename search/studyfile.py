@@ -90,9 +90,12 @@ class Region:
     many accuracy points below the best result there stops, is infeasible for the sampler and
     stays off the front (0: no floor). `target_acc`: the validation accuracy (%) at the export
     budget that answers the question; confirmation adds seeds to candidates near it, and `run`
-    exports the smallest confirmed config that reaches it (0: none)."""
+    exports the smallest confirmed config that reaches it (0: none). `near_target`: at the last
+    rung, a trial more than this many points under target_acc stops there too, below the region
+    (0: no such bound): the sampler then learns where the answer can be, not the whole front."""
     floor: float = 0.0
     target_acc: float = 0.0
+    near_target: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,9 @@ def _spec_from_dict(raw: dict) -> StudySpec:
           "needs objective = \"pareto\" and a [region] target_acc: the band lies under the target")
     check(0.0 <= region.floor <= 100.0, "region.floor", f"must be in [0, 100] accuracy points (0: no floor), got {region.floor}")
     check(0.0 <= region.target_acc <= 100.0, "region.target_acc", f"must be a percentage in [0, 100] (0: none), got {region.target_acc}")
+    check(math.isfinite(region.near_target) and region.near_target >= 0.0, "region.near_target",
+          f"must be >= 0 accuracy points (0: no bound), got {region.near_target}")
+    check(not region.near_target or region.target_acc, "region.near_target", "needs a [region] target_acc: the bound lies under the target")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")
     return spec
 
@@ -284,10 +290,15 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 
 def same_settings(a: StudySpec, b: StudySpec) -> bool:
     """Whether a study created from `a` may resume with `b`: only its name, trial count, time
-    budget, heartbeat timing, sampler options, confirmation settings and target may differ."""
+    budget, heartbeat timing, sampler options, confirmation settings and target may differ (the
+    target not where [region] near_target makes it a rule of the search)."""
     volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
-    return (replace(a, **volatile, region=replace(a.region, target_acc=0.0))
-            == replace(b, **volatile, region=replace(b.region, target_acc=0.0)))
+
+    def fixed(spec: StudySpec) -> StudySpec:
+        region = spec.region if spec.region.near_target else replace(spec.region, target_acc=0.0)
+        return replace(spec, **volatile, region=region)
+
+    return fixed(a) == fixed(b)
 
 
 def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:
