@@ -14,6 +14,7 @@ stops is PRUNED, without values: TPE cannot rank it, so it is made slightly infe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import optuna
@@ -63,18 +64,15 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     trial ends: > 0 (how far below) makes it infeasible for the sampler."""
     mine = [p["number"] for p in peers].index(number)
     accuracy, n_params = peers[mine]["val_acc"], peers[mine]["n_params"]
-    floor = rung_floor(spec, rung)
-    below = below_region(accuracy, max(p["val_acc"] for p in peers), floor)
+    floor, region = rung_floor(spec, rung), spec.region
+    under_best = below_region(accuracy, max(p["val_acc"] for p in peers), floor)
+    under_target = below_region(accuracy, region.target_acc, region.near_target) if last and region.near_target else -math.inf
+    below = max(under_best, under_target)  # the sampler is told the larger miss: a worse net never looks nearer
     if below > 0:
-        return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
-                       f"{floor:g} points below the best result there", {"below_region": below})
-    region = spec.region
-    if last and region.near_target:
-        under = below_region(accuracy, region.target_acc, region.near_target)
-        if under > 0:
-            return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than "
-                           f"{region.near_target:g} points under the target {region.target_acc:g}%", {"below_region": under})
-        below = max(below, under)
+        bound = (f"{region.near_target:g} points under the target {region.target_acc:g}%" if under_target >= under_best
+                 else f"{floor:g} points below the best result there")
+        return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than {bound}",
+                       {"below_region": below})
     points = [(p["val_acc"], p["n_params"]) for p in peers]
     promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor)
     # <= 0: in the region (without a floor `below` is -inf, and no region is told)

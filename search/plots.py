@@ -53,17 +53,21 @@ def write_plots(study: optuna.Study, spec: StudySpec, confirmed: list[dict], out
 
 
 def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, confirmed: list[dict], path: Path) -> None:
-    """Accuracy against parameters: every trained trial, the front of the COMPLETE ones, the
-    confirmed means (± std), the limit and the hand-made reference's size."""
+    """Accuracy against parameters: every COMPLETE trial and their front, the PRUNED ones where they
+    stopped (an accuracy study's: their last reported epoch; a Pareto study's: those stopped after
+    the last rung, at its result), the confirmed means (± std), the limit and the hand-made reference's size."""
     limit = spec.max_params
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [t for t in trials if t.state == TrialState.PRUNED and t.intermediate_values]
+    pruned = [(t.user_attrs["n_params"], t.intermediate_values[max(t.intermediate_values)]) for t in trials
+              if t.state == TrialState.PRUNED and t.intermediate_values]
+    pruned += [(t.user_attrs["n_params"], t.user_attrs["rungs"][-1]["val_acc"]) for t in trials
+               if t.state == TrialState.PRUNED and len(t.user_attrs.get("rungs", [])) == spec.fidelity.rungs > 1]
     points = [(t.values[0], t.user_attrs["n_params"]) for t in complete]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([p[1] for p in points], [p[0] for p in points], label="complete (objective)", zorder=3, s=14)
-    ax.scatter([t.user_attrs["n_params"] for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
-               marker="x", color="grey", label="pruned (last val acc)")
+    ax.scatter([p[0] for p in pruned], [p[1] for p in pruned], marker="x", color="grey",
+               label="pruned (last val acc)" if len(study.directions) == 1 else "stopped after the last rung")
     front = [points[i] for i in front_indices(points)]
     ax.step([p[1] for p in front], [p[0] for p in front], where="post", color="tab:orange", label="front (search)", zorder=4)
     rows = [r for r in confirmed if r["seeds"]]
@@ -74,7 +78,7 @@ def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, confirmed: li
     ax.axvline(STEP3_SIZE, color="black", linestyle=":", label=f"hand-made step 3 ({STEP3_SIZE:,})")
     best = best_trial(study, confirmed)
     ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.values[0]), textcoords="offset points", xytext=(-90, -18))
-    values = [p[0] for p in points] + [t.intermediate_values[max(t.intermediate_values)] for t in pruned] + [r["mean"] for r in rows]
+    values = [p[0] for p in points] + [p[1] for p in pruned] + [r["mean"] for r in rows]
     ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))
     ax.set(xlabel="parameters", ylabel="validation accuracy (%)", title=f"{study.study_name}: parameters vs objective")
     ax.grid(alpha=0.3)

@@ -597,17 +597,25 @@ def test_with_near_target_the_last_rung_stops_a_trial_too_far_under_the_target_w
     from search.studyfile import stored_spec
 
     spec = replace(stored_spec(region_study(floor=3.0)), fidelity=Fidelity(rungs=2, eta=3))
-    spec = replace(spec, region=replace(spec.region, target_acc=99.2, near_target=0.5))  # the last rung's bound: 98.7
-    peers = [{"number": n, "val_acc": acc, "n_params": size} for n, (acc, size) in enumerate([(99.0, 8000), (98.5, 3000), (98.8, 4000)])]
-    under = verdict(spec, peers, 1, 1, 1800, last=True)  # within the 3-point floor of the best, 0.7 under the target
-    assert under.stop == "below the region at rung 1 (1,800 images): val acc 98.50% is more than 0.5 points under the target 99.2%"
-    assert under.constraints == {"below_region": pytest.approx(0.2)}  # infeasible: the sampler learns to leave it
+    spec = replace(spec, region=replace(spec.region, target_acc=99.25, near_target=0.5))  # the last rung's bound: 98.75
+    peers = [{"number": n, "val_acc": acc, "n_params": size}
+             for n, (acc, size) in enumerate([(99.0, 8000), (98.5, 3000), (98.8, 4000), (98.75, 3500), (95.9, 1000)])]
+    under = verdict(spec, peers, 1, 1, 1800, last=True)  # within the 3-point floor of the best, 0.75 under the target
+    assert under.stop == "below the region at rung 1 (1,800 images): val acc 98.50% is more than 0.5 points under the target 99.25%"
+    assert under.constraints == {"below_region": pytest.approx(0.25)}  # infeasible: the sampler learns to leave it
     near = verdict(spec, peers, 2, 1, 1800, last=True)
-    assert near.stop is None and near.constraints == {"below_region": pytest.approx(-0.1)}  # the nearer of the two bounds
-    assert verdict(spec, peers, 1, 0, 600, last=False).stop is None  # the rungs before the last: their floors alone
+    assert near.stop is None and near.constraints == {"below_region": pytest.approx(-0.05)}  # the nearer of the two bounds
+    on_it = verdict(spec, peers, 3, 1, 1800, last=True)
+    assert on_it.stop is None and on_it.constraints == {"below_region": 0.0}  # on the bound: in the region
+    both = verdict(spec, peers, 4, 1, 1800, last=True)  # 0.1 under the floor (96.0), 2.85 under the target's bound: the larger
+    assert "is more than 0.5 points under the target" in both.stop and both.constraints == {"below_region": pytest.approx(2.85)}
+    early = verdict(spec, peers, 1, 0, 600, last=False)  # the rungs before the last: their floors alone (here 6 points)
+    assert not early.stop.startswith("below the region") and early.constraints["below_region"] == pytest.approx(-5.5)
     no_floor = replace(spec, region=replace(spec.region, floor=0.0))
-    assert verdict(no_floor, peers, 1, 1, 1800, last=True).constraints == {"below_region": pytest.approx(0.2)}
-    assert verdict(no_floor, peers, 2, 1, 1800, last=True).constraints == {"below_region": pytest.approx(-0.1)}
+    assert verdict(no_floor, peers, 1, 1, 1800, last=True).constraints == {"below_region": pytest.approx(0.25)}
+    assert verdict(no_floor, peers, 2, 1, 1800, last=True).constraints == {"below_region": pytest.approx(-0.05)}
+    far = replace(spec, region=replace(spec.region, near_target=4.0))  # the floor the tighter bound: named as before
+    assert "is more than 3 points below the best result there" in verdict(far, peers, 4, 1, 1800, last=True).stop
 
 
 def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_region():
