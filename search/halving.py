@@ -8,8 +8,8 @@ rung by search/pareto.py's promotion order and, with a [region] floor, stays wit
 points of the best result there (one floor wider for each rung below the last); with [region]
 near_target, the last rung's result must also lie within that many points under target_acc. A trial that
 stops is PRUNED, without values: TPE cannot rank it, so it is made slightly infeasible instead
-("stopped_early", graded by how far it got), and one below the region clearly so
-("below_region" > 0).
+("stopped_early", graded by how far it got), and one below the region by how far below
+("below_region": a miss of more than 0.001 x rungs points outweighs any early stop).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import optuna
 from search.pareto import below_region, promoted, promotion_order
 from search.studyfile import StudySpec
 
-STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; "below_region" and the limit's violations are larger
+STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; the limit's violations, and misses of the region by more, are larger
 
 
 @dataclass(frozen=True)
