@@ -57,12 +57,8 @@ def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, confirmed: li
     stopped (an accuracy study's: their last reported epoch; a Pareto study's: those stopped after
     the last rung, at its result), the confirmed means (± std), the limit and the hand-made reference's size."""
     limit = spec.max_params
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    pruned = [(t.user_attrs["n_params"], t.intermediate_values[max(t.intermediate_values)]) for t in trials
-              if t.state == TrialState.PRUNED and t.intermediate_values]
-    pruned += [(t.user_attrs["n_params"], t.user_attrs["rungs"][-1]["val_acc"]) for t in trials
-               if t.state == TrialState.PRUNED and len(t.user_attrs.get("rungs", [])) == spec.fidelity.rungs > 1]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pruned = pruned_points(study, spec)
     points = [(t.values[0], t.user_attrs["n_params"]) for t in complete]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter([p[1] for p in points], [p[0] for p in points], label="complete (objective)", zorder=3, s=14)
@@ -86,6 +82,16 @@ def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, confirmed: li
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def pruned_points(study: optuna.Study, spec: StudySpec) -> list[tuple[int, float]]:
+    """(parameters, accuracy) of the PRUNED trials the plot draws: an accuracy study's at their last
+    reported epoch; a Pareto study's only those stopped after its last rung (below the region
+    there), at that rung's result: the rungs before it trained on fewer images."""
+    pruned = study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+    points = [(t.user_attrs["n_params"], t.intermediate_values[max(t.intermediate_values)]) for t in pruned if t.intermediate_values]
+    return points + [(t.user_attrs["n_params"], t.user_attrs["rungs"][-1]["val_acc"]) for t in pruned
+                     if len(t.user_attrs.get("rungs", [])) == spec.fidelity.rungs > 1]
 
 
 def _save_optuna_plot(plot, study: optuna.Study, path: Path) -> str | None:

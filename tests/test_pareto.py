@@ -266,6 +266,20 @@ def test_report_of_a_pareto_study_draws_the_front_and_lists_the_confirmed(pareto
     assert sorted(confirmed["trial"]) == sorted(int(n) for n, e in stored.items() if e["complete"])
 
 
+def test_the_plot_draws_a_pareto_trial_stopped_after_the_last_rung_at_that_result():
+    from search.plots import pruned_points
+
+    spec = load_study_spec(ROOT / "studies" / "pareto-cpu.toml")  # three rungs
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    rung = lambda acc: {"val_acc": acc}  # noqa: E731
+    for n_params, rungs, state in [(3000, [rung(96.0), rung(98.0), rung(98.9)], TrialState.COMPLETE),
+                                   (2000, [rung(95.0), rung(97.5), rung(98.1)], TrialState.PRUNED),  # below the region at the last rung
+                                   (1000, [rung(90.0)], TrialState.PRUNED)]:  # stopped at rung 0, on a fifth of the images
+        study.add_trial(optuna.trial.create_trial(state=state, values=[rungs[-1]["val_acc"], n_params] if state == TrialState.COMPLETE else None,
+                                                  user_attrs={"n_params": n_params, "rungs": rungs}))
+    assert pruned_points(study, spec) == [(2000, 98.1)]
+
+
 def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
     _, storage, _ = pareto_study
     assert_one_line_error(run_cli("confirm", "--study", "nope", "--storage", storage), "no study named 'nope'", "tinypareto")
