@@ -13,7 +13,7 @@ import optuna
 from search.errors import UsageError
 from search.sampler import make_pruner
 from search.storage import mask_password
-from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, config_from_point, same_settings, spec_to_dict, stored_spec
+from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, changed_settings, config_from_point, spec_to_dict, stored_spec
 from space.config import count_params, over_limit
 from space.families import FAMILIES
 
@@ -37,9 +37,10 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
         while "spec" not in study.user_attrs and time.monotonic() < deadline:  # its creator, elsewhere, is still writing it
             time.sleep(0.2)
         stored = stored_spec(study) if "spec" in study.user_attrs else None
-        if stored is None or not same_settings(stored, spec):
-            raise UsageError(f"study {spec.name!r} in {mask_password(url)} was created from different settings; "
-                             f"restore the study file, or start a new study with --study NEW_NAME") from None
+        changed = ["no settings of this tool stored"] if stored is None else changed_settings(stored, spec)
+        if changed:
+            raise UsageError(f"study {spec.name!r} in {mask_password(url)} was created from different settings "
+                             f"({'; '.join(changed)}); restore the study file, or start a new study with --study NEW_NAME") from None
         if stored != spec:  # `confirm` and `report` read the settings back
             study.set_user_attr("spec", spec_to_dict(spec))
         return study, False

@@ -288,17 +288,25 @@ def stored_spec(study: optuna.Study) -> StudySpec:
         raise UsageError(f"study {study.study_name!r}: its stored settings no longer pass the checks ({e}); start a new study") from None
 
 
-def same_settings(a: StudySpec, b: StudySpec) -> bool:
-    """Whether a study created from `a` may resume with `b`: only its name, trial count, time
-    budget, heartbeat timing, sampler options, confirmation settings and target may differ (the
-    target not where [region] near_target makes it a rule of the search)."""
+def changed_settings(a: StudySpec, b: StudySpec) -> list[str]:
+    """The settings (dotted keys, with both values) that keep a study created from `a` from
+    resuming with `b`; empty when it may: only its name, trial count, time budget, heartbeat
+    timing, sampler options, confirmation settings and target may differ (the target not where
+    [region] near_target makes it a rule of the search)."""
     volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
 
-    def fixed(spec: StudySpec) -> StudySpec:
+    def fixed(spec: StudySpec) -> dict[str, Any]:
         region = spec.region if spec.region.near_target else replace(spec.region, target_acc=0.0)
-        return replace(spec, **volatile, region=region)
+        return flat(spec_to_dict(replace(spec, **volatile, region=region)))
 
-    return fixed(a) == fixed(b)
+    def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for key, value in tree.items():
+            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return items
+
+    old, new = fixed(a), fixed(b)
+    return [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
 
 
 def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> RunConfig:

@@ -884,11 +884,11 @@ def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared
 
 
 def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_the_search():
-    from search.studyfile import same_settings, stored_spec
+    from search.studyfile import changed_settings, stored_spec
 
     spec = stored_spec(region_study(floor=3.0, target=99.2))
     moved = replace(spec, region=replace(spec.region, target_acc=99.3))
-    assert same_settings(spec, moved)  # a target that only confirmation and export read
+    assert changed_settings(spec, moved) == []  # a target that only confirmation and export read
     bounded = replace(spec, region=replace(spec.region, near_target=0.8))
-    assert not same_settings(spec, bounded)  # a new rule for the trials to come
-    assert not same_settings(bounded, replace(bounded, region=replace(bounded.region, target_acc=99.3)))
+    assert changed_settings(spec, bounded) == ["region.near_target: 0.0 -> 0.8", "region.target_acc: 0.0 -> 99.2"]  # a new rule
+    assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, target_acc=99.3))) == ["region.target_acc: 99.2 -> 99.3"]

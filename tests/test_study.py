@@ -143,7 +143,7 @@ def test_changed_settings_do_not_touch_an_existing_study(shared_tiny_study, tmp_
     db = tmp / "out" / "study.db"
     before = db.read_bytes()
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--epochs", "6")
-    assert_one_line_error(result, "created from different settings", "--study NEW_NAME")
+    assert_one_line_error(result, "created from different settings (training.epochs: ", " -> 6)", "--study NEW_NAME")
     assert db.read_bytes() == before
 
 
