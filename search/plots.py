@@ -72,10 +72,12 @@ def plot_params_vs_objective(study: optuna.Study, spec: StudySpec, confirmed: li
                     label="confirmed mean ± std (export budget)", zorder=5)
     ax.axvline(limit, color="red", linestyle="--", label=f"limit {limit:,}")
     ax.axvline(STEP3_SIZE, color="black", linestyle=":", label=f"hand-made step 3 ({STEP3_SIZE:,})")
-    best = best_trial(study, confirmed)
-    ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.values[0]), textcoords="offset points", xytext=(-90, -18))
+    if complete:  # a study stopped before its first trial completed has no best yet
+        best = best_trial(study, confirmed)
+        ax.annotate(f"best: trial {best.number}", (best.user_attrs["n_params"], best.values[0]), textcoords="offset points", xytext=(-90, -18))
     values = [p[0] for p in points] + [p[1] for p in pruned] + [r["mean"] for r in rows]
-    ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))
+    if values:
+        ax.set_ylim(max(min(values) - 1, 0), min(max(values) + 0.5, 100))
     ax.set(xlabel="parameters", ylabel="validation accuracy (%)", title=f"{study.study_name}: parameters vs objective")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

@@ -280,6 +280,21 @@ def test_the_plot_draws_a_pareto_trial_stopped_after_the_last_rung_at_that_resul
     assert pruned_points(study, spec) == [(2000, 98.1)]
 
 
+def test_report_of_a_study_without_a_complete_trial_writes_its_table_and_plots(tmp_path):
+    from search.studyfile import spec_to_dict
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="early", storage=storage, directions=["maximize", "minimize"])
+    study.set_user_attr("spec", spec_to_dict(load_study_spec(ROOT / "studies" / "pareto-cpu.toml")))
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={"n_params": 2000, "rungs": [{"rung": 0, "val_acc": 90.0, "images": 1851, "seconds": 5.0}],
+                                                                                   "reason": "stopped at rung 0"}))
+    result = run_cli("report", "--study", "early", "--storage", storage, "--out", str(tmp_path / "report"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (tmp_path / "report" / "trials.csv").exists() and (tmp_path / "report" / "params_vs_objective.png").exists()
+    assert "top 5 of 1 trials in 'early'" in result.stdout
+
+
 def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
     _, storage, _ = pareto_study
     assert_one_line_error(run_cli("confirm", "--study", "nope", "--storage", storage), "no study named 'nope'", "tinypareto")
