@@ -242,6 +242,7 @@ def training_paths(config: RunConfig, device: torch.device) -> dict[str, tuple[R
     if device.type == "cpu" and torch.get_num_threads() == 1:
         paths["eager contiguous"] = (fp32, "contiguous")
     paths["eager"] = (fp32, "eager")
+    paths["eager bf16"] = (replace(config, precision="bf16"), "eager")
     if can_compile(device):
         paths |= {"compiled fp32": (fp32, "compiled"), "compiled bf16": (replace(config, precision="bf16"), "compiled")}
     return paths
