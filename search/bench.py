@@ -17,7 +17,7 @@ pipeline if anything.
 `bench --nets [CONFIG...]` says how far each net's training step is from the machine: images a
 second, GFLOP/s and their share of a large fp32 matrix product's rate measured in the same
 process, and the forward pass, backward pass and optimizer step apart, for each training path
-(eager; torch.compile in float32 and in bfloat16 where the device compiles), in alternating rounds.
+(eager in float32 and in bfloat16; torch.compile in both where the device compiles), in alternating rounds.
 """
 
 from __future__ import annotations

@@ -528,6 +528,7 @@ def test_bench_nets_prints_each_nets_step_against_the_machine(data_dir, monkeypa
     small = step3_config(SMALL_PARAMS, epochs=1, name="small")
     [rows] = bench.bench_nets([small], data_dir, torch.device("cpu"), steps=2, rounds=1, warmup=0)
     assert [row.path for row in rows] == list(bench.training_paths(small, torch.device("cpu"))) and "eager" in rows[-1].path
+    assert "eager bf16" in [row.path for row in rows]  # the rungs' path in bfloat16 is measured even where nothing compiles
     flop = bench.flop_per_image(small, torch.device("cpu"))
     for row in rows:
         step_ms = small.batch_size / row.images_per_s * 1000

@@ -188,6 +188,9 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     plans = optuna.load_study(study_name="pg-pareto", storage=postgres_url).user_attrs["confirm_plans"]
     assert len(runs) == len(set(runs)) == sum(len(p["seeds"]) for p in plans.values())
     assert not [t for t in companion.trials if t.state == optuna.trial.TrialState.WAITING]
+    # (a worker of a round of several may still lose the race for the last waiting run: a FAIL whose
+    # reason says so, search/confirm.py NoRunLeft; so only the trials of the next command are checked)
+    before = len(companion.trials)
     # One more seed for one candidate is one run: this process trains it with both threads, and
     # no idle second worker starts a trial that finds nothing left (a FAIL in the companion study).
     more = subprocess.run([sys.executable, "-m", "search", "confirm", "--study", "pg-pareto", "--storage", postgres_url, "--workers", "2",
@@ -196,7 +199,7 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     assert more.returncode == 0, more.stderr
     assert "1 of 3 run(s) to train" in more.stdout and "[worker" not in more.stdout, more.stdout
     companion = optuna.load_study(study_name="pg-pareto.confirm", storage=postgres_url)
-    assert not [t for t in companion.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.state for t in companion.trials[before:]] == [optuna.trial.TrialState.COMPLETE]
 
 
 def test_workers_stop_when_their_run_is_killed(tmp_path, data_dir):
