@@ -33,7 +33,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.candidates import candidates, in_question, near_target, near_the_answer
+from search.candidates import candidates, in_question, left_to_confirm, near_target, near_the_answer
 from search.companion import companion_name, open_companion, plan, summarize
 from search.confirm_budget import fitting_round, round_seconds
 from search.console import log_line
@@ -114,7 +114,9 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     `candidates`): first spec.confirm.seeds seeds each, then, while there is time, one
     more seed for each candidate in question (`in_question`, the smallest first) and the first
     seeds of the COMPLETE trials of the region whose size lies where the answer is still open
-    (`near_the_answer`), so the later rounds concentrate on the target. spec.confirm.timeout is a
+    (`near_the_answer`), so the later rounds concentrate on the target; under a timeout, a round
+    with nothing in question takes the region's other trials smaller than the answer
+    (`left_to_confirm`) while they fit. spec.confirm.timeout is a
     hard bound: a round starts only for the runs (in the round's order) expected to end within
     it, and a run still training at it is stopped (FAIL; the next `confirm` trains it again).
     Store and print the mean ± std per candidate, and return them (`confirmed_rows`)."""
@@ -168,6 +170,11 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
         wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, target, settings.max_seeds)}
         if not trials:  # (an explicit list of trials is all the user asked for)
             wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near) if t.number not in wanted}
+            if not wanted and deadline is not None:  # nothing in question and time left: the region's other trials, while they fit
+                wanted = {t.number: settings.seeds for t in left_to_confirm(study, rows, target, floor, settings.near)}
+                if wanted:
+                    log_line(f"nothing in question and time left: {len(wanted)} more trial(s) of the region smaller than the answer, "
+                             f"in promotion order, as many as fit")
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:

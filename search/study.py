@@ -17,9 +17,6 @@ from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, changed_settings, conf
 from space.config import count_params, over_limit
 from space.families import FAMILIES
 
-# Our own line per trial replaces Optuna's log, which would print a traceback for a trial ended by Ctrl-C.
-optuna.logging.set_verbosity(optuna.logging.ERROR)
-
 
 def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str,
                      starts: list[tuple[str, dict[str, Any]]] | None = None) -> tuple[optuna.Study, bool]:

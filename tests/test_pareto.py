@@ -383,6 +383,7 @@ def test_a_later_smaller_confirmation_keeps_the_earlier_candidates(shared_pareto
     assert re.search(r"0 of \d+ run\(s\) to train", result.stdout)
     assert load(storage).user_attrs["confirmed"] == before  # both candidates, still choosable by export --target-acc
     assert "confirmed 2 candidate(s)" in result.stdout
+    assert "Using an existing study" not in result.stdout + result.stderr  # Optuna's INFO lines stay off in every command
 
 
 def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candidate(shared_pareto_study, tmp_path):
@@ -766,6 +767,40 @@ def test_confirm_takes_the_trials_it_is_given_and_refuses_one_that_is_not_comple
     assert "confirming 1 candidate(s)" in result.stdout and "1 of 3 run(s) to train" in result.stdout
     assert load(storage).user_attrs["confirmed"][confirmed[0]]["seeds"] == [4, 5, 6]
     assert load(storage).user_attrs["confirmed"][confirmed[1]]["seeds"] == [4, 5]  # the other, not asked for, unchanged
+
+
+def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answer(shared_pareto_study, tmp_path):
+    from search.candidates import left_to_confirm
+    from search.results import confirmed_rows
+
+    _, storage = copy_of(shared_pareto_study, tmp_path)
+    study = load(storage)
+    rows, floor = confirmed_rows(study), stored_spec(study).region.floor
+    region = in_region(study, study.get_trials(states=(TrialState.COMPLETE,)), floor)
+    unconfirmed = {t.number for t in region} - {r["trial"] for r in rows}
+    # no target, or one no candidate reaches: every unconfirmed trial of the region, whatever its size
+    assert {t.number for t in left_to_confirm(study, rows, 0.0, floor)} == unconfirmed
+    assert {t.number for t in left_to_confirm(study, rows, 100.0, floor)} == unconfirmed
+    # a target the larger candidate reaches (not the smaller): only those smaller than it, in promotion order
+    small, large = sorted(rows, key=lambda r: r["n_params"])
+    target = (small["mean"] + large["mean"]) / 2
+    if large["mean"] > small["mean"]:
+        chosen = left_to_confirm(study, rows, target, floor)
+        assert {t.number for t in chosen} == {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < large["n_params"]}
+        order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in chosen])
+        assert order == list(range(len(chosen)))
+    # the smallest candidate reaches it: only the unconfirmed trials smaller than that one
+    assert {t.number for t in left_to_confirm(study, rows, small["mean"], floor)} == \
+        {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < small["n_params"]}
+    # `confirm` spends time left on them only under a time budget: without one it stops where it did
+    plain = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--out", str(tmp_path / "c"), "--device", "cpu")
+    assert plain.returncode == 0, plain.stderr
+    assert set(load(storage).user_attrs["confirmed"]) == {str(r["trial"]) for r in rows} and "time left" not in plain.stdout
+    timed = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--timeout", "3600", "--out", str(tmp_path / "c"),
+                    "--device", "cpu")
+    assert timed.returncode == 0, timed.stderr
+    assert f"nothing in question and time left: {len(unconfirmed)} more trial(s) of the region" in timed.stdout, timed.stdout
+    assert set(load(storage).user_attrs["confirmed"]) == {str(r["trial"]) for r in rows} | {str(n) for n in unconfirmed}
 
 
 def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_study, tmp_path):
