@@ -80,7 +80,7 @@ def left_to_confirm(study: optuna.Study, rows: list[dict], target: float, floor:
     stop at a smaller candidate decided to fall short: across shapes, size does not order accuracy,
     and the last rung ranks nets within 0.3 points of each other little better than chance (the
     seed-1 run of 42f70bb confirmed five nets at 98.95-99.06 % and left five smaller or as small
-    ones unconfirmed that hold 99.07-99.22 %: docs/results.md, "The export level, measured").
+    ones unconfirmed that hold 99.07-99.22 %: docs/results.md, "Time left to the region's other trials").
     With `near`, only those near the target (`near_target`); none in an accuracy study."""
     if len(study.directions) == 1:
         return []
