@@ -784,11 +784,11 @@ def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answe
     # a target the larger candidate reaches (not the smaller): only those smaller than it, in promotion order
     small, large = sorted(rows, key=lambda r: r["n_params"])
     target = (small["mean"] + large["mean"]) / 2
-    if large["mean"] > small["mean"]:
-        chosen = left_to_confirm(study, rows, target, floor)
-        assert {t.number for t in chosen} == {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < large["n_params"]}
-        order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in chosen])
-        assert order == list(range(len(chosen)))
+    assert large["mean"] > small["mean"] and unconfirmed  # (the shared study's two candidates, and a trial of its region left)
+    chosen = left_to_confirm(study, rows, target, floor)
+    assert {t.number for t in chosen} == {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < large["n_params"]}
+    order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in chosen])
+    assert order == list(range(len(chosen)))
     # the smallest candidate reaches it: only the unconfirmed trials smaller than that one
     assert {t.number for t in left_to_confirm(study, rows, small["mean"], floor)} == \
         {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < small["n_params"]}

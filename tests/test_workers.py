@@ -191,6 +191,8 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     # (a worker of a round of several may still lose the race for the last waiting run: a FAIL whose
     # reason says so, search/confirm.py NoRunLeft; so only the trials of the next command are checked)
     before = len(companion.trials)
+    assert all(t.user_attrs.get("reason") == "no confirmation run was left to take"
+               for t in companion.trials if t.state == optuna.trial.TrialState.FAIL)
     # One more seed for one candidate is one run: this process trains it with both threads, and
     # no idle second worker starts a trial that finds nothing left (a FAIL in the companion study).
     more = subprocess.run([sys.executable, "-m", "search", "confirm", "--study", "pg-pareto", "--storage", postgres_url, "--workers", "2",
