@@ -66,10 +66,7 @@ def near_the_answer(study: optuna.Study, rows: list[dict], target: float, floor:
         return []
     below = max((r["n_params"] for r in rows if holds(r) and r["mean"] < target and not within_noise(r, target)
                  and r["n_params"] < above), default=0)
-    confirmed = {r["trial"] for r in rows}
-    region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), target, near)
-              if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
-    return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]
+    return unconfirmed_between(study, rows, target, floor, near, below, above)
 
 
 def left_to_confirm(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
@@ -85,8 +82,14 @@ def left_to_confirm(study: optuna.Study, rows: list[dict], target: float, floor:
     if len(study.directions) == 1:
         return []
     answer = target_row(rows, target)[0] if target else None
-    above = answer["n_params"] if answer else math.inf
+    return unconfirmed_between(study, rows, target, floor, near, 0, answer["n_params"] if answer else math.inf)
+
+
+def unconfirmed_between(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float, below: float,
+                        above: float) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials of the region (near the target with `near`) that no row confirms, of more than
+    `below` and fewer than `above` parameters, in promotion order."""
     confirmed = {r["trial"] for r in rows}
     region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), target, near)
-              if t.number not in confirmed and t.user_attrs["n_params"] < above]
+              if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
     return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]

@@ -46,7 +46,6 @@ def _worker(body: Callable[[Job, int], None], job: Job, index: int, threads: int
     signal.signal(signal.SIGINT, signal.default_int_handler)  # see search/cli.py main
     if threads:
         torch.set_num_threads(threads)
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # a spawned process starts at INFO: keep its log lines ours (search/__init__.py)
     # tqdm's default lock is a multiprocessing semaphore; a worker killed while holding one
     # makes the parent's resource tracker print warnings at exit. A thread lock is enough here.
     tqdm.set_lock(threading.RLock())
