@@ -116,7 +116,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     seeds of the COMPLETE trials of the region whose size lies where the answer is still open
     (`near_the_answer`), so the later rounds concentrate on the target; under a timeout, a round
     with nothing in question takes the region's other trials smaller than the answer
-    (`left_to_confirm`) while they fit. spec.confirm.timeout is a
+    (`left_to_confirm`), one per worker a round, while they fit. spec.confirm.timeout is a
     hard bound: a round starts only for the runs (in the round's order) expected to end within
     it, and a run still training at it is stopped (FAIL; the next `confirm` trains it again).
     Store and print the mean ± std per candidate, and return them (`confirmed_rows`)."""
@@ -171,10 +171,12 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
         if not trials:  # (an explicit list of trials is all the user asked for)
             wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near) if t.number not in wanted}
             if not wanted and deadline is not None:  # nothing in question and time left: the region's other trials, while they fit
-                wanted = {t.number: settings.seeds for t in left_to_confirm(study, rows, target, floor, settings.near)}
+                # One per worker a round: one that comes out near the target gets its seeds in the next round, before the others.
+                left = left_to_confirm(study, rows, target, floor, settings.near)
+                wanted = {t.number: settings.seeds for t in left[:max(workers, 1)]}
                 if wanted:
-                    log_line(f"nothing in question and time left: {len(wanted)} more trial(s) of the region smaller than the answer, "
-                             f"in promotion order, as many as fit")
+                    log_line(f"nothing in question and time left: {len(wanted)} of the region's {len(left)} unconfirmed trial(s) "
+                             f"smaller than the answer, in promotion order (one per worker a round)")
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:

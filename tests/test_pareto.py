@@ -799,7 +799,9 @@ def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answe
     timed = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--timeout", "3600", "--out", str(tmp_path / "c"),
                     "--device", "cpu")
     assert timed.returncode == 0, timed.stderr
-    assert f"nothing in question and time left: {len(unconfirmed)} more trial(s) of the region" in timed.stdout, timed.stdout
+    # one per worker a round (one worker here), so one round for each of them
+    assert f"nothing in question and time left: 1 of the region's {len(unconfirmed)} unconfirmed trial(s)" in timed.stdout, timed.stdout
+    assert timed.stdout.count("nothing in question and time left: 1 of") == len(unconfirmed), timed.stdout
     assert set(load(storage).user_attrs["confirmed"]) == {str(r["trial"]) for r in rows} | {str(n) for n in unconfirmed}
 
 
