@@ -17,9 +17,9 @@ dashboard lists the companion study with every run; the mean ± std per candidat
 candidate ever confirmed) is stored in the search study (user attribute "confirmed") and shown
 in its note and by `report`.
 
-This module runs the rounds: search/candidates.py chooses what each round confirms,
-search/confirm_budget.py fits a round into the time budget, and search/companion.py enqueues
-its runs and sums them up.
+This module plans the rounds: search/candidates.py chooses what each round confirms,
+search/confirm_budget.py fits a round into the time budget, search/companion.py enqueues
+its runs and sums them up, and search/confirm_runs.py trains them.
 """
 
 from __future__ import annotations
@@ -27,30 +27,26 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import torch
 from optuna.trial import TrialState
 
 from search.candidates import candidates, in_question, left_to_confirm, near_target, near_the_answer
-from search.companion import companion_name, open_companion, plan, summarize
+from search.companion import open_companion, plan, summarize
 from search.confirm_budget import fitting_round, round_seconds
+from search.confirm_runs import ConfirmJob, confirm_worker, run_confirmations
 from search.console import log_line
-from search.data import SearchSplit, Split, load_images, resolve_data_dir
+from search.data import SearchSplit, load_images, resolve_data_dir
 from search.device import cpu_threads, resolve_device
 from search.errors import UsageError
 from search.export import export_best, export_config
 from search.note import publish_best
 from search.results import best_trial, confirmed_rows, format_row
-from search.stale import worker_id
-from search.storage import check_workers, load_existing_study, open_storage, output_folder, storage_of_existing
-from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, stored_spec
+from search.storage import check_workers, load_existing_study, output_folder, storage_of_existing
+from search.studyfile import StudySpec, stored_spec
 from search.teacher import usable_cache_dir
-from search.train import OutOfTime
-from search.trial_training import train_in_trial
 from search.workers import run_in_workers
-from space.config import config_from_dict
 from space.datasets import DATASETS
 
 
@@ -140,6 +136,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     data = SearchSplit(data_dir, str(device), settings.subset, spec.training.validation, spec.dataset)
     wanted = {t.number: settings.seeds for t in chosen}  # the first round in the candidates' order: the front's ends first
     summarize(study, companion)  # (plans of an earlier confirm, finished since)
+    last_round: dict[int, int] = {}
     while wanted:
         if deadline is not None:
             fitting = fitting_round(study, spec, companion, wanted, settings.subset, workers, deadline - time.time())
@@ -152,6 +149,11 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
                 break
         runs = plan(study, spec, companion, wanted, settings.subset)
         left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if not left and wanted == last_round:  # the same round again with nothing to train: its runs are another process's
+            log_line(f"the runs of trial(s) {', '.join(map(str, wanted))} are being trained by another process (a `confirm` beside "
+                     f"this one): left to it; run `confirm` again once it has ended")
+            break
+        last_round = wanted
         log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} epochs "
                  f"on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {left} of {len(runs)} run(s) to train "
                  f"(study {companion.study_name!r})")
@@ -182,62 +184,3 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     for row in rows:
         print("  " + format_row(row))
     return rows
-
-
-@dataclass(frozen=True)
-class ConfirmJob:
-    """What a confirmation worker process is handed: the search study's name and storage, its data, the deadline."""
-
-    study_name: str
-    url: str
-    data: SearchSplit
-    deadline: float | None
-
-
-def confirm_worker(job: ConfirmJob, index: int) -> None:
-    """One of several confirmation worker processes."""
-    companion = optuna.load_study(study_name=companion_name(job.study_name), storage=open_storage(job.url))
-    run_confirmations(companion, job.data.load, job.deadline, label=f"[worker {index}] ")
-
-
-class NoRunLeft(Exception):
-    """Raised in a trial a worker started after the last waiting run was taken by another."""
-
-
-def confirm_objective(trial: optuna.Trial, split: Split, deadline: float | None = None) -> tuple[float, int]:
-    """Train one (candidate, seed) run (search/trial_training.py); its values are the final
-    validation accuracy and the size. A run whose loss diverges is PRUNED with the reason in its
-    "diverged" attribute: it counts against its candidate and is not retried."""
-    if "candidate" not in trial.user_attrs:
-        trial.set_user_attr("reason", "no confirmation run was left to take")
-        raise NoRunLeft()
-    trial.set_user_attr("worker", worker_id())
-    config = config_from_dict(trial.user_attrs["config"])
-    try:
-        history = train_in_trial(trial, config, split, started=time.perf_counter(), deadline=deadline, evaluated_epochs=OBJECTIVE_EPOCHS,
-                                 progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}")  # only the final epoch's counts
-    except OutOfTime:  # Optuna marks the run FAIL (caught by run_confirmations); the next `confirm` enqueues it again
-        trial.set_user_attr("reason", "the confirmation's time budget ran out")
-        raise
-    return history[-1]["val_acc"], trial.user_attrs["n_params"]
-
-
-def run_confirmations(companion: optuna.Study, load: Callable[[], Split], deadline: float | None = None, label: str = "") -> None:
-    """Take waiting runs one by one until none is left or `deadline` (time.time()) passes; the split is loaded (`load`) at the first."""
-    split: Split | None = None
-
-    def after_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        a = trial.user_attrs
-        if trial.state == TrialState.COMPLETE:
-            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: final val acc {trial.values[0]:.2f}% "
-                     f"({a['n_params']:,} params, {a['seconds']:.0f} s)")
-        elif "diverged" in a:
-            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: DIVERGED ({a['diverged']}); "
-                     f"counted against the candidate, not retried")
-        elif "candidate" in a:
-            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: stopped, {a.get('reason', trial.state.name)}")
-
-    while companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)) and (deadline is None or time.time() < deadline):
-        split = split or load()
-        companion.optimize(lambda trial: confirm_objective(trial, split, deadline), n_trials=1, catch=(NoRunLeft, OutOfTime),
-                           callbacks=[after_run], gc_after_trial=False)

@@ -189,7 +189,7 @@ def test_a_pareto_study_and_its_confirmation_run_with_two_workers_on_postgresql(
     assert len(runs) == len(set(runs)) == sum(len(p["seeds"]) for p in plans.values())
     assert not [t for t in companion.trials if t.state == optuna.trial.TrialState.WAITING]
     # (a worker of a round of several may still lose the race for the last waiting run: a FAIL whose
-    # reason says so, search/confirm.py NoRunLeft; so only the trials of the next command are checked)
+    # reason says so, search/confirm_runs.py NoRunLeft; so only the trials of the next command are checked)
     before = len(companion.trials)
     assert all(t.user_attrs.get("reason") == "no confirmation run was left to take"
                for t in companion.trials if t.state == optuna.trial.TrialState.FAIL)
