@@ -115,6 +115,8 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     (`left_to_confirm`), one per worker a round, while they fit. spec.confirm.timeout is a
     hard bound: a round starts only for the runs (in the round's order) expected to end within
     it, and a run still training at it is stopped (FAIL; the next `confirm` trains it again).
+    A trial whose runs another process is training (a round that comes again with nothing to
+    train) is left to it, and the rounds go on without it.
     Store and print the mean ± std per candidate, and return them (`confirmed_rows`)."""
     settings, target, floor = spec.confirm, spec.region.target_acc, spec.region.floor
     check_workers(url, workers)  # (for callers other than confirm_command)
@@ -137,6 +139,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     wanted = {t.number: settings.seeds for t in chosen}  # the first round in the candidates' order: the front's ends first
     summarize(study, companion)  # (plans of an earlier confirm, finished since)
     last_round: dict[int, int] = {}
+    elsewhere: set[int] = set()  # trials whose runs another process (a `confirm` beside this one) is training: left to it
     while wanted:
         if deadline is not None:
             fitting = fitting_round(study, spec, companion, wanted, settings.subset, workers, deadline - time.time())
@@ -148,36 +151,39 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
             if not wanted:
                 break
         runs = plan(study, spec, companion, wanted, settings.subset)
-        left = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        if not left and wanted == last_round:  # the same round again with nothing to train: its runs are another process's
+        waiting = len(companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if not waiting and wanted == last_round:  # the same round again and nothing to train: another process trains its runs
+            elsewhere |= set(wanted)
             log_line(f"the runs of trial(s) {', '.join(map(str, wanted))} are being trained by another process (a `confirm` beside "
-                     f"this one): left to it; run `confirm` again once it has ended")
-            break
-        last_round = wanted
-        log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} epochs "
-                 f"on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {left} of {len(runs)} run(s) to train "
-                 f"(study {companion.study_name!r})")
-        # One run left (an added seed): one process with all the threads, not an idle worker. `left`
-        # counts every waiting run of the companion study (another confirm's too): at worst one idle worker.
-        busy = min(workers, left)
-        if busy <= 1:
-            run_confirmations(companion, data.load, deadline)
+                     f"this one): left to it (run `confirm` again once it has ended)")
         else:
-            run_in_workers(confirm_worker, ConfirmJob(study.study_name, url, data, deadline), busy, cpu_threads(device, busy), companion)
-        summarize(study, companion)
-        if deadline is not None and time.time() >= deadline:
-            log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
-            break
+            last_round = wanted
+            log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} "
+                     f"epochs on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {waiting} of "
+                     f"{len(runs)} run(s) to train (study {companion.study_name!r})")
+            # One run left (an added seed): one process with all the threads, not an idle worker. `waiting`
+            # counts every waiting run of the companion study (another confirm's too): at worst one idle worker.
+            busy = min(workers, waiting)
+            if busy <= 1:
+                run_confirmations(companion, data.load, deadline)
+            else:
+                run_in_workers(confirm_worker, ConfirmJob(study.study_name, url, data, deadline), busy, cpu_threads(device, busy), companion)
+            summarize(study, companion)
+            if deadline is not None and time.time() >= deadline:
+                log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
+                break
         rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
-        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, target, settings.max_seeds)}
+        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, target, settings.max_seeds)
+                  if row["trial"] not in elsewhere}
         if not trials:  # (an explicit list of trials is all the user asked for)
-            wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near) if t.number not in wanted}
+            wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near)
+                       if t.number not in wanted and t.number not in elsewhere}
             if not wanted and deadline is not None:  # nothing in question and time left: the region's other trials, while they fit
                 # One per worker a round: one that comes out near the target gets its seeds in the next round, before the others.
-                left = left_to_confirm(study, rows, target, floor, settings.near)
-                wanted = {t.number: settings.seeds for t in left[:max(workers, 1)]}
+                unconfirmed = [t for t in left_to_confirm(study, rows, target, floor, settings.near) if t.number not in elsewhere]
+                wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}
                 if wanted:
-                    log_line(f"nothing in question and time left: {len(wanted)} of the region's {len(left)} unconfirmed trial(s) "
+                    log_line(f"nothing in question and time left: {len(wanted)} of the region's {len(unconfirmed)} unconfirmed trial(s) "
                              f"smaller than the answer, in promotion order (one per worker a round)")
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")

@@ -1,5 +1,5 @@
 """Training a config inside an Optuna trial: the one way both a search trial (search/objective.py)
-and a confirmation run (search/confirm.py) train, and what each records while it does."""
+and a confirmation run (search/confirm_runs.py) train, and what each records while it does."""
 
 from __future__ import annotations
 

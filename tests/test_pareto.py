@@ -805,7 +805,8 @@ def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answe
     assert set(load(storage).user_attrs["confirmed"]) == {str(r["trial"]) for r in rows} | {str(n) for n in unconfirmed}
 
 
-def test_a_round_whose_runs_another_process_trains_ends_confirm_instead_of_repeating(shared_pareto_study, tmp_path):
+def test_a_trial_whose_runs_another_process_trains_is_left_to_it_and_the_rounds_go_on(shared_pareto_study, tmp_path):
+    from search.candidates import left_to_confirm
     from search.companion import confirmation_seeds, open_companion
     from search.results import confirmed_rows
     from search.stale import worker_id
@@ -813,22 +814,22 @@ def test_a_round_whose_runs_another_process_trains_ends_confirm_instead_of_repea
     _, storage = copy_of(shared_pareto_study, tmp_path)
     study = load(storage)
     spec, rows = stored_spec(study), confirmed_rows(study)
-    region = in_region(study, study.get_trials(states=(TrialState.COMPLETE,)), spec.region.floor)
-    unconfirmed = [t for t in region if t.number not in {r["trial"] for r in rows}]
-    assert unconfirmed  # (a trial of the shared study's region left unconfirmed)
-    # another `confirm` (this live process) is training the first seed of every unconfirmed trial of the region
+    order = left_to_confirm(study, rows, spec.region.target_acc, spec.region.floor, spec.confirm.near)
+    assert order  # (the shared study's region holds a trial left unconfirmed)
+    held, others = order[0], order[1:]
+    # another `confirm` (this live process) is training every run of the first trial a timed `confirm` would add
     companion = open_companion(study)
-    for trial in unconfirmed:
-        budget = {"epochs": spec.training.export_epochs, "images": spec.confirm.subset}
-        companion.enqueue_trial({}, user_attrs={"candidate": trial.number, "seed": confirmation_seeds(spec, 1)[0], "budget": budget,
-                                                "n_params": trial.user_attrs["n_params"]})
+    budget = {"epochs": spec.training.export_epochs, "images": spec.confirm.subset}
+    for seed in confirmation_seeds(spec, spec.confirm.seeds):
+        companion.enqueue_trial({}, user_attrs={"candidate": held.number, "seed": seed, "budget": budget, "n_params": held.user_attrs["n_params"]})
         companion.ask().set_user_attr("worker", worker_id())
     result = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--timeout", "3600", "--out",
-                     str(tmp_path / "c"), "--device", "cpu", timeout=300)  # (before the fix: a loop until the timeout)
+                     str(tmp_path / "c"), "--device", "cpu", timeout=300)  # (before: the same round again and again until the timeout)
     assert result.returncode == 0, result.stderr
-    named = re.search(r"the runs of trial\(s\) (\d+) are being trained by another process", result.stdout)
-    assert named and int(named.group(1)) in {t.number for t in unconfirmed}, result.stdout
-    assert set(load(storage).user_attrs["confirmed"]) == {str(r["trial"]) for r in rows}  # nothing trained twice, nothing lost
+    assert f"the runs of trial(s) {held.number} are being trained by another process" in result.stdout, result.stdout
+    assert f"confirm trial {held.number:>4}" not in result.stdout  # nothing of it trained here
+    confirmed = load(storage).user_attrs["confirmed"]
+    assert str(held.number) not in confirmed and {str(t.number) for t in others} <= set(confirmed)  # the others: confirmed here
 
 
 def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_study, tmp_path):
