@@ -1,18 +1,23 @@
 """What the confirmed seeds say of a target accuracy: the answer (the smallest confirmed
 candidate whose mean reaches the target), and whether the seeds decide it. A candidate's mean
 is decided when the target lies outside its interval (mean ± two standard errors); the
-candidates whose interval holds the target are named, with the command that decides them.
-Pure rules over `results.confirmed_rows`; `export` and confirmation's later rounds apply them."""
+candidates whose interval holds the target are named, with the command that decides them; the
+candidates one more seed could move across it are in question, and the sizes between the
+decided ones are where the answer is still open. Pure rules over `results.confirmed_rows`;
+`export` and confirmation's later rounds (search/candidates.py) apply them."""
 
 from __future__ import annotations
 
 import math
 
-from search.results import holds
-
 SEED_SPREAD = 0.07  # accuracy points: the least seed-to-seed spread assumed (two or three seeds can agree by chance); the
 # measured standard deviation of the final validation accuracy over seeds at the export budget is 0.01-0.13, typically 0.07
 # (docs/results.md)
+
+
+def holds(row: dict) -> bool:
+    """A candidate can be chosen (best.json, --target-acc) only when none of its runs diverged."""
+    return not row.get("diverged") and row["mean"] is not None
 
 
 def interval(row: dict) -> tuple[float, float]:
@@ -59,3 +64,26 @@ def undecided_lines(rows: list[dict], answer: dict, target: float, study_name: s
                          f"target {target:g} %: more seeds decide it (python -m search confirm --study {study_name} --trial "
                          f"{row['trial']} --max-seeds {more})")
     return lines
+
+
+def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
+    """The confirmed candidates (smallest first) that one more seed could move across `target`
+    and that could still be the answer: within noise of it (answer.within_noise), below
+    max_seeds, none diverged, and no larger than the smallest candidate already decided to
+    reach it (a larger one cannot change "the smallest net that holds the target")."""
+    if not target or not max_seeds:
+        return []
+    limit = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=math.inf)
+    return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
+
+
+def open_sizes(rows: list[dict], target: float) -> tuple[float, float] | None:
+    """The sizes between which the answer is still open: above the largest candidate decided to fall
+    short of `target` that is smaller than the smallest decided to reach it, and below that one;
+    None while no candidate is decided to reach it (or without a target)."""
+    above = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=None) if target else None
+    if above is None:
+        return None
+    below = max((r["n_params"] for r in rows if holds(r) and r["mean"] < target and not within_noise(r, target)
+                 and r["n_params"] < above), default=0)
+    return below, above

@@ -11,9 +11,10 @@ import math
 import optuna
 from optuna.trial import TrialState
 
-from search.answer import decided_to_reach, target_row, within_noise
+from search.answer import in_question, open_sizes, target_row
 from search.pareto import promotion_order
-from search.results import holds, in_region
+from search.results import in_region
+from search.studyfile import Confirm
 
 
 def near_target(trials: list[optuna.trial.FrozenTrial], target: float, near: float) -> list[optuna.trial.FrozenTrial]:
@@ -44,29 +45,16 @@ def candidates(study: optuna.Study, top: int, floor: float, target: float = 0.0,
     return [band[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in band])[:top]]
 
 
-def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
-    """The confirmed candidates (smallest first) that one more seed could move across `target`
-    and that could still be the answer: within noise of it (answer.within_noise), below
-    max_seeds, none diverged, and no larger than the smallest candidate already decided to
-    reach it (a larger one cannot change "the smallest net that holds the target")."""
-    if not target or not max_seeds:
-        return []
-    limit = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=math.inf)
-    return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
-
-
 def near_the_answer(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region, not yet confirmed, whose size lies where the
     answer is still open: below the smallest candidate decided to reach `target`, and above the
     largest smaller one decided to fall short of it; in promotion order. None while no candidate
     is decided to reach the target (then the answer is "none yet", and its seeds decide it), and
     none without a target or in an accuracy study; with `near`, only those near the target (`near_target`)."""
-    above = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=None) if target else None
-    if above is None or len(study.directions) == 1:
+    sizes = open_sizes(rows, target)
+    if sizes is None or len(study.directions) == 1:
         return []
-    below = max((r["n_params"] for r in rows if holds(r) and r["mean"] < target and not within_noise(r, target)
-                 and r["n_params"] < above), default=0)
-    return unconfirmed_between(study, rows, target, floor, near, below, above)
+    return unconfirmed_between(study, rows, target, floor, near, *sizes)
 
 
 def left_to_confirm(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
@@ -93,3 +81,42 @@ def unconfirmed_between(study: optuna.Study, rows: list[dict], target: float, fl
     region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), target, near)
               if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
     return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]
+
+
+def first_round(study: optuna.Study, settings: Confirm, target: float, floor: float) -> tuple[list[optuna.trial.FrozenTrial], str | None]:
+    """The candidates of confirmation's first round (`candidates`), and, in a Pareto study with
+    [confirm] near, a line saying which band they were taken from (None otherwise)."""
+    chosen = candidates(study, settings.top, floor, target, settings.near)
+    if not (chosen and settings.near and target and len(study.directions) > 1):
+        return chosen, None
+    band = f"at most {settings.near:g} points under the target ({target:g} %) at the last rung ([confirm] near)"
+    listed = ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen)
+    if near_target(chosen, target, settings.near):
+        return chosen, f"candidates: the region's trials {band}: {listed}"
+    return chosen, f"candidates: none of the region's trials is {band}; its most accurate only: {listed}"
+
+
+def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, target: float, floor: float, skip: set[int],
+               chosen_by_user: bool, workers: int, timed: bool) -> tuple[dict[int, int], str | None]:
+    """What confirmation's next round takes (trial number: seed count), leaving out the trials in
+    `skip` (another process trains them), and a line to say why when it is the time left's
+    choice: one more seed for each candidate of `rows` in question (`in_question`, the smallest
+    first); unless the user chose the trials, the first seeds of the region's unconfirmed trials
+    where the answer is still open (`near_the_answer`); and when nothing else is wanted and the
+    round is `timed`, the region's other trials smaller than the answer (`left_to_confirm`), one
+    per worker a round, so that one that comes out near the target gets its seeds in the next
+    round, before the others."""
+    wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, target, settings.max_seeds)
+              if row["trial"] not in skip}
+    if chosen_by_user:  # (an explicit list of trials is all the user asked for)
+        return wanted, None
+    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near)
+               if t.number not in wanted and t.number not in skip}
+    if wanted or not timed:
+        return wanted, None
+    unconfirmed = [t for t in left_to_confirm(study, rows, target, floor, settings.near) if t.number not in skip]
+    wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}
+    if not wanted:
+        return wanted, None
+    return wanted, (f"nothing in question and time left: {len(wanted)} of the region's {len(unconfirmed)} unconfirmed trial(s) "
+                    f"smaller than the answer, in promotion order (one per worker a round)")

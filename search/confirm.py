@@ -32,7 +32,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from search.candidates import candidates, in_question, left_to_confirm, near_target, near_the_answer
+from search.candidates import first_round, next_round
 from search.companion import open_companion, plan, summarize
 from search.confirm_budget import fitting_round, round_seconds
 from search.confirm_runs import ConfirmJob, confirm_worker, run_confirmations
@@ -107,12 +107,11 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     """Confirm `study`'s candidates (spec.confirm: how many, with how many seeds, on how many
     images; `trials`: these instead of `candidates`) in this process or in `workers` processes
     sharing `url`, in rounds (with spec.confirm.near, only candidates near the target: see
-    `candidates`): first spec.confirm.seeds seeds each, then, while there is time, one
-    more seed for each candidate in question (`in_question`, the smallest first) and the first
-    seeds of the COMPLETE trials of the region whose size lies where the answer is still open
-    (`near_the_answer`), so the later rounds concentrate on the target; under a timeout, a round
-    with nothing in question takes the region's other trials smaller than the answer
-    (`left_to_confirm`), one per worker a round, while they fit. spec.confirm.timeout is a
+    `candidates`): first spec.confirm.seeds seeds each, then, while there is time, what
+    `next_round` takes: one more seed for each candidate in question and the first seeds of the
+    region's trials whose size lies where the answer is still open, so the later rounds
+    concentrate on the target; under a timeout, a round with nothing in question takes the
+    region's other trials smaller than the answer, one per worker a round, while they fit. spec.confirm.timeout is a
     hard bound: a round starts only for the runs (in the round's order) expected to end within
     it, and a run still training at it is stopped (FAIL; the next `confirm` trains it again).
     A trial whose runs another process is training (a round that comes again with nothing to
@@ -120,17 +119,15 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     Store and print the mean ± std per candidate, and return them (`confirmed_rows`)."""
     settings, target, floor = spec.confirm, spec.region.target_acc, spec.region.floor
     check_workers(url, workers)  # (for callers other than confirm_command)
-    trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chosen = candidates(study, settings.top, floor, target, settings.near) if not trials else [trials_by_number[n] for n in trials]
+    if trials:
+        trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        chosen, why = [trials_by_number[n] for n in trials], None
+    else:
+        chosen, why = first_round(study, settings, target, floor)
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
-    if not trials and settings.near and target and len(study.directions) > 1:
-        band = f"at most {settings.near:g} points under the target ({target:g} %) at the last rung ([confirm] near)"
-        listed = ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen)
-        if near_target(chosen, target, settings.near):
-            log_line(f"candidates: the region's trials {band}: {listed}")
-        else:
-            log_line(f"candidates: none of the region's trials is {band}; its most accurate only: {listed}")
+    if why:
+        log_line(why)
     if any(export_config(t, spec.training, study.study_name).distill for t in chosen):
         usable_cache_dir()  # its teachers are cached there: a folder that cannot be written fails now, not after an hour
     companion = open_companion(study)
@@ -173,18 +170,9 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
                 log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
                 break
         rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
-        wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, target, settings.max_seeds)
-                  if row["trial"] not in elsewhere}
-        if not trials:  # (an explicit list of trials is all the user asked for)
-            wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near)
-                       if t.number not in wanted and t.number not in elsewhere}
-            if not wanted and deadline is not None:  # nothing in question and time left: the region's other trials, while they fit
-                # One per worker a round: one that comes out near the target gets its seeds in the next round, before the others.
-                unconfirmed = [t for t in left_to_confirm(study, rows, target, floor, settings.near) if t.number not in elsewhere]
-                wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}
-                if wanted:
-                    log_line(f"nothing in question and time left: {len(wanted)} of the region's {len(unconfirmed)} unconfirmed trial(s) "
-                             f"smaller than the answer, in promotion order (one per worker a round)")
+        wanted, why = next_round(study, rows, settings, target, floor, elsewhere, bool(trials), workers, deadline is not None)
+        if why:
+            log_line(why)
     rows = confirmed_rows(study)
     print(f"confirmed {len(rows)} candidate(s), smallest first:")
     for row in rows:

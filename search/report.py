@@ -10,9 +10,10 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from search.answer import holds
 from search.pareto import hypervolume
 from search.plots import write_plots
-from search.results import confirmed_rows, format_row, front_in_region, holds
+from search.results import confirmed_rows, format_row, front_in_region
 from search.storage import load_existing_study, output_folder
 from search.studyfile import StudySpec, stored_spec
 

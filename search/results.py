@@ -8,6 +8,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
+from search.answer import holds
 from search.errors import UsageError
 from search.pareto import below_region, front_indices
 
@@ -38,11 +39,6 @@ def confirmed_rows(study: optuna.Study) -> list[dict]:
     rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, **e}
             for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
     return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
-
-
-def holds(row: dict) -> bool:
-    """A candidate can be chosen (best.json, --target-acc) only when none of its runs diverged."""
-    return not row.get("diverged") and row["mean"] is not None
 
 
 def best_trial(study: optuna.Study, rows: list[dict]) -> optuna.trial.FrozenTrial:

@@ -7,11 +7,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from search.answer import holds
 from search.data import resolve_data_dir
 from search.export import export_answer, export_best
-from search.results import best_trial, confirmed_rows, holds
-from search.stale import fail_stale, stale_trials
-from search.storage import check_workers, default_storage, has_heartbeat, mask_password, open_storage, output_folder
+from search.results import best_trial, confirmed_rows
+from search.storage import check_workers, default_storage, mask_password, output_folder
 from search.studyfile import load_study_spec, start_points
 from space.config import DEFAULT_MAX_PARAMS
 from space.datasets import DATASETS
@@ -59,7 +59,7 @@ def run_command(options: RunOptions) -> None:
     from search.device import cpu_threads, resolve_device
     from search.loop import SearchJob, run_search, trial_line
     from search.note import publish_best
-    from search.study import create_or_resume, requeue_lost
+    from search.study import open_study
     from search.teacher import teacher
 
     torch_device = resolve_device(options.device)
@@ -72,15 +72,7 @@ def run_command(options: RunOptions) -> None:
         load_images(data, train=True, dataset=DATASETS[spec.dataset])
     for path in teachers:  # trained (or loaded) now, on its own line, not inside a trial
         teacher(path, split)
-    study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url, starts)
-    stale = [] if has_heartbeat(url) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
-    for trial in stale:
-        print(f"trial {trial.number} is RUNNING but its worker {trial.user_attrs['worker']} is gone"
-              + ("; marking it FAIL" if options.fail_stale else "; rerun with --fail-stale to mark it FAIL"))
-    if stale and options.fail_stale:
-        fail_stale(study, stale)
-    for lost in requeue_lost(study, spec, starts):
-        print(f"the enqueued trial {lost!r} was lost to a crash (FAIL); enqueued again")
+    study, created = open_study(spec, url, starts, options.fail_stale)
     checked_on = f" (evaluated on {spec.training.validation:,} validation images)" if spec.training.validation < DATASETS[spec.dataset].validation_size else ""
     print(f"study {spec.name!r} ({spec.family} family): {spec.trials} trials, {spec.training.epochs} epochs on {spec.training.subset:,} "
           f"training images a trial{checked_on}, limit {spec.max_params:,} params, device {torch_device}, {workers} worker(s), storage {mask_password(url)}",

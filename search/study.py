@@ -12,10 +12,27 @@ import optuna
 
 from search.errors import UsageError
 from search.sampler import make_pruner
-from search.storage import mask_password
+from search.stale import fail_stale, stale_trials
+from search.storage import has_heartbeat, mask_password, open_storage
 from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, changed_settings, config_from_point, spec_to_dict, stored_spec
 from space.config import count_params, over_limit
 from space.families import FAMILIES
+
+
+def open_study(spec: StudySpec, url: str, starts: list[tuple[str, dict[str, Any]]], fail_stale_trials: bool) -> tuple[optuna.Study, bool]:
+    """`run`'s study: created or resumed (create_or_resume) in the storage at `url`, its trials left
+    RUNNING by dead workers reported (and marked FAIL with `fail_stale_trials`: run --fail-stale), and the
+    points it starts with that a crash lost enqueued again (requeue_lost)."""
+    study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url, starts)
+    stale = [] if has_heartbeat(url) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
+    for trial in stale:
+        print(f"trial {trial.number} is RUNNING but its worker {trial.user_attrs['worker']} is gone"
+              + ("; marking it FAIL" if fail_stale_trials else "; rerun with --fail-stale to mark it FAIL"))
+    if stale and fail_stale_trials:
+        fail_stale(study, stale)
+    for lost in requeue_lost(study, spec, starts):
+        print(f"the enqueued trial {lost!r} was lost to a crash (FAIL); enqueued again")
+    return study, created
 
 
 def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str,
