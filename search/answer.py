@@ -3,8 +3,9 @@ candidate whose mean reaches the target), and whether the seeds decide it. A can
 is decided when the target lies outside its interval (mean ± two standard errors); the
 candidates whose interval holds the target are named, with the command that decides them; the
 candidates one more seed could move across it are in question, and the sizes between the
-decided ones are where the answer is still open. Pure rules over `results.confirmed_rows`;
-`export` and confirmation's later rounds (search/candidates.py) apply them."""
+decided ones are where the answer is still open; and a candidate with a diverged run is never
+chosen (`holds`). Pure rules over `results.confirmed_rows`, for every reader of them: `export`,
+the best trial, `report`, and confirmation's later rounds (search/candidates.py)."""
 
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def undecided_lines(rows: list[dict], answer: dict, target: float, study_name: s
 
 def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
     """The confirmed candidates (smallest first) that one more seed could move across `target`
-    and that could still be the answer: within noise of it (answer.within_noise), below
+    and that could still be the answer: within noise of it (`within_noise`), below
     max_seeds, none diverged, and no larger than the smallest candidate already decided to
     reach it (a larger one cannot change "the smallest net that holds the target")."""
     if not target or not max_seeds:

@@ -17,7 +17,7 @@ dashboard lists the companion study with every run; the mean ± std per candidat
 candidate ever confirmed) is stored in the search study (user attribute "confirmed") and shown
 in its note and by `report`.
 
-This module plans the rounds: search/candidates.py chooses what each round confirms,
+This module runs the rounds: search/candidates.py chooses what each round confirms,
 search/confirm_budget.py fits a round into the time budget, search/companion.py enqueues
 its runs and sums them up, and search/confirm_runs.py trains them.
 """

@@ -1,6 +1,6 @@
 """The runs of a confirmation: each (candidate, seed) run a trial of the companion study
 (search/companion.py), taken one by one from its WAITING trials by this process or by worker
-processes until none is left or the time budget passes. search/confirm.py plans the rounds."""
+processes until none is left or the time budget passes. search/confirm.py runs the rounds."""
 
 from __future__ import annotations
 

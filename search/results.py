@@ -34,7 +34,7 @@ def front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTri
 
 def confirmed_rows(study: optuna.Study) -> list[dict]:
     """The fully confirmed candidates (every planned seed done), smallest first; those with a
-    diverged run are listed too (see `holds`)."""
+    diverged run are listed too (see `answer.holds`)."""
     # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded)
     rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, **e}
             for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]

@@ -1,6 +1,6 @@
 """A study in its storage: created from a study file (settings stored, the hand-made model as
-its first trial) or resumed with the same settings; the points it starts with enqueued again
-when a crash lost them. Its sampler and pruner: search/sampler.py."""
+its first trial) or resumed with the same settings, its trials left RUNNING by dead workers
+reported (or failed), the points it starts with enqueued again when a crash lost them. Its sampler and pruner: search/sampler.py."""
 
 from __future__ import annotations
 

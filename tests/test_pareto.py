@@ -700,8 +700,7 @@ def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
 
 
 def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
-    from search.answer import in_question
-    from search.answer import SEED_SPREAD, interval, within_noise
+    from search.answer import SEED_SPREAD, in_question, interval, within_noise
 
     row = {"trial": 1, "n_params": 3000, "seeds": [4, 5], "mean": 99.10, "std": 0.02, "diverged": {}}
     assert interval(row) == pytest.approx((99.10 - 2 * SEED_SPREAD / 2 ** 0.5, 99.10 + 2 * SEED_SPREAD / 2 ** 0.5))  # at least the measured spread
