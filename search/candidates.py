@@ -45,22 +45,24 @@ def candidates(study: optuna.Study, top: int, floor: float, target: float = 0.0,
     return [band[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in band])[:top]]
 
 
-def near_the_answer(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
-    """The COMPLETE trials of a Pareto study's region, not yet confirmed, whose size lies where the
-    answer is still open: below the smallest candidate decided to reach `target`, and above the
-    largest smaller one decided to fall short of it; in promotion order. None while no candidate
-    is decided to reach the target (then the answer is "none yet", and its seeds decide it), and
-    none without a target or in an accuracy study; with `near`, only those near the target (`near_target`)."""
-    sizes = open_sizes(rows, target)
+def near_the_answer(study: optuna.Study, rows: list[dict], sizes: tuple[float, float] | None, target: float, floor: float,
+                    near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials of a Pareto study's region, not yet confirmed by `rows`, whose size lies
+    where the answer is still open (`sizes`: answer.open_sizes of `rows`: above the largest
+    candidate decided to fall short of `target`, below the smallest decided to reach it); in
+    promotion order. None while no candidate is decided to reach the target (`sizes` None: the
+    answer is "none yet", and its seeds decide it), and none in an accuracy study; with `near`,
+    only those near the target (`near_target`)."""
     if sizes is None or len(study.directions) == 1:
         return []
     return unconfirmed_between(study, rows, target, floor, near, *sizes)
 
 
-def left_to_confirm(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
-    """The COMPLETE trials of a Pareto study's region not yet confirmed and smaller than the answer
-    (the smallest candidate whose mean reaches `target`, as `export --target-acc` chooses; of any
-    size while none does), in promotion order: where confirmation's time goes once no candidate is
+def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, target: float, floor: float,
+                    near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials of a Pareto study's region not yet confirmed by `rows` and smaller than
+    `answer` (answer.target_row of `rows`: the smallest candidate whose mean reaches `target`, as
+    `export --target-acc` chooses; of any size while there is none), in promotion order: where confirmation's time goes once no candidate is
     in question (a larger trial cannot change the answer). Unlike `near_the_answer` it does not
     stop at a smaller candidate decided to fall short: across shapes, size does not order accuracy,
     and the last rung ranks nets within 0.3 points of each other little better than chance (the
@@ -69,7 +71,6 @@ def left_to_confirm(study: optuna.Study, rows: list[dict], target: float, floor:
     With `near`, only those near the target (`near_target`); none in an accuracy study."""
     if len(study.directions) == 1:
         return []
-    answer = target_row(rows, target)[0] if target else None
     return unconfirmed_between(study, rows, target, floor, near, 0, answer["n_params"] if answer else math.inf)
 
 
@@ -106,15 +107,17 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, target:
     round is `timed`, the region's other trials smaller than the answer (`left_to_confirm`), one
     per worker a round, so that one that comes out near the target gets its seeds in the next
     round, before the others."""
-    wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_question(rows, target, settings.max_seeds)
-              if row["trial"] not in skip}
+    # what the seeds say of the target, read once (search/answer.py): who is in question, where the answer is open, the answer
+    in_doubt, sizes = in_question(rows, target, settings.max_seeds), open_sizes(rows, target)
+    answer = target_row(rows, target)[0] if target else None
+    wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt if row["trial"] not in skip}
     if chosen_by_user:  # (an explicit list of trials is all the user asked for)
         return wanted, None
-    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, target, floor, settings.near)
+    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, target, floor, settings.near)
                if t.number not in wanted and t.number not in skip}
     if wanted or not timed:
         return wanted, None
-    unconfirmed = [t for t in left_to_confirm(study, rows, target, floor, settings.near) if t.number not in skip]
+    unconfirmed = [t for t in left_to_confirm(study, rows, answer, target, floor, settings.near) if t.number not in skip]
     wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}
     if not wanted:
         return wanted, None

@@ -12,7 +12,7 @@ from search.data import resolve_data_dir
 from search.export import export_answer, export_best
 from search.results import best_trial, confirmed_rows
 from search.storage import check_workers, default_storage, mask_password, output_folder
-from search.studyfile import load_study_spec, start_points
+from search.studyfile import first_points, load_study_spec
 from space.config import DEFAULT_MAX_PARAMS
 from space.datasets import DATASETS
 from space.families import FAMILIES
@@ -47,7 +47,7 @@ def run_command(options: RunOptions) -> None:
                  "training.epochs": ("--epochs", options.epochs), "training.subset": ("--subset", options.subset),
                  "timeout": ("--timeout", options.timeout)}
     spec = load_study_spec(options.study_file, {field: option for field, option in overrides.items() if option[1] is not None})
-    starts = start_points(spec)  # read on every run, so that a bad one answers before anything is written
+    firsts = first_points(spec)  # read on every run, so that a bad start config answers before anything is written
     storage, workers = options.storage, options.workers
     if storage:
         check_workers(storage, workers)  # before the output folder exists
@@ -72,7 +72,7 @@ def run_command(options: RunOptions) -> None:
         load_images(data, train=True, dataset=DATASETS[spec.dataset])
     for path in teachers:  # trained (or loaded) now, on its own line, not inside a trial
         teacher(path, split)
-    study, created = open_study(spec, url, starts, options.fail_stale)
+    study, created = open_study(spec, url, firsts, options.fail_stale)
     checked_on = f" (evaluated on {spec.training.validation:,} validation images)" if spec.training.validation < DATASETS[spec.dataset].validation_size else ""
     print(f"study {spec.name!r} ({spec.family} family): {spec.trials} trials, {spec.training.epochs} epochs on {spec.training.subset:,} "
           f"training images a trial{checked_on}, limit {spec.max_params:,} params, device {torch_device}, {workers} worker(s), storage {mask_password(url)}",

@@ -14,32 +14,31 @@ from search.errors import UsageError
 from search.sampler import make_pruner
 from search.stale import fail_stale, stale_trials
 from search.storage import has_heartbeat, mask_password, open_storage
-from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, changed_settings, config_from_point, spec_to_dict, stored_spec
-from space.config import count_params, over_limit
-from space.families import FAMILIES
+from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, changed_settings, spec_to_dict, stored_spec
 
 
-def open_study(spec: StudySpec, url: str, starts: list[tuple[str, dict[str, Any]]], fail_stale_trials: bool) -> tuple[optuna.Study, bool]:
+def open_study(spec: StudySpec, url: str, firsts: list[tuple[dict[str, Any], dict[str, str]]],
+               fail_stale_trials: bool) -> tuple[optuna.Study, bool]:
     """`run`'s study: created or resumed (create_or_resume) in the storage at `url`, its trials left
     RUNNING by dead workers reported (and marked FAIL with `fail_stale_trials`: run --fail-stale), and the
-    points it starts with that a crash lost enqueued again (requeue_lost)."""
-    study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url, starts)
+    points it starts with (`firsts`: studyfile.first_points) that a crash lost enqueued again (requeue_lost)."""
+    study, created = create_or_resume(spec, open_storage(url, (spec.heartbeat_interval, spec.grace_period)), url, firsts)
     stale = [] if has_heartbeat(url) else stale_trials(study)  # RDB heartbeats re-queue dead workers' trials
     for trial in stale:
         print(f"trial {trial.number} is RUNNING but its worker {trial.user_attrs['worker']} is gone"
               + ("; marking it FAIL" if fail_stale_trials else "; rerun with --fail-stale to mark it FAIL"))
     if stale and fail_stale_trials:
         fail_stale(study, stale)
-    for lost in requeue_lost(study, spec, starts):
+    for lost in requeue_lost(study, firsts):
         print(f"the enqueued trial {lost!r} was lost to a crash (FAIL); enqueued again")
     return study, created
 
 
 def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url: str,
-                     starts: list[tuple[str, dict[str, Any]]] | None = None) -> tuple[optuna.Study, bool]:
+                     firsts: list[tuple[dict[str, Any], dict[str, str]]]) -> tuple[optuna.Study, bool]:
     """The study named spec.name in `storage`: (study, True) when this call created it, with the
-    settings stored, the hand-made reference as first trial and the points `starts` (the study
-    file's start configs, see start_points) next; (study, False) when it existed with the same
+    settings stored and the points it starts with (`firsts`: studyfile.first_points, the
+    hand-made reference first) enqueued; (study, False) when it existed with the same
     settings (what may change, such as the trial count, is stored anew; see requeue_lost for
     an enqueued trial that a crash left FAIL)."""
     pruner = make_pruner(spec.pruner)
@@ -60,7 +59,7 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
         return study, False
     # The hand-made model is trial 0, the number to beat. The points are enqueued before the spec
     # is stored: workers elsewhere wait for the spec, so none can take a trial number first.
-    for point, attrs in enqueued_firsts(spec, starts):
+    for point, attrs in firsts:
         study.enqueue_trial(point, user_attrs=attrs)
     study.set_user_attr("objective", f"mean validation accuracy (%) over the last {OBJECTIVE_EPOCHS} epochs"
                         + (", and the parameter count" if spec.pareto else ""))
@@ -71,34 +70,20 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
     return study, True
 
 
-def requeue_lost(study: optuna.Study, spec: StudySpec, starts: list[tuple[str, dict[str, Any]]] | None) -> list[str]:
-    """Enqueue again the points a study starts with (enqueued_firsts) whose every trial a crash left
-    FAIL (a journal or SQLite study has no heartbeat to re-queue it); returns what was enqueued. A
+def requeue_lost(study: optuna.Study, firsts: list[tuple[dict[str, Any], dict[str, str]]]) -> list[str]:
+    """Enqueue again the points a study starts with (`firsts`: studyfile.first_points) whose every
+    trial a crash left FAIL (a journal or SQLite study has no heartbeat to re-queue it); returns what was enqueued. A
     study made before trials carried "enqueued" knows its reference as trial 0 and its start
     configs by "start"."""
     trials = study.get_trials(deepcopy=False)
     requeued = []
-    for point, attrs in enqueued_firsts(spec, starts):
+    for point, attrs in firsts:
         mine = [t for t in trials if t.user_attrs.get("enqueued", t.user_attrs.get("start")) == attrs["enqueued"]
                 or (attrs["enqueued"] == "reference" and t.number == 0 and "enqueued" not in t.user_attrs)]
         if mine and all(t.state == optuna.trial.TrialState.FAIL for t in mine):
             study.enqueue_trial(point, user_attrs=attrs)
             requeued.append(attrs["enqueued"])
     return requeued
-
-
-def enqueued_firsts(spec: StudySpec, starts: list[tuple[str, dict[str, Any]]] | None) -> list[tuple[dict[str, Any], dict[str, str]]]:
-    """The points a study starts with, each with its user attributes: the hand-made reference
-    ("enqueued": "reference"; where the space holds it and it is within the limit), then the
-    start configs ("enqueued" and "start": the file) that are not the same config as one before."""
-    reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
-    firsts = []
-    if reference is not None and not over_limit(count_params(config_from_point(spec, reference, "")), spec.max_params):
-        firsts.append((reference, {"enqueued": "reference"}))
-    for path, point in starts or []:  # a start config that is the hand-made model, or given twice, is one trial
-        if all(config_from_point(spec, point, "") != config_from_point(spec, first, "") for first, _ in firsts):
-            firsts.append((point, {"enqueued": path, "start": path}))
-    return firsts
 
 
 def directions(spec: StudySpec) -> list[str]:

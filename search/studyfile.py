@@ -316,3 +316,20 @@ def config_from_point(spec: StudySpec, params: dict[str, Any], name: str) -> Run
     fixed = {key: getattr(spec.training, key) for key in family.FROM_TRAINING}
     config = family.config_from_params({**fixed, **params}, epochs=spec.training.epochs, seed=spec.seed, name=name)
     return replace(config, precision=spec.training.precision, dataset=spec.dataset)
+
+
+def first_points(spec: StudySpec) -> list[tuple[dict[str, Any], dict[str, str]]]:
+    """The points a study starts with, each with the user attributes its trial is enqueued with:
+    the hand-made reference ("enqueued": "reference"; where the space holds it and it is within
+    the limit), then the start configs (`start_points`; "enqueued" and "start": the file) that are
+    not the same config as one before. Read on every run, so that a bad start config answers
+    before anything is written."""
+    starts = start_points(spec)
+    reference = FAMILIES[spec.family].reference_point(spec.space, spec.training.epochs)
+    firsts = []
+    if reference is not None and not over_limit(count_params(config_from_point(spec, reference, "")), spec.max_params):
+        firsts.append((reference, {"enqueued": "reference"}))
+    for path, point in starts:  # a start config that is the hand-made model, or given twice, is one trial
+        if all(config_from_point(spec, point, "") != config_from_point(spec, first, "") for first, _ in firsts):
+            firsts.append((point, {"enqueued": path, "start": path}))
+    return firsts

@@ -13,7 +13,7 @@ from conftest import REFERENCE, assert_one_line_error, run_cli
 from search.export import export_form
 from search.objective import may_prune, settled_after
 from search.study import create_or_resume
-from search.studyfile import Training, load_study_spec, start_points
+from search.studyfile import Training, first_points, load_study_spec, start_points
 from space.blocks import (NET4838_PARAMS, STEP3_ONECYCLE_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point,
                           space_from_dict, suggest_params)
 from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
@@ -296,7 +296,7 @@ def test_start_configs_are_the_trials_after_the_hand_made_model(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text(f'start = ["{REFERENCE / "front3991.json"}", "{REFERENCE / "step3.json"}"]\n' + START_STUDY)
     spec = load_study_spec(path)
-    study, created = create_or_resume(spec, optuna.storages.InMemoryStorage(), "memory", start_points(spec))
+    study, created = create_or_resume(spec, optuna.storages.InMemoryStorage(), "memory", first_points(spec))
     assert created
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     front3991 = point_from_config(load_config(REFERENCE / "front3991.json"), spec.space, spec.training.epochs)
@@ -314,16 +314,16 @@ def test_a_start_trial_lost_to_a_crash_is_enqueued_again_on_resume(tmp_path):
     path.write_text(f'start = ["{REFERENCE / "front3991.json"}"]\n' + START_STUDY)
     spec = load_study_spec(path)
     storage = optuna.storages.InMemoryStorage()
-    study, _ = create_or_resume(spec, storage, "memory", start_points(spec))
+    study, _ = create_or_resume(spec, storage, "memory", first_points(spec))
     reference, start = study.ask(), study.ask()  # both taken by a worker that then died: FAIL
     assert (reference.user_attrs["enqueued"], start.user_attrs["start"]) == ("reference", str(REFERENCE / "front3991.json"))
     study.tell(start, state=optuna.trial.TrialState.FAIL)
     study.tell(reference, 90.0)
-    resumed, created = create_or_resume(spec, storage, "memory", start_points(spec))
-    assert not created and requeue_lost(resumed, spec, start_points(spec)) == [str(REFERENCE / "front3991.json")]  # the lost one only
+    resumed, created = create_or_resume(spec, storage, "memory", first_points(spec))
+    assert not created and requeue_lost(resumed, first_points(spec)) == [str(REFERENCE / "front3991.json")]  # the lost one only
     (waiting,) = resumed.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert waiting.system_attrs["fixed_params"] == start_points(spec)[0][1] and waiting.user_attrs["start"] == str(REFERENCE / "front3991.json")
-    assert requeue_lost(resumed, spec, start_points(spec)) == []  # waiting already: not enqueued twice
+    assert requeue_lost(resumed, first_points(spec)) == []  # waiting already: not enqueued twice
     # a study made before trials carried "enqueued": its trial 0 is the reference, its start trials carry "start"
     legacy = optuna.create_study(storage=optuna.storages.InMemoryStorage())
     legacy.enqueue_trial(reference_point(spec.space, 3))
@@ -331,7 +331,7 @@ def test_a_start_trial_lost_to_a_crash_is_enqueued_again_on_resume(tmp_path):
     first, second = legacy.ask(), legacy.ask()
     legacy.tell(first, 90.0)
     legacy.tell(second, 91.0)
-    assert requeue_lost(legacy, spec, start_points(spec)) == []
+    assert requeue_lost(legacy, first_points(spec)) == []
 
 
 @pytest.mark.parametrize("line, fragments", [

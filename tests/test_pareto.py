@@ -665,6 +665,7 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
 
 
 def test_confirmation_concentrates_near_the_target_when_the_study_asks():
+    from search.answer import open_sizes
     from search.candidates import candidates, near_the_answer
 
     study = region_study(floor=3.0)
@@ -678,8 +679,8 @@ def test_confirmation_concentrates_near_the_target_when_the_study_asks():
     assert sizes(candidates(study, 6, 3.0, target=99.9, near=0.5)) == [8000]  # none near: the most accurate, the closest
     # the later rounds' trials where the answer is open keep to the band too (8,000 decided to reach, nothing decided below)
     rows = [{"trial": 4, "n_params": 8000, "mean": 99.5, "std": 0.02, "seeds": [1, 2, 3], "diverged": {}}]
-    assert sorted(sizes(near_the_answer(study, rows, 99.17, 3.0))) == [1500, 2000, 3000, 4500]
-    assert sizes(near_the_answer(study, rows, 99.17, 3.0, near=0.8)) == [3000, 4500]
+    assert sorted(sizes(near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 3.0))) == [1500, 2000, 3000, 4500]
+    assert sizes(near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 3.0, near=0.8)) == [3000, 4500]
 
 
 def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
@@ -717,6 +718,7 @@ def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
 
 
 def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_still_open():
+    from search.answer import open_sizes
     from search.candidates import near_the_answer
 
     study = region_study(floor=2.0)
@@ -729,10 +731,11 @@ def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_sti
 
     # confirmed: 2,000 far below 99.17, 5,000 far above, 8,000 far above: the answer is open between 2,000 and 5,000
     rows = [row(0, 98.5), row(4, 99.5), row(7, 99.6)]
-    assert [t.user_attrs["n_params"] for t in near_the_answer(study, rows, 99.17, 2.0)] == [3000, 4000, 3500]  # in promotion order
+    between = near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 2.0)
+    assert [t.user_attrs["n_params"] for t in between] == [3000, 4000, 3500]  # in promotion order
     rows = [row(0, 98.5), row(4, 99.18, std=0.2)]  # 5,000 reaches it within noise only: nothing is decided to reach it yet
-    assert near_the_answer(study, rows, 99.17, 2.0) == []
-    assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], 0.0, 2.0) == []  # no target: no question to concentrate on
+    assert near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 2.0) == []
+    assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], None, 0.0, 2.0) == []  # no target: no question to concentrate on
 
 
 def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto_study, tmp_path):
@@ -769,6 +772,7 @@ def test_confirm_takes_the_trials_it_is_given_and_refuses_one_that_is_not_comple
 
 
 def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answer(shared_pareto_study, tmp_path):
+    from search.answer import target_row
     from search.candidates import left_to_confirm
     from search.results import confirmed_rows
 
@@ -778,18 +782,18 @@ def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answe
     region = in_region(study, study.get_trials(states=(TrialState.COMPLETE,)), floor)
     unconfirmed = {t.number for t in region} - {r["trial"] for r in rows}
     # no target, or one no candidate reaches: every unconfirmed trial of the region, whatever its size
-    assert {t.number for t in left_to_confirm(study, rows, 0.0, floor)} == unconfirmed
-    assert {t.number for t in left_to_confirm(study, rows, 100.0, floor)} == unconfirmed
+    assert {t.number for t in left_to_confirm(study, rows, None, 0.0, floor)} == unconfirmed
+    assert {t.number for t in left_to_confirm(study, rows, target_row(rows, 100.0)[0], 100.0, floor)} == unconfirmed
     # a target the larger candidate reaches (not the smaller): only those smaller than it, in promotion order
     small, large = sorted(rows, key=lambda r: r["n_params"])
     target = (small["mean"] + large["mean"]) / 2
     assert large["mean"] > small["mean"] and unconfirmed  # (the shared study's two candidates, and a trial of its region left)
-    chosen = left_to_confirm(study, rows, target, floor)
+    chosen = left_to_confirm(study, rows, target_row(rows, target)[0], target, floor)
     assert {t.number for t in chosen} == {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < large["n_params"]}
     order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in chosen])
     assert order == list(range(len(chosen)))
     # the smallest candidate reaches it: only the unconfirmed trials smaller than that one
-    assert {t.number for t in left_to_confirm(study, rows, small["mean"], floor)} == \
+    assert {t.number for t in left_to_confirm(study, rows, target_row(rows, small["mean"])[0], small["mean"], floor)} == \
         {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < small["n_params"]}
     # `confirm` spends time left on them only under a time budget: without one it stops where it did
     plain = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--out", str(tmp_path / "c"), "--device", "cpu")
@@ -805,6 +809,7 @@ def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answe
 
 
 def test_a_trial_whose_runs_another_process_trains_is_left_to_it_and_the_rounds_go_on(shared_pareto_study, tmp_path):
+    from search.answer import target_row
     from search.candidates import left_to_confirm
     from search.companion import confirmation_seeds, open_companion
     from search.results import confirmed_rows
@@ -813,7 +818,8 @@ def test_a_trial_whose_runs_another_process_trains_is_left_to_it_and_the_rounds_
     _, storage = copy_of(shared_pareto_study, tmp_path)
     study = load(storage)
     spec, rows = stored_spec(study), confirmed_rows(study)
-    order = left_to_confirm(study, rows, spec.region.target_acc, spec.region.floor, spec.confirm.near)
+    target = spec.region.target_acc
+    order = left_to_confirm(study, rows, target_row(rows, target)[0] if target else None, target, spec.region.floor, spec.confirm.near)
     assert order  # (the shared study's region holds a trial left unconfirmed)
     held, others = order[0], order[1:]
     # another `confirm` (this live process) is training every run of the first trial a timed `confirm` would add
