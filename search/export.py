@@ -28,8 +28,8 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
     out = output_folder(out or Path("studies") / study_name, "--out")
     if target_acc is None:
         print(f"best config written to {export_best(study, best, spec.training, out)}")
-        if spec.region.target_acc and not rows:
-            print(f"the study's target, {spec.region.target_acc:g} % validation accuracy, has no confirmed candidate to answer it yet: "
+        if spec.region.answer_level and not rows:
+            print(f"the study's target, {spec.region.answer_level:g} % validation accuracy, has no confirmed candidate to answer it yet: "
                   f"python -m search confirm --study {study_name}" + (f" --storage {mask_password(storage)}" if storage else ""))
         export_answer(study, spec, rows, out)
     else:
@@ -38,9 +38,9 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
 
 def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path) -> None:
     """The smallest of the confirmed candidates `rows` (the study's `confirmed_rows`) reaching the
-    study's [region] target_acc, as target-ACC.json, when the study has a target and confirmed
-    candidates; a target none of them reaches is said, not raised (the answer is "none yet")."""
-    target = spec.region.target_acc
+    study's [region] answer_acc (else its target_acc), as target-ACC.json, when the study has a target
+    and confirmed candidates; a target none of them reaches is said, not raised (the answer is "none yet")."""
+    target = spec.region.answer_level
     if not target or not rows:
         return
     try:

@@ -92,10 +92,20 @@ class Region:
     budget that answers the question; confirmation adds seeds to candidates near it, and `run`
     exports the smallest confirmed config that reaches it (0: none). `near_target`: at the last
     rung, a trial more than this many points under target_acc stops there too, below the region
-    (0: no such bound): the sampler then learns where the answer can be, not the whole front."""
+    (0: no such bound): the sampler then learns where the answer can be, not the whole front.
+    `answer_acc`: the validation accuracy (%) the answer is read at (`export`'s default and `run`'s
+    target-ACC.json), when it lies apart from the level that steers the run (0: target_acc):
+    steering a little above the answer's level keeps the last rung's bound higher and
+    confirmation's seeds on fewer nets (docs/results.md, "The level in the file: seed 1")."""
     floor: float = 0.0
     target_acc: float = 0.0
     near_target: float = 0.0
+    answer_acc: float = 0.0
+
+    @property
+    def answer_level(self) -> float:
+        """The validation accuracy (%) the study's answer is read at: answer_acc, else target_acc (0: none)."""
+        return self.answer_acc or self.target_acc
 
 
 @dataclass(frozen=True)
@@ -197,6 +207,8 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(math.isfinite(region.near_target) and region.near_target >= 0.0, "region.near_target",
           f"must be >= 0 accuracy points (0: no bound), got {region.near_target}")
     check(not region.near_target or region.target_acc, "region.near_target", "needs a [region] target_acc: the bound lies under the target")
+    check(0.0 <= region.answer_acc <= 100.0, "region.answer_acc", f"must be a percentage in [0, 100] (0: target_acc), got {region.answer_acc}")
+    check(not region.answer_acc or region.target_acc, "region.answer_acc", "needs a [region] target_acc: it is read apart from the level that steers the run")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")
     return spec
 
@@ -291,12 +303,12 @@ def stored_spec(study: optuna.Study) -> StudySpec:
 def changed_settings(a: StudySpec, b: StudySpec) -> list[str]:
     """The settings (dotted keys, with both values) that keep a study created from `a` from
     resuming with `b`; empty when it may: only its name, trial count, time budget, heartbeat
-    timing, sampler options, confirmation settings and target may differ (the target not where
-    [region] near_target makes it a rule of the search)."""
+    timing, sampler options, confirmation settings, target and answer level may differ (the target
+    not where [region] near_target makes it a rule of the search)."""
     volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
 
     def fixed(spec: StudySpec) -> dict[str, Any]:
-        region = spec.region if spec.region.near_target else replace(spec.region, target_acc=0.0)
+        region = replace(spec.region, answer_acc=0.0) if spec.region.near_target else replace(spec.region, target_acc=0.0, answer_acc=0.0)
         return flat(spec_to_dict(replace(spec, **volatile, region=region)))
 
     def flat(tree: dict, prefix: str = "") -> dict[str, Any]:
