@@ -144,11 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     data_and_device(p)
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("export", help="write a study's best trial as best.json, and the answer to its [region] target_acc")
+    p = commands.add_parser("export", help="write a study's best trial as best.json, and the answer to its [region] answer_acc (else target_acc)")
     existing_study(p)
     p.add_argument("--target-acc", type=percentage,
                    help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json "
-                        "(default: best.json, and target-ACC.json for the study's own [region] target_acc)")
+                        "(default: best.json, and target-ACC.json for the study's own [region] answer_acc, else its target_acc)")
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
     p.set_defaults(func=cmd_export)
 

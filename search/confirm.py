@@ -116,8 +116,11 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     it, and a run still training at it is stopped (FAIL; the next `confirm` trains it again).
     A trial whose runs another process is training (a round that comes again with nothing to
     train) is left to it, and the rounds go on without it.
-    Store and print the mean ± std per candidate, and return them (`confirmed_rows`)."""
-    settings, target, floor = spec.confirm, spec.region.target_acc, spec.region.floor
+    Store and print the mean ± std per candidate, and return them (`confirmed_rows`). Seeds are
+    added near [region] target_acc, the level that steers the run; for `trials` (`--trial`, what an
+    "undecided" line of `export` asks for) near the level the answer is read at (answer_acc, else target_acc)."""
+    settings, floor = spec.confirm, spec.region.floor
+    target = spec.region.answer_level if trials else spec.region.target_acc
     check_workers(url, workers)  # (for callers other than confirm_command)
     if trials:
         trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}

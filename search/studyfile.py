@@ -89,8 +89,8 @@ class Region:
     """What matters (Pareto studies). `floor`: a trial whose result at a rung is more than this
     many accuracy points below the best result there stops, is infeasible for the sampler and
     stays off the front (0: no floor). `target_acc`: the validation accuracy (%) at the export
-    budget that answers the question; confirmation adds seeds to candidates near it, and `run`
-    exports the smallest confirmed config that reaches it (0: none). `near_target`: at the last
+    budget that steers the run: confirmation adds seeds to candidates near it, and, without an
+    answer_acc, `run` exports the smallest confirmed config that reaches it (0: none). `near_target`: at the last
     rung, a trial more than this many points under target_acc stops there too, below the region
     (0: no such bound): the sampler then learns where the answer can be, not the whole front.
     `answer_acc`: the validation accuracy (%) the answer is read at (`export`'s default and `run`'s

@@ -782,6 +782,15 @@ def test_confirm_takes_the_trials_it_is_given_and_refuses_one_that_is_not_comple
     assert "confirming 1 candidate(s)" in result.stdout and "1 of 3 run(s) to train" in result.stdout
     assert load(storage).user_attrs["confirmed"][confirmed[0]]["seeds"] == [4, 5, 6]
     assert load(storage).user_attrs["confirmed"][confirmed[1]]["seeds"] == [4, 5]  # the other, not asked for, unchanged
+    # --trial (what an "undecided" line of export asks for) adds seeds near the level the answer is read at
+    other, spec = confirmed[1], study.user_attrs["spec"]
+    mean = study.user_attrs["confirmed"][other]["mean"]
+    for region, seeds in (({"target_acc": 100.0}, [4, 5]), ({"target_acc": 100.0, "answer_acc": mean}, [4, 5, 6])):
+        load(storage).set_user_attr("spec", {**spec, "region": {**spec.get("region", {}), **region}})
+        result = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--trial", other, "--max-seeds", "3", "--out",
+                         str(tmp / "c"), "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        assert load(storage).user_attrs["confirmed"][other]["seeds"] == seeds  # 100 % is far from its mean; answer_acc is on it
 
 
 def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answer(shared_pareto_study, tmp_path):
