@@ -19,7 +19,7 @@ from search.studyfile import Confirm
 
 def near_target(trials: list[optuna.trial.FrozenTrial], target: float, near: float) -> list[optuna.trial.FrozenTrial]:
     """Those of these COMPLETE Pareto trials whose result at the last rung is at most `near` points
-    under `target` ([confirm] near, [region] target_acc; all of them without either): a trial
+    under `target` ([confirm] near, the answer's level; all of them without either): a trial
     further under it cannot reach the target at the export budget, by the gains measured from the
     last rung to the export budget (docs/results.md, "Confirmation near the target")."""
     if not (target and near):

@@ -116,11 +116,14 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     it, and a run still training at it is stopped (FAIL; the next `confirm` trains it again).
     A trial whose runs another process is training (a round that comes again with nothing to
     train) is left to it, and the rounds go on without it.
-    Store and print the mean ± std per candidate, and return them (`confirmed_rows`). Seeds are
-    added near [region] target_acc, the level that steers the run; for `trials` (`--trial`, what an
-    "undecided" line of `export` asks for) near the level the answer is read at (answer_acc, else target_acc)."""
+    Store and print the mean ± std per candidate, and return them (`confirmed_rows`). Every
+    level confirmation reads is the one the answer is read at ([region] answer_acc, else
+    target_acc): what `run` exports and what an "undecided" line of `export` asks about, so the
+    answer gets its seeds first. [region] target_acc, when answer_acc is apart from it, steers the
+    search alone (the last rung's bound): seeds added near it went to nets above the answer's
+    level (docs/results.md, "Seeds near the answer's level")."""
     settings, floor = spec.confirm, spec.region.floor
-    target = spec.region.answer_level if trials else spec.region.target_acc
+    target = spec.region.answer_level
     check_workers(url, workers)  # (for callers other than confirm_command)
     if trials:
         trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}

@@ -36,24 +36,27 @@ def export_command(study_name: str, storage: str | None, out: Path | None, targe
         _export_target(study, spec, rows, out, target_acc)
 
 
-def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path) -> None:
+def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path) -> Path | None:
     """The smallest of the confirmed candidates `rows` (the study's `confirmed_rows`) reaching the
     study's [region] answer_acc (else its target_acc), as target-ACC.json, when the study has a target
-    and confirmed candidates; a target none of them reaches is said, not raised (the answer is "none yet")."""
+    and confirmed candidates; a target none of them reaches is said, not raised (the answer is "none yet").
+    Returns the file written, if any."""
     target = spec.region.answer_level
     if not target or not rows:
-        return
+        return None
     try:
-        _export_target(study, spec, rows, out, target)
+        return _export_target(study, spec, rows, out, target)
     except TargetMissed as e:
         print(str(e))
+        return None
 
 
-def _export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, target: float) -> None:
+def _export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, target: float) -> Path:
     path, row = export_target(study, rows, spec.training, out, target)
     print(f"smallest confirmed config reaching {target:g} % validation accuracy: {format_row(row)}; written to {path}")
     for line in undecided_lines(rows, row, target, study.study_name, spec.confirm.max_seeds):
         print(line)
+    return path
 
 
 def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:

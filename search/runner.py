@@ -88,10 +88,12 @@ def run_command(options: RunOptions) -> None:
     best = best_trial(study, rows)
     path = export_best(study, best, spec.training, out)
     publish_best(study, spec, best, rows)
-    export_answer(study, spec, rows, out)  # the answer to the study's question, when it has one
+    answer = export_answer(study, spec, rows, out)  # the answer to the study's question, when it has one
     print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in rows) else ""))
     limit = "" if spec.max_params == DEFAULT_MAX_PARAMS else f" --max-params {spec.max_params}"
     print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3{limit})")
+    if answer:  # the file the study's question is answered by, which best.json (the most accurate) often is not
+        print(f"answer config: {answer}  (python -m search reproduce {answer} --seeds 1 2 3 4 5{limit})")
     default_place = not storage and out == Path("studies") / spec.name
     ours = f"python -m search dashboard --study {spec.name}" + ("" if default_place else f" --storage {mask_password(url)} --artifacts {out}")
     print(f"dashboard: {ours}   (or: optuna-dashboard {mask_password(url)} --artifact-dir {out / 'artifacts'})")

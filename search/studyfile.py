@@ -69,14 +69,14 @@ class Confirm:
     """Confirmation: `top` candidates (a Pareto study's region in promotion order, or the top
     trials) trained at the export budget on the validation split with `seeds` seeds each, then
     seeds added where they decide the answer (see search/confirm.py); `near`: only the trials near
-    [region] target_acc (search/candidates.py); `after_run`: at the end of `run`. `subset` below
+    the answer's level ([region] answer_acc, else target_acc: search/candidates.py); `after_run`: at the end of `run`. `subset` below
     the split's TRAIN_SPLIT images is for quick checks only."""
     top: int = 3
     seeds: int = 2
     after_run: bool = False
     subset: int = TRAIN_SPLIT
-    max_seeds: int = 0  # > seeds: a candidate whose interval holds [region] target_acc gets seeds up to this many
-    # accuracy points: only the trials whose last-rung result is at most this far under [region] target_acc are confirmed
+    max_seeds: int = 0  # > seeds: a candidate whose interval holds the answer's level gets seeds up to this many
+    # accuracy points: only the trials whose last-rung result is at most this far under the answer's level are confirmed
     # (the most accurate one when none is); 0: every trial of the region
     near: float = 0.0
     # seconds, a hard bound on confirmation: a round starts only for the candidates (smallest first) whose runs are expected to
@@ -89,14 +89,14 @@ class Region:
     """What matters (Pareto studies). `floor`: a trial whose result at a rung is more than this
     many accuracy points below the best result there stops, is infeasible for the sampler and
     stays off the front (0: no floor). `target_acc`: the validation accuracy (%) at the export
-    budget that steers the run: confirmation adds seeds to candidates near it, and, without an
-    answer_acc, `run` exports the smallest confirmed config that reaches it (0: none). `near_target`: at the last
-    rung, a trial more than this many points under target_acc stops there too, below the region
+    budget that steers the run (and, without an answer_acc, the answer's level: confirmation adds
+    seeds to candidates near it, and `run` exports the smallest confirmed config that reaches it;
+    0: none). `near_target`: at the last rung, a trial more than this many points under target_acc stops there too, below the region
     (0: no such bound): the sampler then learns where the answer can be, not the whole front.
     `answer_acc`: the validation accuracy (%) the answer is read at (`export`'s default and `run`'s
-    target-ACC.json), when it lies apart from the level that steers the run (0: target_acc):
-    steering a little above the answer's level keeps the last rung's bound higher and
-    confirmation's seeds on fewer nets (docs/results.md, "The level in the file: seed 1")."""
+    target-ACC.json, and where confirmation adds its seeds), when it lies apart from the level that
+    steers the run (0: target_acc): steering a little above the answer's level keeps the last
+    rung's bound higher (docs/results.md, "The level in the file: seed 1")."""
     floor: float = 0.0
     target_acc: float = 0.0
     near_target: float = 0.0

@@ -876,9 +876,10 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
     assert "the search's time budget (0 s) is spent: no more trials started here" in result.stdout
     assert (len(load(storage).trials), len(load(storage, "tinypareto.confirm").trials)) == before
     assert load(storage).user_attrs["confirmed"][near]["seeds"] == [4, 5]
-    # an hour leaves time for the round: it starts
+    # an hour leaves time for the round: it starts. Its seeds go near the level the answer is read at (answer_acc), not near
+    # the one that steers the search (target_acc, here far above every mean)
     (tmp / "tiny.toml").write_text(original.replace("seeds = 2\n", "seeds = 2\nmax_seeds = 3\ntimeout = 3600\n")
-                                   + f"\n[region]\ntarget_acc = {target}\n")
+                                   + f"\n[region]\ntarget_acc = 100.0\nanswer_acc = {target}\n")
     result = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     after = load(storage).user_attrs["confirmed"]
@@ -898,6 +899,9 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
         assert other_reaches and after[number]["seeds"][:2] == [4, 5] and after[number]["n_params"] < o["n_params"]  # (a third if near)
     if after[near]["mean"] >= target or after[other]["mean"] >= target:
         assert f"reaching {target:g} % validation accuracy" in result.stdout
+        # the run's last lines name the answer's file to reproduce, beside best.json (the most accurate)
+        answer = tmp / "out" / f"target-{target:g}.json"
+        assert f"answer config: {answer}  (python -m search reproduce {answer} --seeds 1 2 3 4 5" in result.stdout
     else:
         assert "no confirmed config" in result.stdout
 
