@@ -156,12 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     existing_study(p)
     p.add_argument("--top", type=positive_int, help="candidates: K at most, the region's trials in promotion order (each front's ends, "
                    "then spread by size; with --near, those near the target), or the best trials (default: the study file's)")
-    p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's [region] "
-                   "target_acc at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
+    p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's answer level "
+                   "([region] answer_acc, else target_acc) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
     p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "
-                   "study's [region] target_acc (default: the study file's; 0: none)")
+                   "study's answer level ([region] answer_acc, else target_acc) (default: the study file's; 0: none)")
     p.add_argument("--timeout", type=seconds, help="a hard bound: a round starts only for the runs expected to end within S seconds of "
                    "the start of confirmation, and none trains past it (default: the study file's [confirm] timeout, else none)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")

@@ -890,6 +890,7 @@ def test_confirmation_adds_seeds_to_a_candidate_near_the_target(shared_pareto_st
     # it is the smaller one, it is decided to reach the target and the larger `near` cannot change the answer
     other_within_noise = abs(o["mean"] - target) <= 2 * max(o["std"], SEED_SPREAD) / 2 ** 0.5
     other_decides = not other_within_noise and o["n_params"] < confirmed[near]["n_params"]
+    assert not other_decides  # (this fixture's data): so `near` must get a third seed, which target_acc = 100 would never give
     assert after[near]["seeds"] == ([4, 5] if other_decides else [4, 5, 6])  # exactly on the target: a third seed, unless moot
     assert after[other]["seeds"] == ([4, 5, 6] if other_within_noise else [4, 5])
     # and the trials of the region whose size lies where the answer is open (below a candidate decided to reach the target,
