@@ -145,11 +145,11 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
     print(top.drop(columns=["reason", "state"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if rows:
         written.append(out / "confirmed.csv")
-        columns = ["trial", "n_params", "mean", "std", "seeds", "diverged", "epochs", "images"]
+        columns = ["trial", "n_params", "mean", "std", "loss", "seeds", "diverged", "epochs", "images"]
         frame = pd.DataFrame([{**r, "seeds": " ".join(map(str, r["seeds"])),
                                    "diverged": "; ".join(f"seed {k}: {v}" for k, v in r["diverged"].items())} for r in rows])[columns]
         frame.to_csv(written[-1], index=False)
-        print("confirmed candidates (final validation accuracy, mean ± std over seeds; a diverged run counts against its candidate), "
+        print("confirmed candidates (final validation accuracy, mean ± std over seeds, and the mean final validation loss; a diverged run counts against its candidate), "
               "smallest first:")
         for row in rows:
             print("  " + format_row(row))

@@ -35,8 +35,9 @@ def front(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTri
 def confirmed_rows(study: optuna.Study) -> list[dict]:
     """The fully confirmed candidates (every planned seed done), smallest first; those with a
     diverged run are listed too (see `answer.holds`)."""
-    # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded)
-    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, **e}
+    # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded, nor, before
+    # 2026-12-05, the validation loss)
+    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, "loss": None, **e}
             for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
     return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
 
@@ -65,6 +66,8 @@ def format_row(row: dict) -> str:
     text = f"trial {row['trial']} ({row['n_params']:,} params): "
     if row["seeds"]:
         text += (f"{row['mean']:.2f} ± {row['std']:.2f} % mean final validation accuracy over seeds {', '.join(map(str, row['seeds']))}")
+        if row.get("loss") is not None:
+            text += f", validation loss {row['loss']:.4f}"
     diverged = row.get("diverged", {})
     if diverged:
         text += ("; " if row["seeds"] else "") + "DIVERGED on seed " + ", ".join(f"{s} ({why})" for s, why in diverged.items())

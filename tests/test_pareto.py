@@ -133,11 +133,13 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
     confirmed = study.user_attrs["confirmed"]
     for c in front:
         accs = [r.values[0] for r in runs if r.user_attrs["candidate"] == c.number]
+        losses = [r.user_attrs["epochs"][-1]["val_loss"] for r in runs if r.user_attrs["candidate"] == c.number]
         entry = confirmed[str(c.number)]
         assert entry["mean"] == pytest.approx(sum(accs) / 2) and entry["seeds"] == [4, 5] and entry["complete"]
+        assert entry["loss"] == pytest.approx(sum(losses) / 2) and entry["loss"] > 0  # the final validation loss, beside the accuracy
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
     assert load_config(tmp / "out" / "best.json").name == f"tinypareto-trial{best}"
-    assert "(best confirmed mean)" in stdout and "mean final validation accuracy over seeds 4, 5" in stdout
+    assert "(best confirmed mean)" in stdout and re.search(r"mean final validation accuracy over seeds 4, 5, validation loss \d+\.\d{4} ", stdout)
 
 
 def test_the_target_row_is_the_smallest_candidate_that_reaches_the_target():
@@ -270,6 +272,8 @@ def test_report_of_a_pareto_study_draws_the_front_and_lists_the_confirmed(pareto
     confirmed = pd.read_csv(tmp_path / "confirmed.csv")
     stored = load(storage).user_attrs["confirmed"]
     assert sorted(confirmed["trial"]) == sorted(int(n) for n, e in stored.items() if e["complete"])
+    assert list(confirmed.set_index("trial")["loss"].sort_index()) == pytest.approx(
+        [stored[str(n)]["loss"] for n in sorted(confirmed["trial"])])  # each candidate's mean final validation loss
 
 
 def test_the_plot_draws_a_pareto_trial_stopped_after_the_last_rung_at_that_result():
