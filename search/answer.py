@@ -60,8 +60,9 @@ def undecided_lines(rows: list[dict], answer: dict, target: float, study_name: s
             low, high = interval(row)
             more = max(max_seeds, len(row["seeds"]) + 2)
             side = "the answer" if mine else "smaller, below the target"
+            loss = f" (mean final validation loss {row['loss']:.4f})" if row.get("loss") is not None else ""
             lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {row['mean']:.2f} ± "
-                         f"{row['std']:.2f} % over {len(row['seeds'])} seed(s); its interval {low:.2f}-{high:.2f} % includes the "
+                         f"{row['std']:.2f} % over {len(row['seeds'])} seed(s){loss}; its interval {low:.2f}-{high:.2f} % includes the "
                          f"target {target:g} %: more seeds decide it (python -m search confirm --study {study_name} --trial "
                          f"{row['trial']} --max-seeds {more})")
     return lines

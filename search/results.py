@@ -67,7 +67,7 @@ def format_row(row: dict) -> str:
     if row["seeds"]:
         text += (f"{row['mean']:.2f} ± {row['std']:.2f} % mean final validation accuracy over seeds {', '.join(map(str, row['seeds']))}")
         if row.get("loss") is not None:
-            text += f", validation loss {row['loss']:.4f}"
+            text += f"; mean final validation loss {row['loss']:.4f}"
     diverged = row.get("diverged", {})
     if diverged:
         text += ("; " if row["seeds"] else "") + "DIVERGED on seed " + ", ".join(f"{s} ({why})" for s, why in diverged.items())

@@ -139,7 +139,7 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
         assert entry["loss"] == pytest.approx(sum(losses) / 2) and entry["loss"] > 0  # the final validation loss, beside the accuracy
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
     assert load_config(tmp / "out" / "best.json").name == f"tinypareto-trial{best}"
-    assert "(best confirmed mean)" in stdout and re.search(r"mean final validation accuracy over seeds 4, 5, validation loss \d+\.\d{4} ", stdout)
+    assert "(best confirmed mean)" in stdout and re.search(r"mean final validation accuracy over seeds 4, 5; mean final validation loss \d+\.\d{4} ", stdout)
 
 
 def test_the_target_row_is_the_smallest_candidate_that_reaches_the_target():
@@ -765,6 +765,8 @@ def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto
     lines = undecided_lines(rows, rows[1], 99.17, "s", 5)
     assert [line.split(" (")[0] for line in lines] == ["undecided: trial 1", "undecided: trial 2"]  # the answer and a smaller one below
     assert "smaller, below the target" in lines[0] and "the answer" in lines[1] and "--trial 2 --max-seeds 5" in lines[1]
+    with_loss = undecided_lines([{**rows[0], "loss": 0.0253}, rows[1]], rows[1], 99.17, "s", 5)
+    assert "over 2 seed(s) (mean final validation loss 0.0253); its interval" in with_loss[0] and "loss" not in with_loss[1]
     assert undecided_lines(rows, rows[2], 99.40, "s", 5) == []  # 99.60 ± 0.10: decided, and no smaller one is near
     tmp, storage = copy_of(shared_pareto_study, tmp_path)
     confirmed = load(storage).user_attrs["confirmed"]
