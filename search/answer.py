@@ -1,19 +1,47 @@
-"""What the confirmed seeds say of a target accuracy: the answer (the smallest confirmed
-candidate whose mean reaches the target), and whether the seeds decide it. A candidate's mean
-is decided when the target lies outside its interval (mean ± two standard errors); the
-candidates whose interval holds the target are named, with the command that decides them; the
-candidates one more seed could move across it are in question, and the sizes between the
-decided ones are where the answer is still open; and a candidate with a diverged run is never
-chosen (`holds`). Pure rules over `results.confirmed_rows`, for every reader of them: `export`,
-the best trial, `report`, and confirmation's later rounds (search/candidates.py)."""
+"""What the confirmed seeds say of the level the answer is read at: the answer (the smallest
+confirmed candidate whose mean reaches it), and whether the seeds decide it. The level is a
+mean final validation accuracy (at least) or a mean final validation loss (at most): `Level`. A
+candidate's mean is decided when the level lies outside its interval (mean ± two standard
+errors); the candidates whose interval holds the level are named, with the command that decides
+them; the candidates one more seed could move across it are in question, and the sizes between
+the decided ones are where the answer is still open; and a candidate with a diverged run is
+never chosen (`holds`). Pure rules over `results.confirmed_rows`, for every reader of them:
+`export`, the best trial, `report`, and confirmation's later rounds (search/candidates.py)."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 SEED_SPREAD = 0.07  # accuracy points: the least seed-to-seed spread assumed (two or three seeds can agree by chance); the
 # measured standard deviation of the final validation accuracy over seeds at the export budget is 0.01-0.13, typically 0.07
 # (docs/results.md)
+LOSS_SPREAD = 0.0011  # the same for the final validation loss: the median standard deviation over seeds of the 26 candidates
+# with two or more seeds in the eight runs of docs/results.md, "Found or chosen" (quartiles 0.0006 and 0.0015)
+
+
+@dataclass(frozen=True)
+class Level:
+    """The level the answer is read at: a mean final validation accuracy (%) of at least `value`
+    ("acc"), or a mean final validation loss of at most `value` ("loss"); 0: none."""
+    value: float
+    measure: str = "acc"
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __str__(self) -> str:
+        return f"{self.value:g} % validation accuracy" if self.measure == "acc" else f"validation loss {self.value:g}"
+
+    def of(self, row: dict) -> float | None:
+        """The candidate's mean of this level's measure (None: not recorded, as in a study confirmed before the loss was)."""
+        return row["mean"] if self.measure == "acc" else row.get("loss")
+
+    def reached_by(self, mean: float) -> bool:
+        return mean >= self.value if self.measure == "acc" else mean <= self.value
+
+    def file_name(self) -> str:
+        return f"target-{self.value:g}.json" if self.measure == "acc" else f"target-loss-{self.value:g}.json"
 
 
 def holds(row: dict) -> bool:
@@ -21,71 +49,87 @@ def holds(row: dict) -> bool:
     return not row.get("diverged") and row["mean"] is not None
 
 
-def interval(row: dict) -> tuple[float, float]:
-    """About 95 % of where a candidate's true mean lies: its mean ± two standard errors (the spread of
-    its seeds, at least SEED_SPREAD)."""
-    half = 2 * max(row["std"], SEED_SPREAD) / math.sqrt(len(row["seeds"]))
-    return row["mean"] - half, row["mean"] + half
+def interval(row: dict, level: Level) -> tuple[float, float]:
+    """About 95 % of where a candidate's true mean of `level`'s measure lies: its mean ± two standard
+    errors (the spread of its seeds, at least SEED_SPREAD, or LOSS_SPREAD)."""
+    spread = max(row["std"], SEED_SPREAD) if level.measure == "acc" else max(row.get("loss_std") or 0.0, LOSS_SPREAD)
+    half = 2 * spread / math.sqrt(len(row["seeds"]))
+    return level.of(row) - half, level.of(row) + half
 
 
-def within_noise(row: dict, target: float) -> bool:
-    """Whether `target` lies within the candidate's interval: its seeds do not yet say on which side it is."""
-    low, high = interval(row)
-    return low <= target <= high
+def within_noise(row: dict, level: Level) -> bool:
+    """Whether `level` lies within the candidate's interval: its seeds do not yet say on which side it is."""
+    if level.of(row) is None:
+        return False
+    low, high = interval(row, level)
+    return low <= level.value <= high
 
 
-def decided_to_reach(row: dict, target: float) -> bool:
-    """Whether the candidate's seeds say it reaches `target`: its mean does, and its interval lies above it."""
-    return holds(row) and row["mean"] >= target and not within_noise(row, target)
+def reaches(row: dict, level: Level) -> bool:
+    """Whether the candidate can be chosen and its mean reaches `level`."""
+    return holds(row) and level.of(row) is not None and level.reached_by(level.of(row))
 
 
-def target_row(rows: list[dict], target: float) -> tuple[dict | None, dict | None]:
-    """(the smallest confirmed candidate whose mean reaches `target`, None) or (None, the one that
-    comes closest); a candidate with a diverged run is never chosen."""
-    eligible = [r for r in rows if holds(r)]
-    reaching = [r for r in eligible if r["mean"] >= target]
+def decided_to_reach(row: dict, level: Level) -> bool:
+    """Whether the candidate's seeds say it reaches `level`: its mean does, and its interval lies beyond it."""
+    return reaches(row, level) and not within_noise(row, level)
+
+
+def decided_to_miss(row: dict, level: Level) -> bool:
+    """Whether the candidate's seeds say it falls short of `level`."""
+    return holds(row) and level.of(row) is not None and not level.reached_by(level.of(row)) and not within_noise(row, level)
+
+
+def target_row(rows: list[dict], level: Level) -> tuple[dict | None, dict | None]:
+    """(the smallest confirmed candidate whose mean reaches `level`, None) or (None, the one that
+    comes closest); a candidate with a diverged run (or without the level's measure) is never chosen."""
+    reaching = [r for r in rows if reaches(r, level)]
     if reaching:
         return min(reaching, key=lambda r: (r["n_params"], -r["mean"])), None
-    return None, max(eligible, key=lambda r: r["mean"], default=None)
+    eligible = [r for r in rows if holds(r) and level.of(r) is not None]
+    sign = 1 if level.measure == "acc" else -1
+    return None, max(eligible, key=lambda r: sign * level.of(r), default=None)
 
 
-def undecided_lines(rows: list[dict], answer: dict, target: float, study_name: str, max_seeds: int) -> list[str]:
-    """Lines naming each candidate whose interval holds `target` and that could change the answer
+def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: str, max_seeds: int) -> list[str]:
+    """Lines naming each candidate whose interval holds `level` and that could change the answer
     `answer` (the smallest confirmed candidate reaching it): the answer itself, and any smaller one
-    below the target (more seeds could lift it over); none when the answer is decided."""
+    short of the level (more seeds could carry it over); none when the answer is decided."""
     lines = []
     for row in rows:
         mine = row["trial"] == answer["trial"]
-        if holds(row) and within_noise(row, target) and (mine or (row["n_params"] < answer["n_params"] and row["mean"] < target)):
-            low, high = interval(row)
+        if within_noise(row, level) and holds(row) and (mine or (row["n_params"] < answer["n_params"] and not reaches(row, level))):
+            low, high = interval(row, level)
             more = max(max_seeds, len(row["seeds"]) + 2)
-            side = "the answer" if mine else "smaller, below the target"
-            loss = f" (mean final validation loss {row['loss']:.4f})" if row.get("loss") is not None else ""
-            lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {row['mean']:.2f} ± "
-                         f"{row['std']:.2f} % over {len(row['seeds'])} seed(s){loss}; its interval {low:.2f}-{high:.2f} % includes the "
-                         f"target {target:g} %: more seeds decide it (python -m search confirm --study {study_name} --trial "
-                         f"{row['trial']} --max-seeds {more})")
+            side = "the answer" if mine else "smaller, short of the target"
+            if level.measure == "acc":
+                held, span = f"{row['mean']:.2f} ± {row['std']:.2f} %", f"{low:.2f}-{high:.2f} %"
+                other = f" (mean final validation loss {row['loss']:.4f})" if row.get("loss") is not None else ""
+            else:
+                held, span, other = f"{row['loss']:.4f}", f"{low:.4f}-{high:.4f}", f" (mean final validation accuracy {row['mean']:.2f} %)"
+            lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {held} over {len(row['seeds'])} "
+                         f"seed(s){other}; its interval {span} includes the target ({level}): more seeds decide it "
+                         f"(python -m search confirm --study {study_name} --trial {row['trial']} --max-seeds {more})")
     return lines
 
 
-def in_question(rows: list[dict], target: float, max_seeds: int) -> list[dict]:
-    """The confirmed candidates (smallest first) that one more seed could move across `target`
+def in_question(rows: list[dict], level: Level, max_seeds: int) -> list[dict]:
+    """The confirmed candidates (smallest first) that one more seed could move across `level`
     and that could still be the answer: within noise of it (`within_noise`), below
     max_seeds, none diverged, and no larger than the smallest candidate already decided to
     reach it (a larger one cannot change "the smallest net that holds the target")."""
-    if not target or not max_seeds:
+    if not level or not max_seeds:
         return []
-    limit = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=math.inf)
-    return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, target) and r["n_params"] <= limit]
+    limit = min((r["n_params"] for r in rows if decided_to_reach(r, level)), default=math.inf)
+    return [r for r in rows if holds(r) and len(r["seeds"]) < max_seeds and within_noise(r, level) and r["n_params"] <= limit]
 
 
-def open_sizes(rows: list[dict], target: float) -> tuple[float, float] | None:
+def open_sizes(rows: list[dict], level: Level) -> tuple[float, float] | None:
     """The sizes between which the answer is still open: above the largest candidate decided to fall
-    short of `target` that is smaller than the smallest decided to reach it, and below that one;
-    None while no candidate is decided to reach it (or without a target)."""
-    above = min((r["n_params"] for r in rows if decided_to_reach(r, target)), default=None) if target else None
+    short of `level` that is smaller than the smallest decided to reach it, and below that one;
+    None while no candidate is decided to reach it (or without a level)."""
+    above = min((r["n_params"] for r in rows if decided_to_reach(r, level)), default=None) if level else None
     if above is None:
         return None
-    below = max((r["n_params"] for r in rows if holds(r) and r["mean"] < target and not within_noise(r, target)
-                 and r["n_params"] < above), default=0)
+    below = max((r["n_params"] for r in rows if decided_to_miss(r, level) and r["n_params"] < above), default=0)
     return below, above

@@ -11,23 +11,23 @@ import math
 import optuna
 from optuna.trial import TrialState
 
-from search.answer import in_question, open_sizes, target_row
+from search.answer import Level, in_question, open_sizes, target_row
 from search.pareto import promotion_order
 from search.results import in_region
 from search.studyfile import Confirm
 
 
-def near_target(trials: list[optuna.trial.FrozenTrial], target: float, near: float) -> list[optuna.trial.FrozenTrial]:
+def near_target(trials: list[optuna.trial.FrozenTrial], level: Level, near: float) -> list[optuna.trial.FrozenTrial]:
     """Those of these COMPLETE Pareto trials whose result at the last rung is at most `near` points
-    under `target` ([confirm] near, the answer's level; all of them without either): a trial
+    under `level` ([confirm] near, the answer's level, an accuracy; all of them without either): a trial
     further under it cannot reach the target at the export budget, by the gains measured from the
     last rung to the export budget (docs/results.md, "Confirmation near the target")."""
-    if not (target and near):
+    if not (level and near and level.measure == "acc"):  # (a loss level has no band: the study file refuses `near` with it)
         return trials
-    return [t for t in trials if t.values[0] >= target - near]
+    return [t for t in trials if t.values[0] >= level.value - near]
 
 
-def candidates(study: optuna.Study, top: int, floor: float, target: float = 0.0, near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+def candidates(study: optuna.Study, top: int, floor: float, level: Level = Level(0.0), near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """`top` trials at most, chosen by one rule for every trial (a start config's trial too), in
     the order confirmation takes them: an accuracy study's best, the best first; in a Pareto
     study, the trials in the region (`floor`: [region] floor; docs/design.md) in the order successive halving promotes
@@ -35,34 +35,34 @@ def candidates(study: optuna.Study, top: int, floor: float, target: float = 0.0,
     spread it along the size axis, so that confirmation answers "how small still holds" and not
     only "how accurate". Which of them are near the target shows at the export budget: the later
     rounds go there (`in_question`, `near_the_answer`). With `near` ([confirm] near) only the
-    trials of the region near `target` are taken (`near_target`), or, when none is, its most
+    trials of the region near `level` are taken (`near_target`), or, when none is, its most
     accurate one, so that the answer can say how far the closest falls short."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(study.directions) == 1:
         return sorted(finished, key=lambda t: -t.values[0])[:top]
     region = in_region(study, finished, floor)
-    band = near_target(region, target, near) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
+    band = near_target(region, level, near) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
     return [band[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in band])[:top]]
 
 
-def near_the_answer(study: optuna.Study, rows: list[dict], sizes: tuple[float, float] | None, target: float, floor: float,
+def near_the_answer(study: optuna.Study, rows: list[dict], sizes: tuple[float, float] | None, level: Level, floor: float,
                     near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region, not yet confirmed by `rows`, whose size lies
     where the answer is still open (`sizes`: answer.open_sizes of `rows`: above the largest
-    candidate decided to fall short of `target`, below the smallest decided to reach it); in
+    candidate decided to fall short of `level`, below the smallest decided to reach it); in
     promotion order. None while no candidate is decided to reach the target (`sizes` None: the
     answer is "none yet", and its seeds decide it), and none in an accuracy study; with `near`,
     only those near the target (`near_target`)."""
     if sizes is None or len(study.directions) == 1:
         return []
-    return unconfirmed_between(study, rows, target, floor, near, *sizes)
+    return unconfirmed_between(study, rows, level, floor, near, *sizes)
 
 
-def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, target: float, floor: float,
+def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, level: Level, floor: float,
                     near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region not yet confirmed by `rows` and smaller than
-    `answer` (answer.target_row of `rows`: the smallest candidate whose mean reaches `target`, as
-    `export --target-acc` chooses; of any size while there is none), in promotion order: where confirmation's time goes once no candidate is
+    `answer` (answer.target_row of `rows`: the smallest candidate whose mean reaches `level`, as
+    `export` chooses; of any size while there is none), in promotion order: where confirmation's time goes once no candidate is
     in question (a larger trial cannot change the answer). Unlike `near_the_answer` it does not
     stop at a smaller candidate decided to fall short: across shapes, size does not order accuracy,
     and the last rung ranks nets within 0.3 points of each other little better than chance (the
@@ -71,33 +71,33 @@ def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, 
     With `near`, only those near the target (`near_target`); none in an accuracy study."""
     if len(study.directions) == 1:
         return []
-    return unconfirmed_between(study, rows, target, floor, near, 0, answer["n_params"] if answer else math.inf)
+    return unconfirmed_between(study, rows, level, floor, near, 0, answer["n_params"] if answer else math.inf)
 
 
-def unconfirmed_between(study: optuna.Study, rows: list[dict], target: float, floor: float, near: float, below: float,
+def unconfirmed_between(study: optuna.Study, rows: list[dict], level: Level, floor: float, near: float, below: float,
                         above: float) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of the region (near the target with `near`) that no row confirms, of more than
     `below` and fewer than `above` parameters, in promotion order."""
     confirmed = {r["trial"] for r in rows}
-    region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), target, near)
+    region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), level, near)
               if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
     return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]
 
 
-def first_round(study: optuna.Study, settings: Confirm, target: float, floor: float) -> tuple[list[optuna.trial.FrozenTrial], str | None]:
+def first_round(study: optuna.Study, settings: Confirm, level: Level, floor: float) -> tuple[list[optuna.trial.FrozenTrial], str | None]:
     """The candidates of confirmation's first round (`candidates`), and, in a Pareto study with
     [confirm] near, a line saying which band they were taken from (None otherwise)."""
-    chosen = candidates(study, settings.top, floor, target, settings.near)
-    if not (chosen and settings.near and target and len(study.directions) > 1):
+    chosen = candidates(study, settings.top, floor, level, settings.near)
+    if not (chosen and settings.near and level and level.measure == "acc" and len(study.directions) > 1):
         return chosen, None
-    band = f"at most {settings.near:g} points under the target ({target:g} %) at the last rung ([confirm] near)"
+    band = f"at most {settings.near:g} points under the target ({level.value:g} %) at the last rung ([confirm] near)"
     listed = ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen)
-    if near_target(chosen, target, settings.near):
+    if near_target(chosen, level, settings.near):
         return chosen, f"candidates: the region's trials {band}: {listed}"
     return chosen, f"candidates: none of the region's trials is {band}; its most accurate only: {listed}"
 
 
-def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, target: float, floor: float, skip: set[int],
+def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: Level, floor: float, skip: set[int],
                chosen_by_user: bool, workers: int, timed: bool) -> tuple[dict[int, int], str | None]:
     """What confirmation's next round takes (trial number: seed count), leaving out the trials in
     `skip` (another process trains them), and a line to say why when it is the time left's
@@ -108,16 +108,16 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, target:
     per worker a round, so that one that comes out near the target gets its seeds in the next
     round, before the others."""
     # what the seeds say of the target, read once (search/answer.py): who is in question, where the answer is open, the answer
-    in_doubt, sizes = in_question(rows, target, settings.max_seeds), open_sizes(rows, target)
-    answer = target_row(rows, target)[0] if target else None
+    in_doubt, sizes = in_question(rows, level, settings.max_seeds), open_sizes(rows, level)
+    answer = target_row(rows, level)[0] if level else None
     wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt if row["trial"] not in skip}
     if chosen_by_user:  # (an explicit list of trials is all the user asked for)
         return wanted, None
-    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, target, floor, settings.near)
+    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, level, floor, settings.near)
                if t.number not in wanted and t.number not in skip}
     if wanted or not timed:
         return wanted, None
-    unconfirmed = [t for t in left_to_confirm(study, rows, answer, target, floor, settings.near) if t.number not in skip]
+    unconfirmed = [t for t in left_to_confirm(study, rows, answer, level, floor, settings.near) if t.number not in skip]
     wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}
     if not wanted:
         return wanted, None

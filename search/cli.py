@@ -36,6 +36,7 @@ seconds = option_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite nu
 port_number = option_type(int, lambda v: 1 <= v <= 65535, "a port number in 1-65535")
 percentage = option_type(float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
 points = option_type(float, lambda v: 0 <= v <= 100, "accuracy points in [0, 100]")
+loss_level = option_type(float, lambda v: 0 < v < math.inf, "a validation loss > 0")
 
 
 # ---------------------------------------------------------------- commands: each calls one function
@@ -65,7 +66,10 @@ def cmd_confirm(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from search.export import export_command
 
-    export_command(a.study, a.storage, a.out, a.target_acc)
+    from search.answer import Level
+
+    level = Level(a.target_acc) if a.target_acc is not None else Level(a.target_loss, "loss") if a.target_loss is not None else None
+    export_command(a.study, a.storage, a.out, level)
 
 
 def cmd_reproduce(a: argparse.Namespace) -> None:
@@ -144,11 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     data_and_device(p)
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("export", help="write a study's best trial as best.json, and the answer to its [region] answer_acc (else target_acc)")
+    p = commands.add_parser("export", help="write a study's best trial as best.json, and the answer to its [region] answer_loss "
+                            "(else answer_acc, else target_acc)")
     existing_study(p)
-    p.add_argument("--target-acc", type=percentage,
-                   help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json "
-                        "(default: best.json, and target-ACC.json for the study's own [region] answer_acc, else its target_acc)")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--target-acc", type=percentage,
+                       help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json "
+                            "(default: best.json, and the answer to the study's own level: target-loss-LOSS.json for its [region] "
+                            "answer_loss, else target-ACC.json for its answer_acc, else its target_acc)")
+    level.add_argument("--target-loss", type=loss_level,
+                       help="instead: the smallest confirmed config whose mean final validation loss is at most this, as target-loss-LOSS.json")
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
     p.set_defaults(func=cmd_export)
 
@@ -161,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "
-                   "study's answer level ([region] answer_acc, else target_acc) (default: the study file's; 0: none)")
+                   "study's answer level ([region] answer_loss, else answer_acc, else target_acc) (default: the study file's; 0: none)")
     p.add_argument("--timeout", type=seconds, help="a hard bound: a round starts only for the runs expected to end within S seconds of "
                    "the start of confirmation, and none trains past it (default: the study file's [confirm] timeout, else none)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")

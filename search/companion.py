@@ -83,7 +83,7 @@ def run_key(attrs: dict) -> tuple:
 
 
 def summarize(study: optuna.Study, companion: optuna.Study) -> dict[str, dict]:
-    """Mean ± std of the final validation accuracy (and the mean final validation loss) of every candidate ever planned, at the
+    """Mean ± std of the final validation accuracy and loss of every candidate ever planned, at the
     budget of its plan, stored in `study` (user attribute "confirmed", keyed by trial number)
     and returned. Diverged runs are listed per seed with their reason; the mean is over the
     others."""
@@ -99,12 +99,14 @@ def summarize(study: optuna.Study, companion: optuna.Study) -> dict[str, dict]:
             continue
         accs = {seed: t.values[0] for seed, t in runs.items() if t.state == TrialState.COMPLETE}
         losses = [t.user_attrs["epochs"][-1].get("val_loss") for t in runs.values() if t.state == TrialState.COMPLETE and t.user_attrs.get("epochs")]
+        complete_losses = accs and len(losses) == len(accs) and None not in losses
         summary[number] = {"n_params": next(iter(runs.values())).user_attrs["n_params"],
                            "mean": statistics.mean(accs.values()) if accs else None,
                            "std": statistics.stdev(accs.values()) if len(accs) > 1 else 0.0,
                            # the final validation loss ranks nets of one size better than their accuracy does (docs/results.md,
-                           # "Found or chosen"): shown beside it, not yet what the answer is read at
-                           "loss": statistics.mean(losses) if accs and len(losses) == len(accs) and None not in losses else None,
+                           # "Found or chosen"): a study can read its answer on it ([region] answer_loss)
+                           "loss": statistics.mean(losses) if complete_losses else None,
+                           "loss_std": statistics.stdev(losses) if complete_losses and len(losses) > 1 else 0.0,
                            "seeds": sorted(accs), "planned_seeds": p["seeds"],
                            "diverged": {str(seed): t.user_attrs["diverged"] for seed, t in runs.items() if t.state != TrialState.COMPLETE},
                            "complete": len(runs) == len(p["seeds"]), "epochs": p["epochs"], "images": p["images"]}

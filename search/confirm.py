@@ -93,6 +93,9 @@ def confirm_command(options: ConfirmOptions) -> None:
     near = options.near if options.near is not None else settings.near
     if near and not spec.region.target_acc:
         raise UsageError(f"--near {near:g}: study {study_name!r} has no [region] target_acc for the band to lie under; leave --near out")
+    if near and spec.region.answer_loss:
+        raise UsageError(f"--near {near:g}: study {study_name!r} reads its answer on the validation loss ([region] answer_loss), "
+                         f"which no accuracy band lies under; leave --near out")
     timeout = options.timeout if options.timeout is not None else settings.timeout
     spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, near=near, seeds=seeds, max_seeds=max_seeds, timeout=timeout))
     rows = confirm(study, spec, url, resolve_device(options.device), data, workers, trials)
@@ -117,19 +120,19 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     A trial whose runs another process is training (a round that comes again with nothing to
     train) is left to it, and the rounds go on without it.
     Store and print the mean ± std per candidate, and return them (`confirmed_rows`). Every
-    level confirmation reads is the one the answer is read at ([region] answer_acc, else
+    level confirmation reads is the one the answer is read at ([region] answer_loss, else answer_acc, else
     target_acc): what `run` exports and what an "undecided" line of `export` asks about, so the
     seeds go where they decide the answer. [region] target_acc, when answer_acc is apart from it, steers the
     search alone (the last rung's bound): seeds added near it went to nets above the answer's
     level (docs/results.md, "Seeds near the answer's level")."""
     settings, floor = spec.confirm, spec.region.floor
-    target = spec.region.answer_level
+    level = spec.region.answer_level
     check_workers(url, workers)  # (for callers other than confirm_command)
     if trials:
         trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
         chosen, why = [trials_by_number[n] for n in trials], None
     else:
-        chosen, why = first_round(study, settings, target, floor)
+        chosen, why = first_round(study, settings, level, floor)
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
     if why:
@@ -176,7 +179,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
                 log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
                 break
         rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
-        wanted, why = next_round(study, rows, settings, target, floor, elsewhere, bool(trials), workers, deadline is not None)
+        wanted, why = next_round(study, rows, settings, level, floor, elsewhere, bool(trials), workers, deadline is not None)
         if why:
             log_line(why)
     rows = confirmed_rows(study)

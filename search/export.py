@@ -1,7 +1,7 @@
 """Export: a study's trials in the reference config format. `export_form` turns a trial's
 config into a full run (the study's export epochs, the schedule scaled to match);
-best.json is the best confirmed mean, else the search's best trial; for a target accuracy,
-the smallest confirmed config that reaches it."""
+best.json is the best confirmed mean, else the search's best trial; for a level (a target
+accuracy, or a validation loss), the smallest confirmed config that reaches it."""
 
 from __future__ import annotations
 
@@ -11,50 +11,51 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.answer import interval, target_row, undecided_lines, within_noise
+from search.answer import Level, interval, target_row, undecided_lines, within_noise
 from search.results import best_trial, confirmed_rows, format_row
 from search.storage import load_existing_study, mask_password, output_folder
 from search.studyfile import StudySpec, Training, stored_spec
 from space.config import RunConfig, config_from_dict, save_config
 
 
-def export_command(study_name: str, storage: str | None, out: Path | None, target_acc: float | None) -> None:
+def export_command(study_name: str, storage: str | None, out: Path | None, level: Level | None) -> None:
     """`export`: write best.json into `out` (default: studies/NAME/) and the answer to the
-    study's question (`export_answer`); with `target_acc`, only the smallest confirmed config
-    reaching that target (TargetMissed, exit 1, when none does)."""
+    study's question (`export_answer`); with `level`, only the smallest confirmed config
+    reaching that level (TargetMissed, exit 1, when none does)."""
     study = load_existing_study(study_name, storage)
     spec, rows = stored_spec(study), confirmed_rows(study)
     best = best_trial(study, rows)  # a study with nothing to export is refused before any folder is made
     out = output_folder(out or Path("studies") / study_name, "--out")
-    if target_acc is None:
+    if level is None:
         print(f"best config written to {export_best(study, best, spec.training, out)}")
         if spec.region.answer_level and not rows:
-            print(f"the study's target, {spec.region.answer_level:g} % validation accuracy, has no confirmed candidate to answer it yet: "
+            print(f"the study's target, {spec.region.answer_level}, has no confirmed candidate to answer it yet: "
                   f"python -m search confirm --study {study_name}" + (f" --storage {mask_password(storage)}" if storage else ""))
         export_answer(study, spec, rows, out)
     else:
-        _export_target(study, spec, rows, out, target_acc)
+        _export_target(study, spec, rows, out, level)
 
 
 def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path) -> Path | None:
     """The smallest of the confirmed candidates `rows` (the study's `confirmed_rows`) reaching the
-    study's [region] answer_acc (else its target_acc), as target-ACC.json, when the study has a target
+    study's answer level ([region] answer_loss, else answer_acc, else target_acc) as target-loss-LOSS.json or
+    target-ACC.json, when the study has a target
     and confirmed candidates; a target none of them reaches is said, not raised (the answer is "none yet").
     Returns the file written, if any."""
-    target = spec.region.answer_level
-    if not target or not rows:
+    level = spec.region.answer_level
+    if not level or not rows:
         return None
     try:
-        return _export_target(study, spec, rows, out, target)
+        return _export_target(study, spec, rows, out, level)
     except TargetMissed as e:
         print(str(e))
         return None
 
 
-def _export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, target: float) -> Path:
-    path, row = export_target(study, rows, spec.training, out, target)
-    print(f"smallest confirmed config reaching {target:g} % validation accuracy: {format_row(row)}; written to {path}")
-    for line in undecided_lines(rows, row, target, study.study_name, spec.confirm.max_seeds):
+def _export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, level: Level) -> Path:
+    path, row = export_target(study, rows, spec.training, out, level)
+    print(f"smallest confirmed config reaching {level}: {format_row(row)}; written to {path}")
+    for line in undecided_lines(rows, row, level, study.study_name, spec.confirm.max_seeds):
         print(line)
     return path
 
@@ -88,21 +89,23 @@ def export_best(study: optuna.Study, best: optuna.trial.FrozenTrial, training: T
     return _write(study, best, training, out / "best.json")
 
 
-def export_target(study: optuna.Study, rows: list[dict], training: Training, out: Path, target: float) -> tuple[Path, dict]:
-    """Write the smallest of the confirmed candidates `rows` whose mean validation accuracy reaches
-    `target` (%) to out/target-TARGET.json; TargetMissed names the one that comes closest."""
+def export_target(study: optuna.Study, rows: list[dict], training: Training, out: Path, level: Level) -> tuple[Path, dict]:
+    """Write the smallest of the confirmed candidates `rows` whose mean reaches `level` to
+    out/target-ACC.json (or target-loss-LOSS.json); TargetMissed names the one that comes closest."""
     if not rows:
         raise UsageError(f"study {study.study_name!r} has no confirmed candidate yet; run python -m search confirm --study {study.study_name}")
-    row, closest = target_row(rows, target)
+    row, closest = target_row(rows, level)
     if row is None:
-        closest_text = format_row(closest) if closest else "none (every confirmed candidate diverged)"
-        if closest and within_noise(closest, target):
-            closest_text += (f"; undecided: its interval {interval(closest)[0]:.2f}-{interval(closest)[1]:.2f} % includes the target "
+        closest_text = format_row(closest) if closest else "none (every confirmed candidate diverged or has no validation loss recorded)"
+        if closest and within_noise(closest, level):
+            low, high = interval(closest, level)
+            span = f"{low:.2f}-{high:.2f} %" if level.measure == "acc" else f"{low:.4f}-{high:.4f}"
+            closest_text += (f"; undecided: its interval {span} includes the target "
                              f"(python -m search confirm --study {study.study_name} --trial {closest['trial']} --max-seeds "
                              f"{len(closest['seeds']) + 2})")
-        raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {target:g} %; closest: {closest_text}")
+        raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {level}; closest: {closest_text}")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["trial"])
-    return _write(study, trial, training, out / f"target-{target:g}.json"), row
+    return _write(study, trial, training, out / level.file_name()), row
 
 
 def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, training: Training, path: Path) -> Path:

@@ -37,7 +37,7 @@ def confirmed_rows(study: optuna.Study) -> list[dict]:
     diverged run are listed too (see `answer.holds`)."""
     # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded, nor, before
     # 2026-12-05, the validation loss)
-    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, "loss": None, **e}
+    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, "loss": None, "loss_std": None, **e}
             for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
     return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import optuna
 
+from search.answer import Level
 from search.data import N_VAL, TRAIN_SPLIT
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -96,16 +97,19 @@ class Region:
     `answer_acc`: the validation accuracy (%) the answer is read at (`export`'s default and `run`'s
     target-ACC.json, and where confirmation adds its seeds), when it lies apart from the level that
     steers the run (0: target_acc): steering a little above the answer's level keeps the last
-    rung's bound higher (docs/results.md, "The level in the file: seed 1")."""
+    rung's bound higher (docs/results.md, "The level in the file: seed 1"). `answer_loss`: the mean
+    final validation loss the answer is read at instead (at most it; 0: none), which ranks nets of
+    one size better than their accuracy does (docs/results.md, "Found or chosen")."""
     floor: float = 0.0
     target_acc: float = 0.0
     near_target: float = 0.0
     answer_acc: float = 0.0
+    answer_loss: float = 0.0
 
     @property
-    def answer_level(self) -> float:
-        """The validation accuracy (%) the study's answer is read at: answer_acc, else target_acc (0: none)."""
-        return self.answer_acc or self.target_acc
+    def answer_level(self) -> Level:
+        """The level the study's answer is read at: answer_loss, else answer_acc, else target_acc (0: none)."""
+        return Level(self.answer_loss, "loss") if self.answer_loss else Level(self.answer_acc or self.target_acc)
 
 
 @dataclass(frozen=True)
@@ -209,6 +213,10 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(not region.near_target or region.target_acc, "region.near_target", "needs a [region] target_acc: the bound lies under the target")
     check(0.0 <= region.answer_acc <= 100.0, "region.answer_acc", f"must be a percentage in [0, 100] (0: target_acc), got {region.answer_acc}")
     check(not region.answer_acc or region.target_acc, "region.answer_acc", "needs a [region] target_acc: it is read apart from the level that steers the run")
+    check(math.isfinite(region.answer_loss) and region.answer_loss >= 0.0, "region.answer_loss",
+          f"must be a validation loss >= 0 (0: none), got {region.answer_loss}")
+    check(not (region.answer_loss and region.answer_acc), "region.answer_loss", "the answer is read at one level: set answer_loss or answer_acc, not both")
+    check(not (region.answer_loss and confirm.near), "confirm.near", "needs an accuracy level to lie under: leave it out with [region] answer_loss")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")
     return spec
 
@@ -308,7 +316,7 @@ def changed_settings(a: StudySpec, b: StudySpec) -> list[str]:
     volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
 
     def fixed(spec: StudySpec) -> dict[str, Any]:
-        region = replace(spec.region, answer_acc=0.0) if spec.region.near_target else replace(spec.region, target_acc=0.0, answer_acc=0.0)
+        region = replace(spec.region, answer_acc=0.0, answer_loss=0.0) if spec.region.near_target else replace(spec.region, target_acc=0.0, answer_acc=0.0, answer_loss=0.0)
         return flat(spec_to_dict(replace(spec, **volatile, region=region)))
 
     def flat(tree: dict, prefix: str = "") -> dict[str, Any]:

@@ -4,6 +4,7 @@ best confirmed mean and `export --target-acc`."""
 
 import json
 import re
+import statistics
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import CHROMIUM, CHROMIUM_FLAGS, PARETO, ROOT, assert_one_line_error, copy_study, free_port, run_cli, wait_for_http
+from search.answer import Level
 from search.optuna_internals import storage_of
 from search.note import study_note
 from search.pareto import below_region, dominates, front_indices, hypervolume, promoted, promotion_order
@@ -137,6 +139,7 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
         entry = confirmed[str(c.number)]
         assert entry["mean"] == pytest.approx(sum(accs) / 2) and entry["seeds"] == [4, 5] and entry["complete"]
         assert entry["loss"] == pytest.approx(sum(losses) / 2) and entry["loss"] > 0  # the final validation loss, beside the accuracy
+        assert entry["loss_std"] == pytest.approx(statistics.stdev(losses))  # (its interval, when the answer is read on it)
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
     assert load_config(tmp / "out" / "best.json").name == f"tinypareto-trial{best}"
     assert "(best confirmed mean)" in stdout and re.search(r"mean final validation accuracy over seeds 4, 5; mean final validation loss \d+\.\d{4} ", stdout)
@@ -149,12 +152,35 @@ def test_the_target_row_is_the_smallest_candidate_that_reaches_the_target():
         return {"trial": trial, "n_params": n_params, "mean": mean, "std": 0.05, "seeds": [1, 2], "diverged": diverged or {}}
 
     rows = [row(1, 3000, 99.05), row(2, 4000, 99.20), row(3, 5000, 99.30), row(4, 6000, 99.25)]
-    assert target_row(rows, 99.17) == (rows[1], None)  # 3,000 is below the target: skipped for 4,000, which reaches it
-    assert target_row(rows, 99.28) == (rows[2], None)  # only 5,000 reaches it, though 6,000 is larger
-    assert target_row(rows, 99.5) == (None, rows[2])  # none reaches it: the closest
+    assert target_row(rows, Level(99.17)) == (rows[1], None)  # 3,000 is below the target: skipped for 4,000, which reaches it
+    assert target_row(rows, Level(99.28)) == (rows[2], None)  # only 5,000 reaches it, though 6,000 is larger
+    assert target_row(rows, Level(99.5)) == (None, rows[2])  # none reaches it: the closest
     rows[1] = row(2, 4000, 99.20, diverged={"3": "nan"})
-    assert target_row(rows, 99.17) == (rows[2], None)  # a candidate with a diverged run is never the answer
-    assert target_row([rows[1]], 99.0) == (None, None)
+    assert target_row(rows, Level(99.17)) == (rows[2], None)  # a candidate with a diverged run is never the answer
+    assert target_row([rows[1]], Level(99.0)) == (None, None)
+
+
+def test_a_loss_level_answers_with_the_smallest_candidate_whose_mean_final_validation_loss_is_at_most_it():
+    from search.answer import LOSS_SPREAD, in_question, interval, target_row, undecided_lines, within_noise
+
+    def row(trial, n_params, mean, loss, loss_std=0.0005, seeds=(1, 2)):
+        return {"trial": trial, "n_params": n_params, "mean": mean, "std": 0.05, "loss": loss, "loss_std": loss_std, "seeds": list(seeds),
+                "diverged": {}}
+
+    level = Level(0.025, "loss")
+    # 3,000 reads the highest accuracy of the small ones but a loss above the level; 4,000 the lower loss
+    rows = [row(1, 3000, 99.20, 0.0270), row(2, 4000, 99.12, 0.0248), row(3, 5000, 99.30, 0.0230), row(4, 6000, 99.05, None)]
+    assert target_row(rows, level) == (rows[1], None)
+    assert target_row(rows, Level(0.020, "loss")) == (None, rows[2])  # none reaches it: the closest is the lowest loss
+    assert target_row(rows[3:], level) == (None, None)  # no loss recorded (a study confirmed before it was): never the answer
+    half = 2 * LOSS_SPREAD / 2 ** 0.5  # the seeds' spread (0.0005) is below the least assumed: LOSS_SPREAD
+    assert interval(rows[1], level) == pytest.approx((0.0248 - half, 0.0248 + half))
+    assert within_noise(rows[1], level) and not within_noise(rows[2], level) and not within_noise(rows[3], level)
+    assert in_question(rows, level, 5) == [rows[1]]  # 3,000 is decided short of it (0.0270), 5,000 decided to reach it
+    lines = undecided_lines(rows, rows[1], level, "s", 5)
+    assert len(lines) == 1 and lines[0].startswith("undecided: trial 2 (4,000 params, the answer) holds 0.0248 over 2 seed(s) "
+                                                   "(mean final validation accuracy 99.12 %); its interval ")
+    assert "includes the target (validation loss 0.025)" in lines[0]
 
 
 def test_export_target_acc_writes_the_smallest_confirmed_config_that_reaches_it_or_names_the_closest(shared_pareto_study, tmp_path):
@@ -174,7 +200,7 @@ def test_export_target_acc_writes_the_smallest_confirmed_config_that_reaches_it_
     result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp2"), "--target-acc", "100")
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and "Traceback" not in result.stderr
-    assert lines[0].startswith(f"error: no confirmed config of 'tinypareto' reaches 100 %; closest: trial {largest} "
+    assert lines[0].startswith(f"error: no confirmed config of 'tinypareto' reaches 100 % validation accuracy; closest: trial {largest} "
                                f"({confirmed[largest]['n_params']:,} params): {confirmed[largest]['mean']:.2f} ±")
     assert not (tmp / "exp2").exists() or not list((tmp / "exp2").glob("target-*.json"))
     # without --target-acc: best.json, and the answer to the study's own [region] target_acc (stored with its settings)
@@ -192,6 +218,20 @@ def test_export_target_acc_writes_the_smallest_confirmed_config_that_reaches_it_
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp / "exp5").glob("*.json")) == ["best.json", f"target-{float(target):g}.json"]
     assert f"smallest confirmed config reaching {float(target):g} % validation accuracy: trial {largest}" in result.stdout
+    # --target-loss, and [region] answer_loss: the smallest candidate whose mean final validation loss is at most the level
+    level = f"{confirmed[largest]['loss'] + 1e-6:.6f}"
+    answer = min((e["n_params"], int(n)) for n, e in confirmed.items() if e["loss"] <= float(level))[1]
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp6"), "--target-loss", level)
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp / "exp6").glob("*.json")] == [f"target-loss-{float(level):g}.json"]
+    assert load_config(tmp / "exp6" / f"target-loss-{float(level):g}.json").name == f"tinypareto-trial{answer}"
+    assert f"smallest confirmed config reaching validation loss {float(level):g}: trial {answer}" in result.stdout
+    missed = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp7"), "--target-loss", "0.000001")
+    assert missed.returncode == 1 and "reaches validation loss 1e-06; closest: trial" in missed.stderr
+    study.set_user_attr("spec", {**study.user_attrs["spec"], "region": {"floor": 0.0, "target_acc": 100.0, "answer_loss": float(level)}})
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp8"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp / "exp8").glob("*.json")) == ["best.json", f"target-loss-{float(level):g}.json"]
 
 
 def test_confirm_resumes_after_ctrl_c(shared_pareto_study, tmp_path):
@@ -309,6 +349,9 @@ def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
     _, storage, _ = pareto_study
     assert_one_line_error(run_cli("confirm", "--study", "nope", "--storage", storage), "no study named 'nope'", "tinypareto")
     assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "101"), "--target-acc", "[0, 100]")
+    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-loss", "-0.02"), "--target-loss", "> 0")
+    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "99", "--target-loss", "0.02"),
+                          "--target-loss", "not allowed with argument --target-acc")
     assert_one_line_error(run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--workers", "2"), "SQLite", "--workers 1")
     assert not (ROOT / "studies" / "tinypareto").exists()  # refused before its default output folder was made
 
@@ -496,12 +539,21 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.near")
     assert spec(PARETO + "\n[region]\ntarget_acc = 99.1\nnear_target = 0.8\n").region.near_target == 0.8
     answered = spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_acc = 99.1\n").region
-    assert (answered.answer_acc, answered.answer_level) == (99.1, 99.1)
-    assert spec(PARETO + "\n[region]\ntarget_acc = 99.2\n").region.answer_level == 99.2  # no answer_acc: the target
+    assert (answered.answer_acc, answered.answer_level) == (99.1, Level(99.1))
+    assert spec(PARETO + "\n[region]\ntarget_acc = 99.2\n").region.answer_level == Level(99.2)  # no answer_acc: the target
     with pytest.raises(ConfigError, match="region.answer_acc: must be a percentage"):
         spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_acc = 120\n")
     with pytest.raises(ConfigError, match="region.answer_acc: needs a \\[region\\] target_acc"):
         spec(PARETO + "\n[region]\nanswer_acc = 99.1\n")
+    by_loss = spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_loss = 0.025\n").region
+    assert by_loss.answer_level == Level(0.025, "loss") and str(by_loss.answer_level) == "validation loss 0.025"
+    with pytest.raises(ConfigError, match=r"region.answer_loss: must be a validation loss >= 0 \(0: none\), got -0.1"):
+        spec(PARETO + "\n[region]\nanswer_loss = -0.1\n")
+    with pytest.raises(ConfigError, match="region.answer_loss: the answer is read at one level: set answer_loss or answer_acc, not both"):
+        spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_acc = 99.1\nanswer_loss = 0.025\n")
+    with pytest.raises(ConfigError, match="confirm.near: needs an accuracy level to lie under"):
+        spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = 0.8") + "\n[region]\ntarget_acc = 99.1\nanswer_loss = 0.025\n")
+    assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.near")
     with pytest.raises(ConfigError, match=r"region.near_target: must be >= 0 accuracy points \(0: no bound\), got -1"):
         spec(PARETO + "\n[region]\ntarget_acc = 99.1\nnear_target = -1\n")
     with pytest.raises(ConfigError, match="region.near_target: needs a \\[region\\] target_acc"):
@@ -693,12 +745,12 @@ def test_confirmation_concentrates_near_the_target_when_the_study_asks():
     everyone = sizes(candidates(study, 6, 3.0))  # no band: the whole region, the front's two ends first
     assert everyone[:2] == [1500, 8000] and sorted(everyone) == [1500, 2000, 3000, 4500, 8000]
     # within 0.8 points under a 99.17 % target (98.37 % at the last rung): 3,000 and up, spread along the front as before
-    assert sizes(candidates(study, 6, 3.0, target=99.17, near=0.8)) == [3000, 8000, 4500]
-    assert sizes(candidates(study, 6, 3.0, target=99.9, near=0.5)) == [8000]  # none near: the most accurate, the closest
+    assert sizes(candidates(study, 6, 3.0, level=Level(99.17), near=0.8)) == [3000, 8000, 4500]
+    assert sizes(candidates(study, 6, 3.0, level=Level(99.9), near=0.5)) == [8000]  # none near: the most accurate, the closest
     # the later rounds' trials where the answer is open keep to the band too (8,000 decided to reach, nothing decided below)
     rows = [{"trial": 4, "n_params": 8000, "mean": 99.5, "std": 0.02, "seeds": [1, 2, 3], "diverged": {}}]
-    assert sorted(sizes(near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 3.0))) == [1500, 2000, 3000, 4500]
-    assert sizes(near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 3.0, near=0.8)) == [3000, 4500]
+    assert sorted(sizes(near_the_answer(study, rows, open_sizes(rows, Level(99.17)), Level(99.17), 3.0))) == [1500, 2000, 3000, 4500]
+    assert sizes(near_the_answer(study, rows, open_sizes(rows, Level(99.17)), Level(99.17), 3.0, near=0.8)) == [3000, 4500]
 
 
 def test_a_start_config_gets_a_candidate_slot_by_the_rule_of_every_trial():
@@ -722,17 +774,17 @@ def test_more_seeds_go_where_they_decide_whether_a_candidate_holds_the_target():
     from search.answer import SEED_SPREAD, in_question, interval, within_noise
 
     row = {"trial": 1, "n_params": 3000, "seeds": [4, 5], "mean": 99.10, "std": 0.02, "diverged": {}}
-    assert interval(row) == pytest.approx((99.10 - 2 * SEED_SPREAD / 2 ** 0.5, 99.10 + 2 * SEED_SPREAD / 2 ** 0.5))  # at least the measured spread
-    assert within_noise(row, 99.12) and not within_noise(row, 99.40) and not within_noise(row, 98.60)
-    assert in_question([row], 99.12, 4) == [row]  # within noise: one more seed decides
-    assert in_question([row], 99.40, 4) == [] and in_question([row], 98.60, 4) == []  # far above or below: settled
-    assert in_question([{**row, "seeds": [4, 5, 6, 7]}], 99.12, 4) == []  # at max_seeds
-    assert in_question([row], 99.12, 0) == [] and in_question([row], 0.0, 4) == []  # no max_seeds, or no target
-    assert in_question([{**row, "diverged": {"6": "nan"}}], 99.12, 4) == []
+    assert interval(row, Level(99.12)) == pytest.approx((99.10 - 2 * SEED_SPREAD / 2 ** 0.5, 99.10 + 2 * SEED_SPREAD / 2 ** 0.5))  # at least the measured spread
+    assert within_noise(row, Level(99.12)) and not within_noise(row, Level(99.40)) and not within_noise(row, Level(98.60))
+    assert in_question([row], Level(99.12), 4) == [row]  # within noise: one more seed decides
+    assert in_question([row], Level(99.40), 4) == [] and in_question([row], Level(98.60), 4) == []  # far above or below: settled
+    assert in_question([{**row, "seeds": [4, 5, 6, 7]}], Level(99.12), 4) == []  # at max_seeds
+    assert in_question([row], Level(99.12), 0) == [] and in_question([row], Level(0.0), 4) == []  # no max_seeds, or no target
+    assert in_question([{**row, "diverged": {"6": "nan"}}], Level(99.12), 4) == []
     # a candidate larger than one already decided to reach the target cannot change the answer: no seed for it
     small = {**row, "trial": 2, "n_params": 2000, "mean": 99.40}
-    assert in_question([small, row], 99.12, 4) == []
-    assert in_question([{**small, "n_params": 4000}, row], 99.12, 4) == [row]
+    assert in_question([small, row], Level(99.12), 4) == []
+    assert in_question([{**small, "n_params": 4000}, row], Level(99.12), 4) == [row]
 
 
 def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_still_open():
@@ -749,11 +801,11 @@ def test_later_rounds_confirm_the_trials_whose_size_lies_where_the_answer_is_sti
 
     # confirmed: 2,000 far below 99.17, 5,000 far above, 8,000 far above: the answer is open between 2,000 and 5,000
     rows = [row(0, 98.5), row(4, 99.5), row(7, 99.6)]
-    between = near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 2.0)
+    between = near_the_answer(study, rows, open_sizes(rows, Level(99.17)), Level(99.17), 2.0)
     assert [t.user_attrs["n_params"] for t in between] == [3000, 4000, 3500]  # in promotion order
     rows = [row(0, 98.5), row(4, 99.18, std=0.2)]  # 5,000 reaches it within noise only: nothing is decided to reach it yet
-    assert near_the_answer(study, rows, open_sizes(rows, 99.17), 99.17, 2.0) == []
-    assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], None, 0.0, 2.0) == []  # no target: no question to concentrate on
+    assert near_the_answer(study, rows, open_sizes(rows, Level(99.17)), Level(99.17), 2.0) == []
+    assert near_the_answer(study, [row(0, 98.5), row(4, 99.5)], None, Level(0.0), 2.0) == []  # no target: no question to concentrate on
 
 
 def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto_study, tmp_path):
@@ -762,12 +814,12 @@ def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto
     rows = [{"trial": 1, "n_params": 3000, "mean": 99.14, "std": 0.03, "seeds": [4, 5], "diverged": {}},
             {"trial": 2, "n_params": 4000, "mean": 99.19, "std": 0.03, "seeds": [4, 5], "diverged": {}},
             {"trial": 3, "n_params": 6000, "mean": 99.60, "std": 0.03, "seeds": [4, 5], "diverged": {}}]
-    lines = undecided_lines(rows, rows[1], 99.17, "s", 5)
+    lines = undecided_lines(rows, rows[1], Level(99.17), "s", 5)
     assert [line.split(" (")[0] for line in lines] == ["undecided: trial 1", "undecided: trial 2"]  # the answer and a smaller one below
-    assert "smaller, below the target" in lines[0] and "the answer" in lines[1] and "--trial 2 --max-seeds 5" in lines[1]
-    with_loss = undecided_lines([{**rows[0], "loss": 0.0253}, rows[1]], rows[1], 99.17, "s", 5)
+    assert "smaller, short of the target" in lines[0] and "the answer" in lines[1] and "--trial 2 --max-seeds 5" in lines[1]
+    with_loss = undecided_lines([{**rows[0], "loss": 0.0253}, rows[1]], rows[1], Level(99.17), "s", 5)
     assert "over 2 seed(s) (mean final validation loss 0.0253); its interval" in with_loss[0] and "loss" not in with_loss[1]
-    assert undecided_lines(rows, rows[2], 99.40, "s", 5) == []  # 99.60 ± 0.10: decided, and no smaller one is near
+    assert undecided_lines(rows, rows[2], Level(99.40), "s", 5) == []  # 99.60 ± 0.10: decided, and no smaller one is near
     tmp, storage = copy_of(shared_pareto_study, tmp_path)
     confirmed = load(storage).user_attrs["confirmed"]
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
@@ -811,18 +863,18 @@ def test_time_left_goes_to_the_regions_unconfirmed_trials_smaller_than_the_answe
     region = in_region(study, study.get_trials(states=(TrialState.COMPLETE,)), floor)
     unconfirmed = {t.number for t in region} - {r["trial"] for r in rows}
     # no target, or one no candidate reaches: every unconfirmed trial of the region, whatever its size
-    assert {t.number for t in left_to_confirm(study, rows, None, 0.0, floor)} == unconfirmed
-    assert {t.number for t in left_to_confirm(study, rows, target_row(rows, 100.0)[0], 100.0, floor)} == unconfirmed
+    assert {t.number for t in left_to_confirm(study, rows, None, Level(0.0), floor)} == unconfirmed
+    assert {t.number for t in left_to_confirm(study, rows, target_row(rows, Level(100.0))[0], Level(100.0), floor)} == unconfirmed
     # a target the larger candidate reaches (not the smaller): only those smaller than it, in promotion order
     small, large = sorted(rows, key=lambda r: r["n_params"])
-    target = (small["mean"] + large["mean"]) / 2
+    target = Level((small["mean"] + large["mean"]) / 2)
     assert large["mean"] > small["mean"] and unconfirmed  # (the shared study's two candidates, and a trial of its region left)
     chosen = left_to_confirm(study, rows, target_row(rows, target)[0], target, floor)
     assert {t.number for t in chosen} == {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < large["n_params"]}
     order = promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in chosen])
     assert order == list(range(len(chosen)))
     # the smallest candidate reaches it: only the unconfirmed trials smaller than that one
-    assert {t.number for t in left_to_confirm(study, rows, target_row(rows, small["mean"])[0], small["mean"], floor)} == \
+    assert {t.number for t in left_to_confirm(study, rows, target_row(rows, Level(small["mean"]))[0], Level(small["mean"]), floor)} == \
         {n for n in unconfirmed if study.trials[n].user_attrs["n_params"] < small["n_params"]}
     # `confirm` spends time left on them only under a time budget: without one it stops where it did
     plain = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--out", str(tmp_path / "c"), "--device", "cpu")
@@ -847,8 +899,8 @@ def test_a_trial_whose_runs_another_process_trains_is_left_to_it_and_the_rounds_
     _, storage = copy_of(shared_pareto_study, tmp_path)
     study = load(storage)
     spec, rows = stored_spec(study), confirmed_rows(study)
-    target = spec.region.target_acc
-    order = left_to_confirm(study, rows, target_row(rows, target)[0] if target else None, target, spec.region.floor, spec.confirm.near)
+    level = spec.region.answer_level
+    order = left_to_confirm(study, rows, target_row(rows, level)[0] if level else None, level, spec.region.floor, spec.confirm.near)
     assert order  # (the shared study's region holds a trial left unconfirmed)
     held, others = order[0], order[1:]
     # another `confirm` (this live process) is training every run of the first trial a timed `confirm` would add
