@@ -18,6 +18,7 @@ SEED_SPREAD = 0.07  # accuracy points: the least seed-to-seed spread assumed (tw
 # (docs/results.md)
 LOSS_SPREAD = 0.0011  # the same for the final validation loss: the median standard deviation over seeds of the 26 candidates
 # with two or more seeds in the eight runs of docs/results.md, "Found or chosen" (quartiles 0.0006 and 0.0015)
+MAX_LOSS_LEVEL = 2.3  # a mean cross-entropy above ln 10 (2.30) is worse than guessing among ten classes: a level over it is a typo
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Level:
     ("acc"), or a mean final validation loss of at most `value` ("loss"); 0: none."""
     value: float
     measure: str = "acc"
+
+    def __post_init__(self) -> None:
+        if self.measure not in ("acc", "loss"):
+            raise ValueError(f"a level's measure is 'acc' or 'loss', not {self.measure!r}")
 
     def __bool__(self) -> bool:
         return bool(self.value)
@@ -40,21 +45,27 @@ class Level:
     def reached_by(self, mean: float) -> bool:
         return mean >= self.value if self.measure == "acc" else mean <= self.value
 
+    def better_first(self, row: dict) -> float:
+        """A sort key that puts the candidate with the better mean of this measure first."""
+        return -self.of(row) if self.measure == "acc" else self.of(row)
+
     def file_name(self) -> str:
         return f"target-{self.value:g}.json" if self.measure == "acc" else f"target-loss-{self.value:g}.json"
 
 
 def holds(row: dict) -> bool:
-    """A candidate can be chosen (best.json, --target-acc) only when none of its runs diverged."""
+    """A candidate can be chosen (best.json, the answer to a level) only when none of its runs diverged."""
     return not row.get("diverged") and row["mean"] is not None
 
 
 def interval(row: dict, level: Level) -> tuple[float, float]:
     """About 95 % of where a candidate's true mean of `level`'s measure lies: its mean ± two standard
     errors (the spread of its seeds, at least SEED_SPREAD, or LOSS_SPREAD)."""
+    mean = level.of(row)
+    assert mean is not None, "a candidate without this level's measure has no interval: ask `within_noise`"
     spread = max(row["std"], SEED_SPREAD) if level.measure == "acc" else max(row.get("loss_std") or 0.0, LOSS_SPREAD)
     half = 2 * spread / math.sqrt(len(row["seeds"]))
-    return level.of(row) - half, level.of(row) + half
+    return mean - half, mean + half
 
 
 def within_noise(row: dict, level: Level) -> bool:
@@ -85,10 +96,9 @@ def target_row(rows: list[dict], level: Level) -> tuple[dict | None, dict | None
     comes closest); a candidate with a diverged run (or without the level's measure) is never chosen."""
     reaching = [r for r in rows if reaches(r, level)]
     if reaching:
-        return min(reaching, key=lambda r: (r["n_params"], -r["mean"])), None
+        return min(reaching, key=lambda r: (r["n_params"], level.better_first(r))), None
     eligible = [r for r in rows if holds(r) and level.of(r) is not None]
-    sign = 1 if level.measure == "acc" else -1
-    return None, max(eligible, key=lambda r: sign * level.of(r), default=None)
+    return None, min(eligible, key=level.better_first, default=None)
 
 
 def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: str, max_seeds: int) -> list[str]:
@@ -106,11 +116,20 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
                 held, span = f"{row['mean']:.2f} ± {row['std']:.2f} %", f"{low:.2f}-{high:.2f} %"
                 other = f" (mean final validation loss {row['loss']:.4f})" if row.get("loss") is not None else ""
             else:
-                held, span, other = f"{row['loss']:.4f}", f"{low:.4f}-{high:.4f}", f" (mean final validation accuracy {row['mean']:.2f} %)"
+                held, span = f"{row['loss']:.4f} ± {row.get('loss_std') or 0.0:.4f}", f"{low:.4f}-{high:.4f}"
+                other = f" (mean final validation accuracy {row['mean']:.2f} %)"
             lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {held} over {len(row['seeds'])} "
                          f"seed(s){other}; its interval {span} includes the target ({level}): more seeds decide it "
                          f"(python -m search confirm --study {study_name} --trial {row['trial']} --max-seeds {more})")
     return lines
+
+
+def unread(rows: list[dict], answer: dict | None, level: Level) -> list[dict]:
+    """The candidates that can be chosen but have no mean of `level`'s measure (a study confirmed before
+    the validation loss was recorded), smaller than `answer` (any size without one): the level cannot
+    read them, and their earlier runs are reused, so only a new study confirms them on it."""
+    limit = answer["n_params"] if answer else math.inf
+    return [r for r in rows if holds(r) and level.of(r) is None and r["n_params"] < limit]
 
 
 def in_question(rows: list[dict], level: Level, max_seeds: int) -> list[dict]:

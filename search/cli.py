@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from search.answer import MAX_LOSS_LEVEL
 from search.errors import ConfigError, DataError, Diverged, TargetMissed, UsageError, WorkerDied
 
 
@@ -36,7 +37,7 @@ seconds = option_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite nu
 port_number = option_type(int, lambda v: 1 <= v <= 65535, "a port number in 1-65535")
 percentage = option_type(float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
 points = option_type(float, lambda v: 0 <= v <= 100, "accuracy points in [0, 100]")
-loss_level = option_type(float, lambda v: 0 < v < math.inf, "a validation loss > 0")
+loss_level = option_type(float, lambda v: 0 < v <= MAX_LOSS_LEVEL, f"a validation loss in (0, {MAX_LOSS_LEVEL:g}]")
 
 
 # ---------------------------------------------------------------- commands: each calls one function
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive_int, help="candidates: K at most, the region's trials in promotion order (each front's ends, "
                    "then spread by size; with --near, those near the target), or the best trials (default: the study file's)")
     p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's answer level "
-                   "([region] answer_acc, else target_acc) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
+                   "([region] answer_acc, else target_acc; refused with an answer_loss) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
     p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "

@@ -122,7 +122,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     Store and print the mean ± std per candidate, and return them (`confirmed_rows`). Every
     level confirmation reads is the one the answer is read at ([region] answer_loss, else answer_acc, else
     target_acc): what `run` exports and what an "undecided" line of `export` asks about, so the
-    seeds go where they decide the answer. [region] target_acc, when answer_acc is apart from it, steers the
+    seeds go where they decide the answer. [region] target_acc, when the answer is read apart from it, steers the
     search alone (the last rung's bound): seeds added near it went to nets above the answer's
     level (docs/results.md, "Seeds near the answer's level")."""
     settings, floor = spec.confirm, spec.region.floor

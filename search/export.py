@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.answer import Level, interval, target_row, undecided_lines, within_noise
+from search.answer import Level, interval, target_row, undecided_lines, unread, within_noise
 from search.results import best_trial, confirmed_rows, format_row
 from search.storage import load_existing_study, mask_password, output_folder
 from search.studyfile import StudySpec, Training, stored_spec
@@ -57,7 +57,15 @@ def _export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: 
     print(f"smallest confirmed config reaching {level}: {format_row(row)}; written to {path}")
     for line in undecided_lines(rows, row, level, study.study_name, spec.confirm.max_seeds):
         print(line)
+    print_unread(rows, row, level)
     return path
+
+
+def print_unread(rows: list[dict], answer: dict | None, level: Level) -> None:
+    """A line naming the smaller candidates `level` cannot read (no validation loss recorded), when there are any."""
+    if missing := unread(rows, answer, level):
+        print(f"not read at {level}: trial(s) {', '.join(str(r['trial']) for r in missing)} (confirmed before the validation loss was "
+              f"recorded; a new study confirms them on it)")
 
 
 def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:
@@ -96,13 +104,15 @@ def export_target(study: optuna.Study, rows: list[dict], training: Training, out
         raise UsageError(f"study {study.study_name!r} has no confirmed candidate yet; run python -m search confirm --study {study.study_name}")
     row, closest = target_row(rows, level)
     if row is None:
-        closest_text = format_row(closest) if closest else "none (every confirmed candidate diverged or has no validation loss recorded)"
+        closest_text = format_row(closest) if closest else ("none (every confirmed candidate diverged)" if level.measure == "acc" else
+                                                            "none (every confirmed candidate diverged or has no validation loss recorded)")
         if closest and within_noise(closest, level):
             low, high = interval(closest, level)
             span = f"{low:.2f}-{high:.2f} %" if level.measure == "acc" else f"{low:.4f}-{high:.4f}"
             closest_text += (f"; undecided: its interval {span} includes the target "
                              f"(python -m search confirm --study {study.study_name} --trial {closest['trial']} --max-seeds "
                              f"{len(closest['seeds']) + 2})")
+        print_unread(rows, None, level)
         raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {level}; closest: {closest_text}")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["trial"])
     return _write(study, trial, training, out / level.file_name()), row

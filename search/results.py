@@ -1,6 +1,6 @@
 """What a study has found: its front in the region, its confirmed candidates (mean ± std per
 candidate, stored by search/confirm.py) and the best trial. What the confirmed seeds say of a
-target accuracy is search/answer.py's. Read by `export`, `report`, the dashboard's note and
+level (an accuracy or a loss) is search/answer.py's. Read by `export`, `report`, the dashboard's note and
 `run`; needs no torch."""
 
 from __future__ import annotations

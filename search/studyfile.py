@@ -19,7 +19,7 @@ from typing import Any
 
 import optuna
 
-from search.answer import Level
+from search.answer import MAX_LOSS_LEVEL, Level
 from search.data import N_VAL, TRAIN_SPLIT
 from search.errors import UsageError
 from search.storage import GRACE_PERIOD, HEARTBEAT_INTERVAL
@@ -70,7 +70,7 @@ class Confirm:
     """Confirmation: `top` candidates (a Pareto study's region in promotion order, or the top
     trials) trained at the export budget on the validation split with `seeds` seeds each, then
     seeds added where they decide the answer (see search/confirm.py); `near`: only the trials near
-    the answer's level ([region] answer_acc, else target_acc: search/candidates.py); `after_run`: at the end of `run`. `subset` below
+    the answer's level ([region] answer_acc, else target_acc; not with an answer_loss: search/candidates.py); `after_run`: at the end of `run`. `subset` below
     the split's TRAIN_SPLIT images is for quick checks only."""
     top: int = 3
     seeds: int = 2
@@ -90,7 +90,7 @@ class Region:
     """What matters (Pareto studies). `floor`: a trial whose result at a rung is more than this
     many accuracy points below the best result there stops, is infeasible for the sampler and
     stays off the front (0: no floor). `target_acc`: the validation accuracy (%) at the export
-    budget that steers the run (and, without an answer_acc, the answer's level: confirmation adds
+    budget that steers the run (and, without an answer_acc or answer_loss, the answer's level: confirmation adds
     seeds to candidates near it, and `run` exports the smallest confirmed config that reaches it;
     0: none). `near_target`: at the last rung, a trial more than this many points under target_acc stops there too, below the region
     (0: no such bound): the sampler then learns where the answer can be, not the whole front.
@@ -213,8 +213,8 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(not region.near_target or region.target_acc, "region.near_target", "needs a [region] target_acc: the bound lies under the target")
     check(0.0 <= region.answer_acc <= 100.0, "region.answer_acc", f"must be a percentage in [0, 100] (0: target_acc), got {region.answer_acc}")
     check(not region.answer_acc or region.target_acc, "region.answer_acc", "needs a [region] target_acc: it is read apart from the level that steers the run")
-    check(math.isfinite(region.answer_loss) and region.answer_loss >= 0.0, "region.answer_loss",
-          f"must be a validation loss >= 0 (0: none), got {region.answer_loss}")
+    check(0.0 <= region.answer_loss <= MAX_LOSS_LEVEL, "region.answer_loss",
+          f"must be a validation loss in [0, {MAX_LOSS_LEVEL:g}] (0: none), got {region.answer_loss}")
     check(not (region.answer_loss and region.answer_acc), "region.answer_loss", "the answer is read at one level: set answer_loss or answer_acc, not both")
     check(not (region.answer_loss and confirm.near), "confirm.near", "needs an accuracy level to lie under: leave it out with [region] answer_loss")
     check(region == Region() or objective == "pareto", "region", "needs objective = \"pareto\" (it shapes a front)")

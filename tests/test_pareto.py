@@ -161,7 +161,7 @@ def test_the_target_row_is_the_smallest_candidate_that_reaches_the_target():
 
 
 def test_a_loss_level_answers_with_the_smallest_candidate_whose_mean_final_validation_loss_is_at_most_it():
-    from search.answer import LOSS_SPREAD, in_question, interval, target_row, undecided_lines, within_noise
+    from search.answer import LOSS_SPREAD, in_question, interval, open_sizes, target_row, undecided_lines, unread, within_noise
 
     def row(trial, n_params, mean, loss, loss_std=0.0005, seeds=(1, 2)):
         return {"trial": trial, "n_params": n_params, "mean": mean, "std": 0.05, "loss": loss, "loss_std": loss_std, "seeds": list(seeds),
@@ -178,9 +178,20 @@ def test_a_loss_level_answers_with_the_smallest_candidate_whose_mean_final_valid
     assert within_noise(rows[1], level) and not within_noise(rows[2], level) and not within_noise(rows[3], level)
     assert in_question(rows, level, 5) == [rows[1]]  # 3,000 is decided short of it (0.0270), 5,000 decided to reach it
     lines = undecided_lines(rows, rows[1], level, "s", 5)
-    assert len(lines) == 1 and lines[0].startswith("undecided: trial 2 (4,000 params, the answer) holds 0.0248 over 2 seed(s) "
+    assert len(lines) == 1 and lines[0].startswith("undecided: trial 2 (4,000 params, the answer) holds 0.0248 ± 0.0005 over 2 seed(s) "
                                                    "(mean final validation accuracy 99.12 %); its interval ")
     assert "includes the target (validation loss 0.025)" in lines[0]
+    # two nets of one size (one architecture, two recipes): the lower loss is the answer, though it reads the lower accuracy
+    twin = row(5, 4000, 99.10, 0.0240)
+    assert target_row(rows + [twin], level) == (twin, None)
+    assert target_row(rows[1:] + [twin], Level(99.05)) == (rows[1], None)  # read on accuracy, the more accurate
+    # where the answer is open: above 3,000 (decided short of the level) and below 5,000 (decided to reach it, 0.0230)
+    assert open_sizes(rows, level) == (3000, 5000) and open_sizes(rows, Level(0.020, "loss")) is None
+    # a candidate confirmed before the loss was recorded is not read, and said so: only a smaller one than the answer
+    assert unread(rows, rows[1], level) == [] and unread(rows, rows[2], level) == [] and unread(rows, None, level) == [rows[3]]
+    assert unread(rows, None, Level(99.1)) == []
+    with pytest.raises(ValueError, match="'acc' or 'loss'"):
+        Level(0.02, "los")
 
 
 def test_export_target_acc_writes_the_smallest_confirmed_config_that_reaches_it_or_names_the_closest(shared_pareto_study, tmp_path):
@@ -349,7 +360,7 @@ def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
     _, storage, _ = pareto_study
     assert_one_line_error(run_cli("confirm", "--study", "nope", "--storage", storage), "no study named 'nope'", "tinypareto")
     assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "101"), "--target-acc", "[0, 100]")
-    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-loss", "-0.02"), "--target-loss", "> 0")
+    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-loss", "-0.02"), "--target-loss", "(0, 2.3]")
     assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "99", "--target-loss", "0.02"),
                           "--target-loss", "not allowed with argument --target-acc")
     assert_one_line_error(run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--workers", "2"), "SQLite", "--workers 1")
@@ -552,8 +563,9 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
         spec(PARETO + "\n[region]\nanswer_acc = 99.1\n")
     by_loss = spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_loss = 0.025\n").region
     assert by_loss.answer_level == Level(0.025, "loss") and str(by_loss.answer_level) == "validation loss 0.025"
-    with pytest.raises(ConfigError, match=r"region.answer_loss: must be a validation loss >= 0 \(0: none\), got -0.1"):
-        spec(PARETO + "\n[region]\nanswer_loss = -0.1\n")
+    for bad in ("-0.1", "99.15"):  # (an accuracy typed into the loss's key)
+        with pytest.raises(ConfigError, match=rf"region.answer_loss: must be a validation loss in \[0, 2.3\] \(0: none\), got {bad}"):
+            spec(PARETO + f"\n[region]\nanswer_loss = {bad}\n")
     with pytest.raises(ConfigError, match="region.answer_loss: the answer is read at one level: set answer_loss or answer_acc, not both"):
         spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_acc = 99.1\nanswer_loss = 0.025\n")
     with pytest.raises(ConfigError, match="confirm.near: needs an accuracy level to lie under"):
