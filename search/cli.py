@@ -65,9 +65,8 @@ def cmd_confirm(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from search.export import export_command
-
     from search.answer import Level
+    from search.export import export_command
 
     level = Level(a.target_acc) if a.target_acc is not None else Level(a.target_loss, "loss") if a.target_loss is not None else None
     export_command(a.study, a.storage, a.out, level)
