@@ -68,6 +68,12 @@ def interval(row: dict, level: Level) -> tuple[float, float]:
     return mean - half, mean + half
 
 
+def interval_text(row: dict, level: Level) -> str:
+    """The candidate's interval as the lines that name it print it: "LO-HI %" for an accuracy, "LO-HI" for a loss."""
+    low, high = interval(row, level)
+    return f"{low:.2f}-{high:.2f} %" if level.measure == "acc" else f"{low:.4f}-{high:.4f}"
+
+
 def within_noise(row: dict, level: Level) -> bool:
     """Whether `level` lies within the candidate's interval: its seeds do not yet say on which side it is."""
     if level.of(row) is None:
@@ -109,17 +115,16 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
     for row in rows:
         mine = row["trial"] == answer["trial"]
         if within_noise(row, level) and holds(row) and (mine or (row["n_params"] < answer["n_params"] and not reaches(row, level))):
-            low, high = interval(row, level)
             more = max(max_seeds, len(row["seeds"]) + 2)
             side = "the answer" if mine else "smaller, short of the target"
             if level.measure == "acc":
-                held, span = f"{row['mean']:.2f} ± {row['std']:.2f} %", f"{low:.2f}-{high:.2f} %"
+                held = f"{row['mean']:.2f} ± {row['std']:.2f} %"
                 other = f" (mean final validation loss {row['loss']:.4f})" if row.get("loss") is not None else ""
             else:
-                held, span = f"{row['loss']:.4f} ± {row.get('loss_std') or 0.0:.4f}", f"{low:.4f}-{high:.4f}"
+                held = f"{row['loss']:.4f} ± {row.get('loss_std') or 0.0:.4f}"
                 other = f" (mean final validation accuracy {row['mean']:.2f} %)"
             lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {held} over {len(row['seeds'])} "
-                         f"seed(s){other}; its interval {span} includes the target ({level}): more seeds decide it "
+                         f"seed(s){other}; its interval {interval_text(row, level)} includes the target ({level}): more seeds decide it "
                          f"(python -m search confirm --study {study_name} --trial {row['trial']} --max-seeds {more})")
     return lines
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.answer import Level, interval, target_row, undecided_lines, unread, within_noise
+from search.answer import Level, interval_text, target_row, undecided_lines, unread, within_noise
 from search.results import best_trial, confirmed_rows, format_row
 from search.storage import load_existing_study, mask_password, output_folder
 from search.studyfile import StudySpec, Training, stored_spec
@@ -107,9 +107,7 @@ def export_target(study: optuna.Study, rows: list[dict], training: Training, out
         closest_text = format_row(closest) if closest else ("none (every confirmed candidate diverged)" if level.measure == "acc" else
                                                             "none (every confirmed candidate diverged or has no validation loss recorded)")
         if closest and within_noise(closest, level):
-            low, high = interval(closest, level)
-            span = f"{low:.2f}-{high:.2f} %" if level.measure == "acc" else f"{low:.4f}-{high:.4f}"
-            closest_text += (f"; undecided: its interval {span} includes the target "
+            closest_text += (f"; undecided: its interval {interval_text(closest, level)} includes the target "
                              f"(python -m search confirm --study {study.study_name} --trial {closest['trial']} --max-seeds "
                              f"{len(closest['seeds']) + 2})")
         print_unread(rows, None, level)
