@@ -1,5 +1,5 @@
-"""Trials left RUNNING by dead workers. A journal or SQLite storage has no heartbeat (an RDB
-storage's heartbeats re-queue such trials by themselves: search/storage.py), so every trial
+"""Trials left RUNNING by dead workers. A journal file has no heartbeat (an RDB storage, SQLite
+included, re-queues such trials by its heartbeats: search/storage.py), so every trial
 records its worker (host:pid), and a later run on the same host can tell which RUNNING trials
 belong to processes that no longer exist, and mark them FAIL (`run --fail-stale`)."""
 

@@ -72,7 +72,7 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage, url:
 
 def requeue_lost(study: optuna.Study, firsts: list[tuple[dict[str, Any], dict[str, str]]]) -> list[str]:
     """Enqueue again the points a study starts with (`firsts`: studyfile.first_points) whose every
-    trial a crash left FAIL (a journal or SQLite study has no heartbeat to re-queue it); returns what was enqueued. A
+    trial a crash left FAIL (a journal file has no heartbeat to re-queue it); returns what was enqueued. A
     study made before trials carried "enqueued" knows its reference as trial 0 and its start
     configs by "start"."""
     trials = study.get_trials(deepcopy=False)
