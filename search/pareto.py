@@ -66,7 +66,12 @@ def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0) -> b
     one place or none and the first trials to complete teach the sampler where to look: one place
     gave that lesson to one end of the front, and the sampler went there (docs/results.md, "Which
     end of the front goes on"). A stopped trial is never resumed, so a rung's first results are
-    not stopped whatever they are (as Optuna's SuccessiveHalvingPruner lets the best so far go on)."""
+    not stopped whatever they are (as Optuna's SuccessiveHalvingPruner lets the best so far go on).
+    Nor is any point of a rung that holds fewer than `eta` results, where ASHA's rule gives no
+    place and the front's ends are one or two results (one result beside it stopped step 3's net
+    at the first rung: docs/results.md, "A young rung and the sampler's start")."""
+    if len(points) < eta:
+        return True
     best = max(p[0] for p in points)
     kept = [i for i, p in enumerate(points) if below_region(p[0], best, floor) <= 0]
     first = [kept[i] for i in front_indices([points[i] for i in kept])]

@@ -43,7 +43,8 @@ def seed_sampler(study: optuna.Study, spec: StudySpec, url: str, first: bool, in
     # re-reads every trial for every parameter, most of a refused trial's cost. Only a journal
     # file or an RDB server lets several processes run trials at once; on SQLite this process's
     # own trial is the only one running, so the liar would change nothing there.
-    options = {"multivariate": True, "group": spec.tpe_group, "constant_liar": not url.startswith("sqlite")}
+    options = {"multivariate": True, "group": spec.tpe_group, "constant_liar": not url.startswith("sqlite"),
+               "n_startup_trials": spec.tpe_startup_trials}
     if first and index == 0:
         study.sampler = optuna.samplers.TPESampler(seed=spec.seed, **options)
     else:

@@ -127,6 +127,7 @@ class StudySpec:
     grace_period: int = GRACE_PERIOD  # RDB storage: a trial silent this long is FAIL and re-queued once
     family: str = "step3"
     tpe_group: bool = False  # TPESampler(group=True): multivariate TPE per group of parameters that occur together
+    tpe_startup_trials: int = 10  # TPESampler(n_startup_trials): finished trials drawn at random before TPE models any (Optuna's default)
     objective: str = "accuracy"  # or "pareto": maximise accuracy and minimise n_params
     fidelity: Fidelity = Fidelity()
     confirm: Confirm = Confirm()
@@ -192,6 +193,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(pruner.kind in PRUNERS, "pruner.kind", f"must be one of {', '.join(PRUNERS)}, got {pruner.kind!r}")
     check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
     check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
+    check(spec.tpe_startup_trials >= 0, "tpe_startup_trials", f"must be >= 0, got {spec.tpe_startup_trials}")
     check(objective == "accuracy" or pruner.kind == "none", "pruner.kind", "a Pareto study cannot use Optuna's pruners (they need "
           "one objective); leave [pruner] out and set [fidelity] rungs for successive halving")
     check(fidelity.rungs >= 1 and fidelity.eta >= 2, "fidelity", f"needs rungs >= 1 and eta >= 2, got {fidelity.rungs} and {fidelity.eta}")
@@ -313,7 +315,8 @@ def changed_settings(a: StudySpec, b: StudySpec) -> list[str]:
     resuming with `b`; empty when it may: only its name, trial count, time budget, heartbeat
     timing, sampler options, confirmation settings, target and answer level may differ (the target
     not where [region] near_target makes it a rule of the search)."""
-    volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, confirm=Confirm())
+    volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, tpe_startup_trials=10,
+                    confirm=Confirm())
 
     def fixed(spec: StudySpec) -> dict[str, Any]:
         region = replace(spec.region, answer_acc=0.0, answer_loss=0.0) if spec.region.near_target else replace(spec.region, target_acc=0.0, answer_acc=0.0, answer_loss=0.0)

@@ -34,10 +34,14 @@ def test_front_promotion_and_hypervolume_by_hand():
     assert promoted(points, 2, eta=2) and promoted(points, 4, eta=2) and not promoted(points, 0, eta=2)
     # a young rung (where ASHA's rule gives one place or none): the two ends of the first front go on, its middle does not
     assert promoted(points[:1], 0, eta=3) and promoted(points[:2], 1, eta=3) and promoted(points[:2], 0, eta=3)
-    assert promoted(points[:3], 1, eta=4) and promoted(points[:3], 2, eta=4) and not promoted(points[:3], 0, eta=4)
-    assert not promoted([(99.0, 5000), (98.0, 6000)], 1, eta=3)  # dominated: no end of the first front
+    assert promoted(points[:3], 1, eta=3) and promoted(points[:3], 2, eta=3) and not promoted(points[:3], 0, eta=3)
+    # fewer than eta results: no rule has enough peers, every point goes on, a dominated one too
+    assert promoted([(99.0, 5000), (98.0, 6000)], 1, eta=3)
+    assert not promoted([(99.0, 5000), (98.0, 6000), (98.5, 4000)], 1, eta=3)  # dominated: no end of the first front
     # the ends are taken within `floor` of the most accurate: a tiny net far below does not take the small end's place
-    assert promoted(points[:3], 0, eta=4, floor=0.7) and not promoted(points[:3], 1, eta=4, floor=0.7)
+    # (ASHA's one place of four goes to the tiny net, the smallest end of all; the floor's ends add the 5,000-parameter net)
+    assert promoted(points[:4], 0, eta=4, floor=0.7) and not promoted(points[:4], 0, eta=4)
+    assert not promoted(points[:4], 3, eta=4, floor=0.7)
     # strips up to the next size: 8.5 * 2000 + 9 * 2000 + 9.5 * 1000
     assert hypervolume(points, (90.0, 8000)) == pytest.approx(44_500)
     assert hypervolume([(89.0, 100)], (90.0, 8000)) == 0
@@ -1076,6 +1080,7 @@ def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_t
     spec = stored_spec(region_study(floor=3.0, target=99.2))
     moved = replace(spec, region=replace(spec.region, target_acc=99.3))
     assert changed_settings(spec, moved) == []  # a target that only confirmation and export read
+    assert changed_settings(spec, replace(spec, tpe_startup_trials=100)) == []  # a sampler option
     bounded = replace(spec, region=replace(spec.region, near_target=0.8))
     assert changed_settings(spec, bounded) == ["region.near_target: 0.0 -> 0.8", "region.target_acc: 0.0 -> 99.2"]  # a new rule
     assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, target_acc=99.3))) == ["region.target_acc: 99.2 -> 99.3"]

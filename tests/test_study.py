@@ -181,6 +181,7 @@ def test_sigint_mid_trial_then_rerun_ends_with_exactly_the_requested_trials(tmp_
 BAD_STUDIES = [
     ("trials = 8", "trials = 0", ["trials", "must be > 0"]),
     ("seed = 3", "seed = 3\ncolour = 1", ["colour", "unknown key"]),
+    ("seed = 3", "seed = 3\ntpe_startup_trials = -1", ["tpe_startup_trials", "must be >= 0, got -1"]),
     ("epochs = 3", "epochs = \"3\"", ["training.epochs", "must be an integer"]),
     ("conv1 = [4, 16]", "conv1 = [16, 4]", ["space.conv1", "low must be <= high"]),
     ("conv1 = [4, 16]", "conv9 = [4, 16]", ["space.conv9", "unknown key"]),
