@@ -3,8 +3,8 @@ verdict after a rung (go on, or stop with the reason, and what the sampler is to
 the next rung fits in the search's time budget. Pure rules over the rung results the trials
 record; the objective (search/objective.py) applies them.
 
-A trial goes on while it is an end of its rung's first front or ranks in the top 1/eta of its
-rung by search/pareto.py's promotion order and, with a [region] floor, stays within that many
+A trial goes on while its rung holds fewer than eta results, is an end of its rung's first front
+or ranks in the top 1/eta of its rung by search/pareto.py's promotion order and, with a [region] floor, stays within that many
 points of the best result there (one floor wider for each rung below the last); with [region]
 near_target, the last rung's result must also lie within that many points under target_acc. A trial that
 stops is PRUNED, without values: TPE cannot rank it, so it is made slightly infeasible instead

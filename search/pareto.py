@@ -63,13 +63,14 @@ def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0) -> b
     the first front of the points within `floor` points of the most accurate (the smallest and
     the most accurate of them), or when it is among the first len(points) // eta in
     `promotion_order` (ASHA's rule). The ends' rule is for a young rung, where ASHA's rule gives
-    one place or none and the first trials to complete teach the sampler where to look: one place
+    one place and the first trials to complete teach the sampler where to look: one place
     gave that lesson to one end of the front, and the sampler went there (docs/results.md, "Which
     end of the front goes on"). A stopped trial is never resumed, so a rung's first results are
     not stopped whatever they are (as Optuna's SuccessiveHalvingPruner lets the best so far go on).
     Nor is any point of a rung that holds fewer than `eta` results, where ASHA's rule gives no
     place and the front's ends are one or two results (one result beside it stopped step 3's net
-    at the first rung: docs/results.md, "A young rung and the sampler's start")."""
+    at the first rung: docs/results.md, "A young rung and the sampler's start"). The floor
+    (search/halving.py `verdict`) still applies there."""
     if len(points) < eta:
         return True
     best = max(p[0] for p in points)

@@ -60,7 +60,8 @@ class Pruner:
 class Fidelity:
     """Successive halving (Pareto studies): rung k of `rungs` trains on subset / eta^(rungs-1-k)
     images; a trial goes on to the next rung while it is an end of the rung's first front (the
-    smallest or the most accurate within the rung's floor) or ranks in the top 1/eta there."""
+    smallest or the most accurate within the rung's floor) or ranks in the top 1/eta there, and
+    always while the rung holds fewer than eta results (the floor still applies)."""
     rungs: int = 1
     eta: int = 3
 

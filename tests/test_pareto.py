@@ -32,8 +32,9 @@ def test_front_promotion_and_hypervolume_by_hand():
     # front by front; within one its two ends first (the smaller first), then by crowding distance
     assert promotion_order(points) == [4, 2, 0, 1, 3]
     assert promoted(points, 2, eta=2) and promoted(points, 4, eta=2) and not promoted(points, 0, eta=2)
-    # a young rung (where ASHA's rule gives one place or none): the two ends of the first front go on, its middle does not
+    # fewer than eta results: nothing to judge by, every point goes on
     assert promoted(points[:1], 0, eta=3) and promoted(points[:2], 1, eta=3) and promoted(points[:2], 0, eta=3)
+    # a young rung (where ASHA's rule gives one place): the two ends of the first front go on, its middle does not
     assert promoted(points[:3], 1, eta=3) and promoted(points[:3], 2, eta=3) and not promoted(points[:3], 0, eta=3)
     # fewer than eta results: no rule has enough peers, every point goes on, a dominated one too
     assert promoted([(99.0, 5000), (98.0, 6000)], 1, eta=3)
