@@ -5,6 +5,7 @@ failing hours into a run."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -26,3 +27,26 @@ def reseed_tpe(sampler: optuna.samplers.TPESampler, seed: int) -> None:
     trials) reseeded: Optuna seeds them only when the sampler is made."""
     sampler._rng.rng.seed(seed)
     sampler._random_sampler._rng.rng.seed(seed)
+
+
+class TrialsView:
+    """`study` as a sampler sees it when it holds only the trials `keep` accepts: Optuna's samplers
+    read a study's trials through its private `_get_trials`, and offer no public way to model a
+    part of them (search/sampler.py: one TPE model per value of the spread parameter)."""
+
+    def __init__(self, study: optuna.Study, keep: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
+        self._study = study
+        self._keep = keep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, *args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study._get_trials(*args, **kwargs) if self._keep(t)]
+
+    def get_trials(self, *args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self._study.get_trials(*args, **kwargs) if self._keep(t)]
+
+    @property
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.get_trials()

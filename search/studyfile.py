@@ -30,6 +30,7 @@ from space.families import FAMILIES, RECIPE_IN_TRAINING
 OBJECTIVE_EPOCHS = 3  # the objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
 PRUNERS = ("median", "none")
 OBJECTIVES = ("accuracy", "pareto")
+MAX_SPREAD = 8  # tpe_spread: at most this many values, each its own TPE model and random start
 # Hyperband is not offered: its rungs compare trials at fixed epochs, but a trial may only be
 # judged after its own first learning-rate drop and before its last epoch, so a rung would
 # compare one trial's epoch 2 with another's epoch 3, and some trials would never reach one.
@@ -129,6 +130,7 @@ class StudySpec:
     family: str = "step3"
     tpe_group: bool = False  # TPESampler(group=True): multivariate TPE per group of parameters that occur together
     tpe_startup_trials: int = 10  # TPESampler(n_startup_trials): finished trials drawn at random before TPE models any (Optuna's default)
+    tpe_spread: str = ""  # a parameter whose values the trials take in turn, each with a TPE model of its own (search/sampler.py); "": none
     objective: str = "accuracy"  # or "pareto": maximise accuracy and minimise n_params
     fidelity: Fidelity = Fidelity()
     confirm: Confirm = Confirm()
@@ -195,6 +197,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
     check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
     check(spec.tpe_startup_trials >= 0, "tpe_startup_trials", f"must be >= 0, got {spec.tpe_startup_trials}")
+    _check_spread(spec)
     check(objective == "accuracy" or pruner.kind == "none", "pruner.kind", "a Pareto study cannot use Optuna's pruners (they need "
           "one objective); leave [pruner] out and set [fidelity] rungs for successive halving")
     check(fidelity.rungs >= 1 and fidelity.eta >= 2, "fidelity", f"needs rungs >= 1 and eta >= 2, got {fidelity.rungs} and {fidelity.eta}")
@@ -311,12 +314,25 @@ def stored_spec(study: optuna.Study) -> StudySpec:
         raise UsageError(f"study {study.study_name!r}: its stored settings no longer pass the checks ({e}); start a new study") from None
 
 
+def _check_spread(spec: StudySpec) -> None:
+    """tpe_spread names a parameter of the family's space that takes a few values: an integer range or a choice."""
+    if not spec.tpe_spread:
+        return
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()  # one point, to see the parameters
+    FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
+    spread = {name: d for name, d in trial.distributions.items()
+              if isinstance(d, optuna.distributions.CategoricalDistribution)
+              or (isinstance(d, optuna.distributions.IntDistribution) and not d.log and (d.high - d.low) // d.step < MAX_SPREAD)}
+    check(spec.tpe_spread in spread, "tpe_spread", f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
+          f"({', '.join(sorted(spread)) or 'none here'}), or be \"\" for none; got {spec.tpe_spread!r}")
+
+
 def changed_settings(a: StudySpec, b: StudySpec) -> list[str]:
     """The settings (dotted keys, with both values) that keep a study created from `a` from
     resuming with `b`; empty when it may: only its name, trial count, time budget, heartbeat
     timing, sampler options, confirmation settings, target and answer level may differ (the target
     not where [region] near_target makes it a rule of the search)."""
-    volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, tpe_startup_trials=10,
+    volatile = dict(name="", trials=1, timeout=None, heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, tpe_group=False, tpe_startup_trials=10, tpe_spread="",
                     confirm=Confirm())
 
     def fixed(spec: StudySpec) -> dict[str, Any]:

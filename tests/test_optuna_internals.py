@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import optuna
 
-from search.optuna_internals import reseed_tpe, set_trial_user_attr, storage_of
+from search.optuna_internals import TrialsView, reseed_tpe, set_trial_user_attr, storage_of
 
 
 def test_the_private_attributes_this_tool_uses_still_work():
@@ -30,3 +30,21 @@ def test_the_private_attributes_this_tool_uses_still_work():
             seeded.tell(t, values[-1])
         draws.append(values)
     assert draws[0] == draws[1]
+
+
+def test_a_trials_view_is_what_tpe_models():
+    # TPE reads a study's trials through its private _get_trials: a view that keeps some of them is a study of those alone
+    study = optuna.create_study()
+    for i in range(12):
+        study.enqueue_trial({"kind": "a" if i < 11 else "b", "x": i / 12})
+        trial = study.ask()
+        trial.suggest_categorical("kind", ["a", "b"])
+        study.tell(trial, trial.suggest_float("x", 0.0, 1.0))
+    only_b = TrialsView(study, lambda t: t.params["kind"] == "b")
+    assert [t.number for t in only_b._get_trials(deepcopy=False, states=None)] == [11] == [t.number for t in only_b.trials]
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=10)
+    space = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
+    number = study.ask().number
+    frozen = study.trials[number]  # the trial TPE samples for
+    assert sampler.sample_relative(study, frozen, space) != {}  # 12 finished trials: TPE models them
+    assert sampler.sample_relative(only_b, frozen, space) == {}  # 1 in the view: still its random start

@@ -1081,6 +1081,7 @@ def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_t
     moved = replace(spec, region=replace(spec.region, target_acc=99.3))
     assert changed_settings(spec, moved) == []  # a target that only confirmation and export read
     assert changed_settings(spec, replace(spec, tpe_startup_trials=100)) == []  # a sampler option
+    assert changed_settings(spec, replace(spec, tpe_spread="stages")) == []  # another
     bounded = replace(spec, region=replace(spec.region, near_target=0.8))
     assert changed_settings(spec, bounded) == ["region.near_target: 0.0 -> 0.8", "region.target_acc: 0.0 -> 99.2"]  # a new rule
     assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, target_acc=99.3))) == ["region.target_acc: 99.2 -> 99.3"]
