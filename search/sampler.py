@@ -37,17 +37,20 @@ class StudyTPE(optuna.samplers.TPESampler):
 
     `spread`: a parameter whose values the trials take in turn (trial N the (N mod k)-th of its k
     values), each value with a TPE model of its own, made of the trials that share it, and its
-    own random start. One model of all trials settles on the value of its first good trials
-    (94 % of the trained trials of a run had the stage count of the first trained trials the
-    model saw: docs/results.md, "A young rung and the sampler's start"); the rungs, not the
-    sampler, then decide how much training each value gets."""
+    own random start of `n_startup_trials` (so k of them in all). One model of all trials kept
+    92-99 % of a run's trained trials to one stage count, and which one decided the run
+    (docs/results.md, "A young rung and the sampler's start"); the rungs, not the sampler, then
+    decide how much training each value gets. What TPE samples one parameter at a time (a trial
+    that starts before any has finished, a parameter outside the relative search space) still
+    comes from all trials. The value comes from the trial's number alone: a trial enqueued with
+    another value keeps its own, and its other parameters come from the turn's model."""
 
-    def __init__(self, study_seed: int, reseed: bool, spread: str, **kwargs: Any) -> None:
-        super().__init__(seed=study_seed, **kwargs)
+    def __init__(self, study_seed: int, reseed: bool, spread: str, n_startup_trials: int = 10, **kwargs: Any) -> None:
+        super().__init__(seed=study_seed, n_startup_trials=n_startup_trials, **kwargs)
         self._study_seed = study_seed
         self._reseed = reseed
         self._spread = spread
-        self._startup_trials = kwargs.get("n_startup_trials", 10)
+        self._startup_trials = n_startup_trials
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self._reseed:
@@ -61,6 +64,7 @@ class StudyTPE(optuna.samplers.TPESampler):
         values = spread_values(search_space[self._spread])
         value = values[trial.number % len(values)]
         rest = {name: d for name, d in search_space.items() if name != self._spread}
+        # TPE reads the view as a study of this value's trials alone (it uses only what TrialsView filters or passes on)
         view = TrialsView(study, lambda t: t.params.get(self._spread) == value)
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         if len(view.get_trials(deepcopy=False, states=states)) < self._startup_trials:  # this value's random start
@@ -73,7 +77,8 @@ class StudyTPE(optuna.samplers.TPESampler):
 
 def seed_sampler(study: optuna.Study, spec: StudySpec, url: str, first: bool, index: int = 0) -> None:
     """TPE, seeded from the study, never from the process: the process that created the study
-    uses the study's seed as a plain TPESampler seed; every later start (a resumed run, worker
+    uses the study's seed as TPE's seed (a spread value's random start is drawn from the trial's
+    number in every process); every later start (a resumed run, worker
     `index` of several, a run on another machine) reseeds TPE at each trial from the study's
     seed and the trial's number (StudyTPE's `reseed`). So the same command on the same study
     continues the same way, while processes running at once propose different points, even

@@ -321,8 +321,8 @@ def _check_spread(spec: StudySpec) -> None:
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()  # one point, to see the parameters
     FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
     spread = {name: d for name, d in trial.distributions.items()
-              if isinstance(d, optuna.distributions.CategoricalDistribution)
-              or (isinstance(d, optuna.distributions.IntDistribution) and not d.log and (d.high - d.low) // d.step < MAX_SPREAD)}
+              if (isinstance(d, optuna.distributions.CategoricalDistribution) and 2 <= len(d.choices) <= MAX_SPREAD)
+              or (isinstance(d, optuna.distributions.IntDistribution) and not d.log and 1 <= (d.high - d.low) // d.step < MAX_SPREAD)}
     check(spec.tpe_spread in spread, "tpe_spread", f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
           f"({', '.join(sorted(spread)) or 'none here'}), or be \"\" for none; got {spec.tpe_spread!r}")
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 
 from search.sampler import StudyTPE, spread_values
+from search.studyfile import load_study_spec
+from space.config import ConfigError
 
 BEST_X = {2: 0.1, 3: 0.5, 4: 0.9}  # each value of "stages" has its own best x
 
@@ -25,7 +29,7 @@ def test_a_spread_parameters_values_are_taken_in_turn_each_with_its_own_model():
         distance = {other: sum(abs(x - b) for x in late) / len(late) for other, b in BEST_X.items()}
         # each value's model found its own best x (0.10-0.14 away on average, 0.29-0.73 from the others')
         assert distance[stages] < 0.15 and distance[stages] == min(distance.values()), (stages, distance)
-    assert [t.params for t in spread_study(20).trials] == [t.params for t in study.trials[:20]]  # the same every time
+    assert [t.params for t in spread_study(40).trials] == [t.params for t in study.trials[:40]]  # the same every time
 
 
 def test_spread_values_are_an_integer_range_or_choices():
@@ -33,3 +37,45 @@ def test_spread_values_are_an_integer_range_or_choices():
     assert spread_values(optuna.distributions.CategoricalDistribution(["gap_conv", "conv_gap"])) == ["gap_conv", "conv_gap"]
     with pytest.raises(ValueError, match="an integer or a choice"):
         spread_values(optuna.distributions.FloatDistribution(0.0, 1.0))
+
+
+def test_two_objectives_constraints_and_a_running_trial_of_another_value():
+    # the shipped file's path: Pareto directions, constraints, the constant liar, one model per value, the first process unseeded per trial
+    sampler = StudyTPE(1, reseed=False, spread="stages", n_startup_trials=3, multivariate=True, group=True, constant_liar=True)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    running = None
+    for n in range(40):
+        trial = study.ask()
+        stages, x = trial.suggest_int("stages", 2, 4), trial.suggest_float("x", 0.0, 1.0)
+        trial.set_constraint("over", 1.0 if x > 0.9 else 0.0)
+        if n == 20:
+            running = trial  # left running: the liar counts it in its own value's model only
+            continue
+        study.tell(trial, [x - abs(x - BEST_X[stages]), x])
+    assert running is not None and study.trials[20].state == optuna.trial.TrialState.RUNNING
+    assert [t.params["stages"] for t in study.trials[1:]] == [[2, 3, 4][t.number % 3] for t in study.trials[1:]]
+
+
+def test_without_the_parameter_in_the_space_it_is_plain_tpe():
+    spread = optuna.create_study(sampler=StudyTPE(3, reseed=True, spread="stages", n_startup_trials=3))
+    plain = optuna.create_study(sampler=StudyTPE(3, reseed=True, spread="", n_startup_trials=3))
+    for study in (spread, plain):
+        study.optimize(lambda t: t.suggest_float("x", 0.0, 1.0) ** 2, n_trials=12)
+    assert [t.params for t in spread.trials] == [t.params for t in plain.trials]
+
+
+SHIPPED = Path(__file__).parent.parent / "studies" / "pareto-cpu.toml"
+
+
+@pytest.mark.parametrize("spread,stages,why", [
+    ("width", "[2, 4]", "no parameter (s1_c1_width is one)"),
+    ("s1_c1_width", "[2, 4]", "29 values"),
+    ("dropout", "[2, 4]", "a float"),
+    ("stages", "[3, 3]", "one value: not a parameter at all"),
+])
+def test_tpe_spread_names_a_parameter_of_a_few_values(tmp_path, spread, stages, why):
+    text = SHIPPED.read_text().replace('tpe_spread = "stages"', f'tpe_spread = "{spread}"').replace("stages = [2, 4]", f"stages = {stages}")
+    (tmp_path / "study.toml").write_text(text)
+    with pytest.raises(ConfigError, match=f"tpe_spread: must name an integer or choice parameter .*got '{spread}'"):
+        load_study_spec(tmp_path / "study.toml")
+    assert load_study_spec(SHIPPED).tpe_spread == "stages"
