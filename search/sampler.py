@@ -38,9 +38,9 @@ class StudyTPE(optuna.samplers.TPESampler):
     `spread`: a parameter whose values the trials take in turn (trial N the (N mod k)-th of its k
     values), each value with a TPE model of its own, made of the trials that share it, and its
     own random start of `n_startup_trials` (so k of them in all). One model of all trials kept
-    92-99 % of a run's trained trials to one stage count, and which one decided the run
-    (docs/results.md, "A young rung and the sampler's start"); the rungs, not the sampler, then
-    decide how much training each value gets. What TPE samples one parameter at a time (a trial
+    92-99 % of a run's trained trials to one stage count, the one its first proposals had
+    (docs/results.md, "A young rung and the sampler's start"; with the spread: "One model per
+    stage count"); the rungs, not the sampler, then decide how much training each value gets. What TPE samples one parameter at a time (a trial
     that starts before any has finished, a parameter outside the relative search space) still
     comes from all trials. The value comes from the trial's number alone: a trial enqueued with
     another value keeps its own, and its other parameters come from the turn's model."""
