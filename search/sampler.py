@@ -10,21 +10,12 @@ from typing import Any
 import optuna
 
 from search.optuna_internals import TrialsView, reseed_tpe
-from search.studyfile import Pruner, StudySpec
+from search.studyfile import Pruner, StudySpec, spread_values
 
 
 def trial_seed(study_seed: int, number: int) -> int:
     """The random seed of trial `number` of a study seeded `study_seed`."""
     return int(hashlib.sha256(f"{study_seed}:{number}".encode()).hexdigest()[:8], 16)
-
-
-def spread_values(distribution: optuna.distributions.BaseDistribution) -> list[Any]:
-    """The values a spread parameter takes in turn: an integer range's every value, or a choice's choices."""
-    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
-        return list(distribution.choices)
-    if isinstance(distribution, optuna.distributions.IntDistribution) and not distribution.log:
-        return list(range(distribution.low, distribution.high + 1, distribution.step))
-    raise ValueError(f"a spread parameter is an integer or a choice, got {distribution!r}")
 
 
 class StudyTPE(optuna.samplers.TPESampler):
@@ -40,9 +31,9 @@ class StudyTPE(optuna.samplers.TPESampler):
     own random start of `n_startup_trials` (so k of them in all). One model of all trials kept
     92-99 % of a run's trained trials to one stage count, the one its first proposals had
     (docs/results.md, "A young rung and the sampler's start"; with the spread: "One model per
-    stage count"); the rungs, not the sampler, then decide how much training each value gets. What TPE samples one parameter at a time (a trial
-    that starts before any has finished, a parameter outside the relative search space) still
-    comes from all trials. The value comes from the trial's number alone: a trial enqueued with
+    stage count"); the rungs, not the sampler, then decide how much training each value gets.
+    What TPE samples one parameter at a time (a trial that starts before any has finished, a
+    parameter outside the relative search space) still comes from all trials. The value comes from the trial's number alone: a trial enqueued with
     another value keeps its own, and its other parameters come from the turn's model."""
 
     def __init__(self, study_seed: int, reseed: bool, spread: str, n_startup_trials: int = 10, **kwargs: Any) -> None:

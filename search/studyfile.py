@@ -314,15 +314,23 @@ def stored_spec(study: optuna.Study) -> StudySpec:
         raise UsageError(f"study {study.study_name!r}: its stored settings no longer pass the checks ({e}); start a new study") from None
 
 
+def spread_values(distribution: optuna.distributions.BaseDistribution) -> list[Any]:
+    """The values a tpe_spread parameter takes in turn: an integer range's every value, or a choice's
+    choices; none for any other parameter."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, optuna.distributions.IntDistribution) and not distribution.log:
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    return []
+
+
 def _check_spread(spec: StudySpec) -> None:
     """tpe_spread names a parameter of the family's space that takes a few values: an integer range or a choice."""
     if not spec.tpe_spread:
         return
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()  # one point, to see the parameters
     FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
-    spread = {name: d for name, d in trial.distributions.items()
-              if (isinstance(d, optuna.distributions.CategoricalDistribution) and 2 <= len(d.choices) <= MAX_SPREAD)
-              or (isinstance(d, optuna.distributions.IntDistribution) and not d.log and 1 <= (d.high - d.low) // d.step < MAX_SPREAD)}
+    spread = [name for name, d in trial.distributions.items() if 2 <= len(spread_values(d)) <= MAX_SPREAD]
     check(spec.tpe_spread in spread, "tpe_spread", f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
           f"({', '.join(sorted(spread)) or 'none here'}), or be \"\" for none; got {spec.tpe_spread!r}")
 
