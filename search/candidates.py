@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.answer import Level, in_question, open_sizes, target_row
-from search.pareto import promotion_order
+from search.pareto import promotion_order, rank_score
 from search.results import in_region
 from search.studyfile import Confirm
 
@@ -27,13 +27,21 @@ def near_target(trials: list[optuna.trial.FrozenTrial], level: Level, near: floa
     return [t for t in trials if t.values[0] >= level.value - near]
 
 
-def candidates(study: optuna.Study, top: int, floor: float, level: Level = Level(0.0), near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+def in_promotion_order(trials: list[optuna.trial.FrozenTrial], rank: str) -> list[optuna.trial.FrozenTrial]:
+    """These COMPLETE Pareto trials in search/pareto.py's promotion order of their last rung's results,
+    ranked as [fidelity] rank says (`rank`: "accuracy", the trial's objective, or "loss")."""
+    scores = [t.values[0] if rank == "accuracy" else rank_score(t.user_attrs["rungs"][-1], rank) for t in trials]
+    return [trials[i] for i in promotion_order([(s, t.user_attrs["n_params"]) for s, t in zip(scores, trials)])]
+
+
+def candidates(study: optuna.Study, top: int, floor: float, level: Level = Level(0.0), near: float = 0.0,
+               rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
     """`top` trials at most, chosen by one rule for every trial (a start config's trial too), in
     the order confirmation takes them: an accuracy study's best, the best first; in a Pareto
     study, the trials in the region (`floor`: [region] floor; docs/design.md) in the order successive halving promotes
     them (search/pareto.py): front by front, each front's two ends and then the points that
     spread it along the size axis, so that confirmation answers "how small still holds" and not
-    only "how accurate". Which of them are near the target shows at the export budget: the later
+    only "how accurate" (`rank`: [fidelity] rank). Which of them are near the target shows at the export budget: the later
     rounds go there (`in_question`, `near_the_answer`). With `near` ([confirm] near) only the
     trials of the region near `level` are taken (`near_target`), or, when none is, its most
     accurate one, so that the answer can say how far the closest falls short."""
@@ -42,11 +50,11 @@ def candidates(study: optuna.Study, top: int, floor: float, level: Level = Level
         return sorted(finished, key=lambda t: -t.values[0])[:top]
     region = in_region(study, finished, floor)
     band = near_target(region, level, near) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
-    return [band[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in band])[:top]]
+    return in_promotion_order(band, rank)[:top]
 
 
 def near_the_answer(study: optuna.Study, rows: list[dict], sizes: tuple[float, float] | None, level: Level, floor: float,
-                    near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+                    near: float = 0.0, rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region, not yet confirmed by `rows`, whose size lies
     where the answer is still open (`sizes`: answer.open_sizes of `rows`: above the largest
     candidate decided to fall short of `level`, below the smallest decided to reach it); in
@@ -55,11 +63,11 @@ def near_the_answer(study: optuna.Study, rows: list[dict], sizes: tuple[float, f
     only those near the target (`near_target`)."""
     if sizes is None or len(study.directions) == 1:
         return []
-    return unconfirmed_between(study, rows, level, floor, near, *sizes)
+    return unconfirmed_between(study, rows, level, floor, near, *sizes, rank=rank)
 
 
 def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, level: Level, floor: float,
-                    near: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+                    near: float = 0.0, rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region not yet confirmed by `rows` and smaller than
     `answer` (answer.target_row of `rows`: the smallest candidate whose mean reaches `level`, as
     `export` chooses; of any size while there is none), in promotion order: where confirmation's time goes once no candidate is
@@ -71,23 +79,24 @@ def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, 
     With `near`, only those near the target (`near_target`); none in an accuracy study."""
     if len(study.directions) == 1:
         return []
-    return unconfirmed_between(study, rows, level, floor, near, 0, answer["n_params"] if answer else math.inf)
+    return unconfirmed_between(study, rows, level, floor, near, 0, answer["n_params"] if answer else math.inf, rank)
 
 
 def unconfirmed_between(study: optuna.Study, rows: list[dict], level: Level, floor: float, near: float, below: float,
-                        above: float) -> list[optuna.trial.FrozenTrial]:
+                        above: float, rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of the region (near the target with `near`) that no row confirms, of more than
     `below` and fewer than `above` parameters, in promotion order."""
     confirmed = {r["trial"] for r in rows}
     region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), level, near)
               if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
-    return [region[i] for i in promotion_order([(t.values[0], t.user_attrs["n_params"]) for t in region])]
+    return in_promotion_order(region, rank)
 
 
-def first_round(study: optuna.Study, settings: Confirm, level: Level, floor: float) -> tuple[list[optuna.trial.FrozenTrial], str | None]:
+def first_round(study: optuna.Study, settings: Confirm, level: Level, floor: float,
+                rank: str = "accuracy") -> tuple[list[optuna.trial.FrozenTrial], str | None]:
     """The candidates of confirmation's first round (`candidates`), and, in a Pareto study with
     [confirm] near, a line saying which band they were taken from (None otherwise)."""
-    chosen = candidates(study, settings.top, floor, level, settings.near)
+    chosen = candidates(study, settings.top, floor, level, settings.near, rank)
     if not (chosen and settings.near and level and level.measure == "acc" and len(study.directions) > 1):
         return chosen, None
     band = f"at most {settings.near:g} points under the target ({level.value:g} %) at the last rung ([confirm] near)"
@@ -98,7 +107,7 @@ def first_round(study: optuna.Study, settings: Confirm, level: Level, floor: flo
 
 
 def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: Level, floor: float, skip: set[int],
-               chosen_by_user: bool, workers: int, timed: bool) -> tuple[dict[int, int], str | None]:
+               chosen_by_user: bool, workers: int, timed: bool, rank: str = "accuracy") -> tuple[dict[int, int], str | None]:
     """What confirmation's next round takes (trial number: seed count), leaving out the trials in
     `skip` (another process trains them), and a line to say why when it is the time left's
     choice: one more seed for each candidate of `rows` in question (`in_question`, the smallest
@@ -113,11 +122,11 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: 
     wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt if row["trial"] not in skip}
     if chosen_by_user:  # (an explicit list of trials is all the user asked for)
         return wanted, None
-    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, level, floor, settings.near)
+    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, level, floor, settings.near, rank)
                if t.number not in wanted and t.number not in skip}
     if wanted or not timed:
         return wanted, None
-    unconfirmed = [t for t in left_to_confirm(study, rows, answer, level, floor, settings.near) if t.number not in skip]
+    unconfirmed = [t for t in left_to_confirm(study, rows, answer, level, floor, settings.near, rank) if t.number not in skip]
     wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}
     if not wanted:
         return wanted, None

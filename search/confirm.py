@@ -132,7 +132,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
         trials_by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
         chosen, why = [trials_by_number[n] for n in trials], None
     else:
-        chosen, why = first_round(study, settings, level, floor)
+        chosen, why = first_round(study, settings, level, floor, spec.fidelity.rank)
     if not chosen:
         raise UsageError(f"study {study.study_name!r} has no COMPLETE trial to confirm; run it longer first")
     if why:
@@ -179,7 +179,8 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
                 log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
                 break
         rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
-        wanted, why = next_round(study, rows, settings, level, floor, elsewhere, bool(trials), workers, deadline is not None)
+        wanted, why = next_round(study, rows, settings, level, floor, elsewhere, bool(trials), workers, deadline is not None,
+                                 spec.fidelity.rank)
         if why:
             log_line(why)
     rows = confirmed_rows(study)

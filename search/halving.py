@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from search.pareto import below_region, promoted, promotion_order
+from search.pareto import below_region, promoted, promotion_order, rank_score
 from search.studyfile import StudySpec
 
 STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; the limit's violations, and misses of the region by more, are larger
@@ -74,8 +74,9 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
                  else f"{floor:g} points below the best result there")
         return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than {bound}",
                        {"below_region": below})
-    points = [(p["val_acc"], p["n_params"]) for p in peers]
-    promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor)
+    rank = spec.fidelity.rank
+    points = [(rank_score(p, rank), p["n_params"]) for p in peers]
+    promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor, [p["val_acc"] for p in peers])
     # <= 0: in the region (without a floor `below` is -inf, and no region is told)
     constraints = {"below_region": below} if (floor or (last and region.near_target)) and (last or not promoted_here) else {}
     if promoted_here:
@@ -86,7 +87,8 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     order = promotion_order(points)
     constraints["stopped_early"] = STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1))
     rule = f"an end of the first front nor in the top 1/{spec.fidelity.eta} of the {len(peers)} results there"
-    return Verdict(f"stopped at rung {rung} ({images:,} images): val acc {accuracy:.2f}% with {n_params:,} params is not {rule}",
+    measured = f"val loss {peers[mine]['val_loss']:.4f}" if rank == "loss" else f"val acc {accuracy:.2f}%"
+    return Verdict(f"stopped at rung {rung} ({images:,} images): {measured} with {n_params:,} params is not {rule}",
                    constraints)
 
 

@@ -3,7 +3,8 @@ which successive halving promotes a trial from one rung to the next and confirma
 its candidates (as NSGA-II and Syne Tune's MOASHA: non-dominated sorting, then, within a
 front, crowding distance).
 
-A point is (accuracy in %, parameters): higher accuracy and fewer parameters are better.
+A point is (a score, parameters): a higher score and fewer parameters are better. The score is
+the accuracy in %, or minus the validation loss ([fidelity] rank, `rank_score`).
 """
 
 from __future__ import annotations
@@ -52,13 +53,19 @@ def _by_crowding(points: list[Point], front: list[int]) -> list[int]:
     return sorted(front, key=lambda i: (-distance[i], points[i][1], -points[i][0]))
 
 
+def rank_score(result: dict, rank: str) -> float:
+    """The score a rung result (`val_acc`, `val_loss`: means over its last epochs) is ranked by, higher
+    better: its accuracy, or minus its loss ([fidelity] rank)."""
+    return -result["val_loss"] if rank == "loss" else result["val_acc"]
+
+
 def below_region(accuracy: float, best: float, floor: float) -> float:
     """How far `accuracy` lies below the region, the results within `floor` points of the best
     `best` ([region] floor; > 0: outside it, <= 0: inside); without a floor (0) every result is inside."""
     return best - floor - accuracy if floor else -math.inf
 
 
-def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0) -> bool:
+def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accuracies: list[float] | None = None) -> bool:
     """Whether the point at `index` goes on to the next rung: when it is one of the two ends of
     the first front of the points within `floor` points of the most accurate (the smallest and
     the most accurate of them), or when it is among the first len(points) // eta in
@@ -70,11 +77,13 @@ def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0) -> b
     Nor is any point of a rung that holds fewer than `eta` results, where ASHA's rule gives no
     place and the front's ends are one or two results (one result beside it stopped step 3's net
     at the first rung: docs/results.md, "A young rung and the sampler's start"). The floor
-    (search/halving.py `verdict`) still applies there."""
+    (search/halving.py `verdict`) still applies there. The floor is in accuracy points: the points'
+    `accuracies` where their score is another measure (a loss), else their scores."""
     if len(points) < eta:
         return True
-    best = max(p[0] for p in points)
-    kept = [i for i, p in enumerate(points) if below_region(p[0], best, floor) <= 0]
+    accs = [p[0] for p in points] if accuracies is None else accuracies
+    best = max(accs)
+    kept = [i for i, a in enumerate(accs) if below_region(a, best, floor) <= 0]
     first = [kept[i] for i in front_indices([points[i] for i in kept])]
     return index in (first[0], first[-1]) or promotion_order(points).index(index) < len(points) // eta
 

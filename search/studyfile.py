@@ -29,6 +29,7 @@ from space.families import FAMILIES, RECIPE_IN_TRAINING
 
 OBJECTIVE_EPOCHS = 3  # the objective: mean validation accuracy over the last 3 epochs (accuracy that holds)
 PRUNERS = ("median", "none")
+RANKS = ("accuracy", "loss")  # [fidelity] rank
 OBJECTIVES = ("accuracy", "pareto")
 MAX_SPREAD = 8  # tpe_spread: at most this many values, each its own TPE model and random start
 # Hyperband is not offered: its rungs compare trials at fixed epochs, but a trial may only be
@@ -62,9 +63,14 @@ class Fidelity:
     """Successive halving (Pareto studies): rung k of `rungs` trains on subset / eta^(rungs-1-k)
     images; a trial goes on to the next rung while it is an end of the rung's first front (the
     smallest or the most accurate within the rung's floor) or ranks in the top 1/eta there, and
-    always while the rung holds fewer than eta results (the floor still applies)."""
+    always while the rung holds fewer than eta results (the floor still applies). `rank`: what orders
+    a rung's results there and confirmation's candidates (search/pareto.py `rank_score`): the mean
+    validation accuracy of the last three epochs, or their mean validation loss ("loss"), which
+    ranks the confirmed loss the answer is read on better (docs/results.md, "The last rung's loss
+    ranks the confirmation better than its accuracy"). The region's floors stay in accuracy points."""
     rungs: int = 1
     eta: int = 3
+    rank: str = "accuracy"
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,9 @@ def _spec_from_dict(raw: dict) -> StudySpec:
           "one objective); leave [pruner] out and set [fidelity] rungs for successive halving")
     check(fidelity.rungs >= 1 and fidelity.eta >= 2, "fidelity", f"needs rungs >= 1 and eta >= 2, got {fidelity.rungs} and {fidelity.eta}")
     check(fidelity.rungs == 1 or objective == "pareto", "fidelity.rungs", "rungs > 1 need objective = \"pareto\" (an accuracy study prunes with [pruner])")
+    check(fidelity.rank in RANKS, "fidelity.rank", f"must be one of {', '.join(RANKS)}, got {json.dumps(fidelity.rank, default=str)}")
+    check(fidelity.rank == "accuracy" or objective == "pareto", "fidelity.rank",
+          "\"loss\" orders a Pareto study's rungs and candidates: it needs objective = \"pareto\"")
     check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
           f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
     check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")

@@ -79,6 +79,11 @@ def test_pareto_study_files_are_checked(tmp_path):
         spec(PARETO.replace('"pareto"', '"size"'))
     with pytest.raises(ConfigError, match="the first rung would train on 56 images"):
         spec(PARETO.replace("rungs = 2", "rungs = 3").replace("eta = 2", "eta = 3"))
+    assert spec(PARETO.replace("eta = 2", 'eta = 2\nrank = "loss"')).fidelity.rank == "loss"
+    with pytest.raises(ConfigError, match="fidelity.rank: must be one of accuracy, loss, got \"median\""):
+        spec(PARETO.replace("eta = 2", 'eta = 2\nrank = "median"'))
+    with pytest.raises(ConfigError, match="fidelity.rank: \"loss\" orders a Pareto study's rungs and candidates"):
+        spec(PARETO.replace('objective = "pareto"', "").replace("rungs = 2", "rungs = 1").replace("eta = 2", 'eta = 2\nrank = "loss"'))
 
 
 @pytest.fixture()
@@ -109,6 +114,8 @@ def test_a_pareto_study_has_two_objectives_and_no_over_limit_point_on_its_front(
         assert t.values[1] == t.user_attrs["n_params"] <= 4000
         assert [r["images"] for r in t.user_attrs["rungs"]] == [256, 512]
         assert t.values[0] == pytest.approx(t.user_attrs["rungs"][-1]["val_acc"])
+        last3 = [e["val_loss"] for e in t.user_attrs["epochs"][-3:]]  # the loss [fidelity] rank = "loss" orders by: the same 3 epochs
+        assert t.user_attrs["rungs"][-1]["val_loss"] == pytest.approx(sum(last3) / 3)
         assert t.system_attrs["constraints:params_over_limit"] <= 0
     over = [t for t in study.trials if "over the parameter limit" in t.user_attrs.get("reason", "")]
     assert over, "the tiny space should draw some over-limit points"
@@ -398,7 +405,8 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     storage = f"sqlite:///{out / 'study.db'}"
     region = in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), stored_spec(study).region.floor)
     most_accurate = max(region, key=lambda t: (t.values[0], -t.values[1]))
-    smallest = min(region, key=lambda t: (t.values[1], -t.values[0]))
+    loss = lambda t: t.user_attrs["rungs"][-1]["val_loss"]  # the file ranks by it ([fidelity] rank = "loss")
+    lowest, smallest = min(region, key=lambda t: (loss(t), t.values[1])), min(region, key=lambda t: (t.values[1], loss(t)))
     # the file reads its answer on the validation loss ([region] answer_loss), which no accuracy band lies under: --near is refused
     band = ["confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--near", "0.8", "--seeds", "1", "--out", str(out), "--device", "cpu"]
     assert_one_line_error(run_cli(*band), "--near 0.8", "[region] answer_loss")
@@ -415,10 +423,10 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
                         "--device", "cpu")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "3 epochs on 300 training images" in confirmed.stdout
-    # without the band: four of the region's trials at most, its front's two ends among them (the most accurate, and the
-    # smallest that no other trial of the region beats on accuracy); no later round: nothing reaches the file's 99.23 %
+    # without the band: four of the region's trials at most, the two ends of its first front by the validation loss among them
+    # (the lowest in loss, and the smallest that no other trial of the region beats on loss); no later round: nothing reaches 99.23 %
     chosen = {int(n) for n in load(storage, "tiny").user_attrs["confirmed"]}
-    assert len(chosen) == min(4, len(region)) and {most_accurate.number, smallest.number} <= chosen
+    assert len(chosen) == min(4, len(region)) and {lowest.number, smallest.number} <= chosen
     rows = load(storage, "tiny").user_attrs["confirmed"]
     most_accurate = max(rows, key=lambda n: (rows[n]["mean"], -rows[n]["n_params"]))
     target = f"{rows[most_accurate]['mean']:.2f}"  # reached by the most accurate candidate alone (or a smaller one as accurate)
@@ -711,6 +719,37 @@ def test_the_verdict_after_a_rung_stops_below_the_region_or_unpromoted_and_grade
     assert stopped.constraints == {"below_region": pytest.approx(-1.0), "stopped_early": pytest.approx(STOPPED_SCALE * 2)}
     at_the_top = verdict(spec, [{**p, "val_acc": p["val_acc"] + 0.5} if p["number"] == 4 else p for p in peers], 4, 1, 1800, last=True)
     assert at_the_top.stop is None and at_the_top.constraints == {"below_region": pytest.approx(-0.5)}  # the last rung: in the region
+
+
+def test_with_rank_loss_a_rung_promotes_by_the_validation_loss_and_keeps_its_region_in_accuracy_points():
+    from search.halving import verdict
+    from search.studyfile import stored_spec
+
+    by_acc = replace(stored_spec(region_study(floor=1.0)), fidelity=Fidelity(rungs=2, eta=3))  # floors: 2 points at rung 0
+    by_loss = replace(by_acc, fidelity=replace(by_acc.fidelity, rank="loss"))
+    # six nets of one size: each front is one net, so 6 // 3 = 2 go on, the two best by the measure ranked
+    peers = [{"number": n, "val_acc": acc, "val_loss": loss, "n_params": 5000} for n, (acc, loss) in enumerate(
+        [(99.0, 0.040), (98.6, 0.030), (98.9, 0.045), (98.8, 0.050), (98.7, 0.055), (96.5, 0.020)])]
+    assert [verdict(by_acc, peers, n, 0, 600, last=False).stop is None for n in range(5)] == [True, False, True, False, False]
+    assert "val acc 98.60% with 5,000 params is not an end of the first front" in verdict(by_acc, peers, 1, 0, 600, last=False).stop
+    # by loss: trial 5 (0.020) and trial 1 (0.030) rank first, then 0; trial 1 is also the region's lowest loss, an end of its front
+    assert [verdict(by_loss, peers, n, 0, 600, last=False).stop is None for n in range(5)] == [False, True, False, False, False]
+    assert "val loss 0.0450 with 5,000 params is not an end of the first front" in verdict(by_loss, peers, 2, 0, 600, last=False).stop
+    # the region stays in accuracy points: trial 5 has the lowest loss of all, but lies 2.5 points under the best accuracy
+    below = verdict(by_loss, peers, 5, 0, 600, last=False)
+    assert below.stop.startswith("below the region at rung 0") and below.constraints == {"below_region": pytest.approx(0.5)}
+
+
+def test_with_rank_loss_confirmation_takes_its_candidates_in_the_loss_order_of_their_last_rung():
+    from search.candidates import candidates
+
+    study = region_study(floor=1.0)
+    for acc, loss, size in ((98.2, 0.030, 1000), (98.6, 0.035, 2000), (98.9, 0.026, 3000), (99.0, 0.028, 8000)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], constraints={"params_over_limit": -1},
+                                                  user_attrs={"n_params": size, "rungs": [{"val_acc": acc, "val_loss": loss}]}))
+    sizes = lambda rank: [t.user_attrs["n_params"] for t in candidates(study, 4, 1.0, rank=rank)]
+    assert sizes("accuracy") == [1000, 8000, 2000, 3000]  # accuracy's front is all four: its ends, then by crowding
+    assert sizes("loss") == [1000, 3000, 2000, 8000]  # by loss, 3,000 (0.026) dominates 8,000 (0.028): the first front is 1,000 and 3,000
 
 
 def test_with_near_target_the_last_rung_stops_a_trial_too_far_under_the_target_whatever_the_best_result():
