@@ -12,7 +12,8 @@ import optuna
 from optuna.trial import TrialState
 
 from search.answer import Level, in_question, open_sizes, target_row
-from search.pareto import promotion_order, rank_score
+from search.halving import rank_score
+from search.pareto import promotion_order
 from search.results import in_region
 from search.studyfile import Confirm
 
@@ -29,7 +30,8 @@ def near_target(trials: list[optuna.trial.FrozenTrial], level: Level, near: floa
 
 def in_promotion_order(trials: list[optuna.trial.FrozenTrial], rank: str) -> list[optuna.trial.FrozenTrial]:
     """These COMPLETE Pareto trials in search/pareto.py's promotion order of their last rung's results,
-    ranked as [fidelity] rank says (`rank`: "accuracy", the trial's objective, or "loss")."""
+    ranked as [fidelity] rank says (`rank`): by "accuracy", the trial's first value, which is its last
+    rung's `val_acc`; by "loss", that rung's recorded loss."""
     scores = [t.values[0] if rank == "accuracy" else rank_score(t.user_attrs["rungs"][-1], rank) for t in trials]
     return [trials[i] for i in promotion_order([(s, t.user_attrs["n_params"]) for s, t in zip(scores, trials)])]
 

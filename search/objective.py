@@ -79,9 +79,13 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
         history = _train_rung(trial, spec, config, replace(split, train_images=split.train_images[:images],
                                                            train_labels=split.train_labels[:images]), start, rung, deadline)
         accuracy = statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
+        loss = statistics.mean(m["val_loss"] for m in history[-OBJECTIVE_EPOCHS:])
+        if not math.isfinite(loss):  # it would rank nowhere ([fidelity] rank = "loss"): a run that diverged on the validation images
+            trial.set_user_attr("diverged", f"validation loss is {loss} at rung {rung}")
+            return _prune(trial, f"diverged: validation loss is {loss} at rung {rung}")
         # what the rung measured: the verdict ranks by it ([fidelity] rank), and `report` compares it with confirmation
         rungs.append({"rung": rung, "images": images, "val_acc": accuracy, "final_val_acc": history[-1]["val_acc"],
-                      "val_loss": statistics.mean(m["val_loss"] for m in history[-OBJECTIVE_EPOCHS:]),
+                      "val_loss": loss,
                       "train_loss_sum": sum(m["train_loss"] for m in history), "seconds": time.perf_counter() - rung_start,
                       "train_seconds": sum(images / m["images_per_s"] for m in history)})  # (the rest: scoring, building)
         last = rung + 1 == len(subsets)

@@ -4,7 +4,7 @@ its candidates (as NSGA-II and Syne Tune's MOASHA: non-dominated sorting, then, 
 front, crowding distance).
 
 A point is (a score, parameters): a higher score and fewer parameters are better. The score is
-the accuracy in %, or minus the validation loss ([fidelity] rank, `rank_score`).
+the accuracy in %, or minus the validation loss ([fidelity] rank: search/halving.py `rank_score`).
 """
 
 from __future__ import annotations
@@ -53,12 +53,6 @@ def _by_crowding(points: list[Point], front: list[int]) -> list[int]:
     return sorted(front, key=lambda i: (-distance[i], points[i][1], -points[i][0]))
 
 
-def rank_score(result: dict, rank: str) -> float:
-    """The score a rung result (`val_acc`, `val_loss`: means over its last epochs) is ranked by, higher
-    better: its accuracy, or minus its loss ([fidelity] rank)."""
-    return -result["val_loss"] if rank == "loss" else result["val_acc"]
-
-
 def below_region(accuracy: float, best: float, floor: float) -> float:
     """How far `accuracy` lies below the region, the results within `floor` points of the best
     `best` ([region] floor; > 0: outside it, <= 0: inside); without a floor (0) every result is inside."""
@@ -68,7 +62,7 @@ def below_region(accuracy: float, best: float, floor: float) -> float:
 def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accuracies: list[float] | None = None) -> bool:
     """Whether the point at `index` goes on to the next rung: when it is one of the two ends of
     the first front of the points within `floor` points of the most accurate (the smallest and
-    the most accurate of them), or when it is among the first len(points) // eta in
+    the best scored of them), or when it is among the first len(points) // eta in
     `promotion_order` (ASHA's rule). The ends' rule is for a young rung, where ASHA's rule gives
     one place and the first trials to complete teach the sampler where to look: one place
     gave that lesson to one end of the front, and the sampler went there (docs/results.md, "Which
@@ -78,7 +72,9 @@ def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accu
     place and the front's ends are one or two results (one result beside it stopped step 3's net
     at the first rung: docs/results.md, "A young rung and the sampler's start"). The floor
     (search/halving.py `verdict`) still applies there. The floor is in accuracy points: the points'
-    `accuracies` where their score is another measure (a loss), else their scores."""
+    `accuracies` where their score is another measure (a loss), else their scores. ASHA's places
+    are counted over every point, in the region or not, as with accuracy (where a point below the
+    floor can rank high by being small): the verdict stops such a point anyway."""
     if len(points) < eta:
         return True
     accs = [p[0] for p in points] if accuracies is None else accuracies

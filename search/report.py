@@ -4,6 +4,7 @@ its rungs ranked the confirmed candidates."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
@@ -64,13 +65,18 @@ def budget_summary(study: optuna.Study, spec: StudySpec, within: float = 2.0) ->
             f"front: {len(region)} of {len(front)} points in the region")
 
 
-RANKINGS = {"val_acc": "mean val acc of the last 3 epochs", "final_val_acc": "final val acc", "train_loss_sum": "sum of training losses (negated)"}
+# a rung statistic: (its name, its sign: +1 where higher ranks better); a confirmed figure the same way
+RANKINGS = {"val_acc": ("mean val acc of the last 3 epochs", 1), "val_loss": ("mean val loss of the last 3 epochs (negated)", -1),
+            "final_val_acc": ("final val acc", 1), "train_loss_sum": ("sum of training losses (negated)", -1)}
+CONFIRMED = {"mean": ("the confirmed mean", 1), "loss": ("the confirmed loss (negated)", -1)}
 
 
 def ranking_summary(study: optuna.Study, confirmed: list[dict]) -> list[str]:
     """How well each rung's statistics rank the confirmed candidates: Spearman's correlation of
-    each with the confirmed mean (the sum of training losses negated: lower is better), over the
-    candidates confirmed at one budget, none diverged."""
+    each with the confirmed mean accuracy and with the confirmed mean validation loss (the answer's
+    measure with [region] answer_loss; losses negated: lower is better), over the candidates
+    confirmed at one budget, none diverged. A statistic or figure a study did not record (before
+    it was recorded) is left out."""
     rows = [r for r in confirmed if holds(r) and r["epochs"] is not None]
     if not rows:
         return []
@@ -80,12 +86,13 @@ def ranking_summary(study: optuna.Study, confirmed: list[dict]) -> list[str]:
     lines = []
     rungs = {len(trials[r["trial"]].user_attrs.get("rungs", [])) for r in rows}
     for rung in range(min(rungs)):
-        for key, name in RANKINGS.items():
-            sign = -1 if key == "train_loss_sum" else 1
-            pairs = pd.DataFrame([(sign * trials[r["trial"]].user_attrs["rungs"][rung].get(key, float("nan")), r["mean"]) for r in rows]).dropna()
-            if len(pairs) >= 3:
-                rho = spearman(pairs[0], pairs[1])
-                lines.append(f"rung {rung}, {name}: Spearman {rho:+.2f} with the confirmed mean over {len(pairs)} candidates")
+        for key, (name, sign) in RANKINGS.items():
+            for figure, (against, figure_sign) in CONFIRMED.items():
+                pairs = pd.DataFrame([(sign * trials[r["trial"]].user_attrs["rungs"][rung].get(key, math.nan),
+                                       figure_sign * (math.nan if r[figure] is None else r[figure])) for r in rows]).dropna()
+                if len(pairs) >= 3:
+                    rho = spearman(pairs[0], pairs[1])
+                    lines.append(f"rung {rung}, {name}: Spearman {rho:+.2f} with {against} over {len(pairs)} candidates")
     return lines
 
 

@@ -752,6 +752,24 @@ def test_with_rank_loss_confirmation_takes_its_candidates_in_the_loss_order_of_t
     assert sizes("loss") == [1000, 3000, 2000, 8000]  # by loss, 3,000 (0.026) dominates 8,000 (0.028): the first front is 1,000 and 3,000
 
 
+def test_with_rank_loss_the_later_rounds_take_the_unconfirmed_trials_in_the_loss_order():
+    from search.candidates import next_round
+    from search.studyfile import Confirm
+
+    study = region_study(floor=1.0)
+    for acc, loss, size in ((98.9, 0.030, 3000), (98.8, 0.026, 3500), (99.0, 0.029, 4000), (99.1, 0.025, 8000)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], constraints={"params_over_limit": -1},
+                                                  user_attrs={"n_params": size, "rungs": [{"val_acc": acc, "val_loss": loss}]}))
+    rows = [{"trial": 3, "n_params": 8000, "mean": 99.3, "std": 0.05, "seeds": [1], "planned_seeds": [1], "diverged": {}, "loss": 0.022,
+             "loss_std": None}]  # the largest confirmed, decided above the level: time left goes to the smaller, one per worker
+    settings, level = Confirm(top=1, seeds=1, max_seeds=1), Level(99.2)
+    by_acc, _ = next_round(study, rows, settings, level, 1.0, set(), False, 2, True)  # two workers: two trials a round
+    by_loss, _ = next_round(study, rows, settings, level, 1.0, set(), False, 2, True, "loss")
+    # the first front's two ends go first: by accuracy 3,000 and 4,000 (3,000 dominates 3,500); by loss 3,000 and 3,500
+    # (3,500 at 0.026 dominates 4,000 at 0.029)
+    assert (sorted(by_acc), sorted(by_loss)) == ([0, 2], [0, 1])
+
+
 def test_with_near_target_the_last_rung_stops_a_trial_too_far_under_the_target_whatever_the_best_result():
     from search.halving import verdict
     from search.studyfile import stored_spec
@@ -1102,15 +1120,19 @@ def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared
     assert "trained trials within 2 points of the best result of their last rung:" in result.stdout
     study = region_study(floor=0.0)
     rows = {}
-    for k, (acc, loss, confirmed) in enumerate(((95.0, 3.0, 99.0), (96.0, 2.0, 99.1), (97.0, 1.0, 99.2), (98.0, 4.0, 99.3))):
-        rung = {"rung": 0, "images": 256, "val_acc": acc, "final_val_acc": acc, "train_loss_sum": loss}
+    for k, (acc, loss, val_loss, confirmed, confirmed_loss) in enumerate(
+            ((95.0, 3.0, 0.05, 99.0, 0.030), (96.0, 2.0, 0.03, 99.1, 0.026), (97.0, 1.0, 0.04, 99.2, 0.028), (98.0, 4.0, 0.02, 99.3, 0.024))):
+        rung = {"rung": 0, "images": 256, "val_acc": acc, "final_val_acc": acc, "train_loss_sum": loss, "val_loss": val_loss}
         study.add_trial(optuna.trial.create_trial(values=[acc, 1000 + k], user_attrs={"n_params": 1000 + k, "rungs": [rung]}))
         rows[str(k)] = {"n_params": 1000 + k, "mean": confirmed, "std": 0.0, "seeds": [4, 5], "planned_seeds": [4, 5], "diverged": {},
-                        "complete": True, "epochs": 3, "images": 512}
+                        "complete": True, "epochs": 3, "images": 512, "loss": confirmed_loss}
     study.set_user_attr("confirmed", rows)
     lines = ranking_summary(study, confirmed_rows(study))
     assert "rung 0, mean val acc of the last 3 epochs: Spearman +1.00 with the confirmed mean over 4 candidates" in lines
     assert "rung 0, sum of training losses (negated): Spearman -0.20 with the confirmed mean over 4 candidates" in lines
+    # the loss the answer is read on: the rung's loss orders the confirmed loss exactly here, the rung's accuracy less well
+    assert "rung 0, mean val loss of the last 3 epochs (negated): Spearman +1.00 with the confirmed loss (negated) over 4 candidates" in lines
+    assert "rung 0, mean val acc of the last 3 epochs: Spearman +0.80 with the confirmed loss (negated) over 4 candidates" in lines
 
 
 def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_the_search():
@@ -1121,6 +1143,8 @@ def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_t
     assert changed_settings(spec, moved) == []  # a target that only confirmation and export read
     assert changed_settings(spec, replace(spec, tpe_startup_trials=100)) == []  # a sampler option
     assert changed_settings(spec, replace(spec, tpe_spread="stages")) == []  # another
+    # what orders the rungs is a rule of the search: a study made before the key (its default) does not resume with "loss"
+    assert changed_settings(spec, replace(spec, fidelity=replace(spec.fidelity, rank="loss"))) == ["fidelity.rank: 'accuracy' -> 'loss'"]
     bounded = replace(spec, region=replace(spec.region, near_target=0.8))
     assert changed_settings(spec, bounded) == ["region.near_target: 0.0 -> 0.8", "region.target_acc: 0.0 -> 99.2"]  # a new rule
     assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, target_acc=99.3))) == ["region.target_acc: 99.2 -> 99.3"]
