@@ -64,15 +64,19 @@ def rung_floor(spec: StudySpec, rung: int) -> float:
     return spec.region.floor * (spec.fidelity.rungs - rung)
 
 
-def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: int, last: bool) -> Verdict:
+def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: int, last: bool,
+            group: set[int] | None = None) -> Verdict:
     """Whether trial `number` stops after `rung` (on `images` images) or goes on, given every
     result there (`rung_results`, its own among them): below the region, or, before the last
     rung, not promoted by successive halving. With a region, "below_region" is set where the
-    trial ends: > 0 (how far below) makes it infeasible for the sampler."""
+    trial ends: > 0 (how far below) makes it infeasible for the sampler. `group`: the numbers of
+    the trials it is ranked among ([fidelity] within; None: all); the region counts every peer."""
+    floor, region = rung_floor(spec, rung), spec.region
+    under_best = below_region(next(p["val_acc"] for p in peers if p["number"] == number), max(p["val_acc"] for p in peers), floor)
+    if group is not None:  # ranked among its own kind only (below the last rung, where ranking decides)
+        peers = [p for p in peers if p["number"] in group or p["number"] == number]
     mine = [p["number"] for p in peers].index(number)
     accuracy, n_params = peers[mine]["val_acc"], peers[mine]["n_params"]
-    floor, region = rung_floor(spec, rung), spec.region
-    under_best = below_region(accuracy, max(p["val_acc"] for p in peers), floor)
     under_target = below_region(accuracy, region.target_acc, region.near_target) if last and region.near_target else -math.inf
     below = max(under_best, under_target)  # the sampler is told the larger miss: a worse net never looks nearer
     if below > 0:
@@ -92,7 +96,8 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     # (scaled to stay below every other constraint: a point below the region or over the limit counts as worse).
     order = promotion_order(points)
     constraints["stopped_early"] = STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1))
-    rule = f"an end of the first front nor in the top 1/{spec.fidelity.eta} of the {len(peers)} results there"
+    among = f" of its {spec.fidelity.within}" if group is not None else ""
+    rule = f"an end of the first front nor in the top 1/{spec.fidelity.eta} of the {len(peers)} results there{among}"
     measured = f"val loss {peers[mine]['val_loss']:.4f}" if rank == "loss" else f"val acc {accuracy:.2f}%"
     return Verdict(f"stopped at rung {rung} ({images:,} images): {measured} with {n_params:,} params is not {rule}",
                    constraints)

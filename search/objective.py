@@ -91,8 +91,10 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
         last = rung + 1 == len(subsets)
         if spec.pareto:
             trial.set_user_attr("rungs", rungs)
-            peers = rung_results(trial.study.get_trials(deepcopy=False), rung)
-            judged = verdict(spec, peers, trial.number, rung, images, last)  # the same rule for every trial
+            trials = trial.study.get_trials(deepcopy=False)
+            within = spec.fidelity.within
+            group = {t.number for t in trials if t.params.get(within) == params[within]} if within and not last else None
+            judged = verdict(spec, rung_results(trials, rung), trial.number, rung, images, last, group)  # the same rule for every trial
             for key, value in judged.constraints.items():
                 _constrain(trial, key, value)
             if judged.stop:

@@ -68,10 +68,16 @@ class Fidelity:
     validation accuracy of the last three epochs, or their mean validation loss ("loss"), which
     ranks the confirmed loss the answer is read on better at the last rung (docs/results.md, "The last
     rung's loss ranks the confirmation better than its accuracy"). The region's floors stay in
-    accuracy points, and the trial's objective (what TPE models) stays its accuracy."""
+    accuracy points, and the trial's objective (what TPE models) stays its accuracy. `within`: a
+    parameter of the space (like tpe_spread, a few values); below the last rung a trial is ranked,
+    and its young-rung and front-end places counted, among the trials that share its value of it
+    alone, so that a kind of net that learns more slowly on few images is not stopped by another
+    kind's faster start (the floor still counts every trial; "": all trials together; docs/results.md,
+    "Two-stage nets at the rungs")."""
     rungs: int = 1
     eta: int = 3
     rank: str = "accuracy"
+    within: str = ""
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(spec.grace_period > spec.heartbeat_interval, "grace_period", f"must be > heartbeat_interval, got {spec.grace_period}")
     check(pruner.startup_trials >= 0, "pruner.startup_trials", f"must be >= 0, got {pruner.startup_trials}")
     check(spec.tpe_startup_trials >= 0, "tpe_startup_trials", f"must be >= 0, got {spec.tpe_startup_trials}")
+    check(not fidelity.within or objective == "pareto", "fidelity.within", "groups a Pareto study's rungs: it needs objective = \"pareto\"")
     _check_spread(spec)
     check(objective == "accuracy" or pruner.kind == "none", "pruner.kind", "a Pareto study cannot use Optuna's pruners (they need "
           "one objective); leave [pruner] out and set [fidelity] rungs for successive halving")
@@ -335,14 +342,15 @@ def spread_values(distribution: optuna.distributions.BaseDistribution) -> list[A
 
 
 def _check_spread(spec: StudySpec) -> None:
-    """tpe_spread names a parameter of the family's space that takes a few values: an integer range or a choice."""
-    if not spec.tpe_spread:
-        return
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()  # one point, to see the parameters
-    FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
-    spread = [name for name, d in trial.distributions.items() if 2 <= len(spread_values(d)) <= MAX_SPREAD]
-    check(spec.tpe_spread in spread, "tpe_spread", f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
-          f"({', '.join(sorted(spread)) or 'none here'}), or be \"\" for none; got {spec.tpe_spread!r}")
+    """tpe_spread and [fidelity] within name a parameter of the family's space that takes a few values: an integer range or a choice."""
+    for key, name in (("tpe_spread", spec.tpe_spread), ("fidelity.within", spec.fidelity.within)):
+        if not name:
+            continue
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()  # one point, to see the parameters
+        FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
+        spread = [name for name, d in trial.distributions.items() if 2 <= len(spread_values(d)) <= MAX_SPREAD]
+        check(name in spread, key, f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
+              f"({', '.join(sorted(spread)) or 'none here'}), or be \"\" for none; got {name!r}")
 
 
 def changed_settings(a: StudySpec, b: StudySpec) -> list[str]:

@@ -740,6 +740,26 @@ def test_with_rank_loss_a_rung_promotes_by_the_validation_loss_and_keeps_its_reg
     assert below.stop.startswith("below the region at rung 0") and below.constraints == {"below_region": pytest.approx(0.5)}
 
 
+def test_with_within_a_rung_below_the_last_ranks_a_trial_among_its_own_kind_and_the_region_among_all():
+    from search.halving import verdict
+    from search.studyfile import stored_spec
+
+    spec = replace(stored_spec(region_study(floor=1.0)), fidelity=Fidelity(rungs=2, eta=3, rank="loss", within="stages"))
+    # nine nets of one size: trials 0-5 of one stage count, 6-8 of another that learns more slowly on few images
+    losses = [0.080, 0.082, 0.084, 0.086, 0.088, 0.090, 0.100, 0.104, 0.108]
+    peers = [{"number": n, "val_acc": 97.5, "val_loss": loss, "n_params": 5000} for n, loss in enumerate(losses)]
+    slow, fast = {6, 7, 8}, {0, 1, 2, 3, 4, 5}
+    # all together: the top 9 // 3 = 3 go on (0, 1, 2), none of the slower kind
+    assert [verdict(spec, peers, n, 0, 600, last=False).stop is None for n in range(9)] == [True] * 3 + [False] * 6
+    # each among its own kind: 6 // 3 = 2 of the first (0, 1), and the slower kind's best (6) as the lowest loss of its own front
+    judged = {n: verdict(spec, peers, n, 0, 600, last=False, group=slow if n in slow else fast) for n in range(9)}
+    assert [n for n, v in judged.items() if v.stop is None] == [0, 1, 6]
+    assert "is not an end of the first front nor in the top 1/3 of the 3 results there of its stages" in judged[7].stop
+    # the region counts every trial: its kind's best, 2.5 points under the best of all (the floor: 2 points at rung 0), stops
+    under = [{**p, "val_acc": 95.0} if p["number"] == 6 else p for p in peers]
+    assert verdict(spec, under, 6, 0, 600, last=False, group=slow).stop.startswith("below the region at rung 0")
+
+
 def test_with_rank_loss_confirmation_takes_its_candidates_in_the_loss_order_of_their_last_rung():
     from search.candidates import candidates
 

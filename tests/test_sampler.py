@@ -78,3 +78,12 @@ def test_tpe_spread_names_a_parameter_of_a_few_values(tmp_path, spread, stages, 
     with pytest.raises(ConfigError, match=f"tpe_spread: must name an integer or choice parameter .*got '{spread}'"):
         load_study_spec(tmp_path / "study.toml")
     assert load_study_spec(SHIPPED).tpe_spread == "stages"
+
+
+@pytest.mark.parametrize("within,why", [("width", "no parameter"), ("s1_c1_width", "29 values"), ("dropout", "a float")])
+def test_fidelity_within_names_a_parameter_of_a_few_values(tmp_path, within, why):
+    text = SHIPPED.read_text().replace('within = "stages"', f'within = "{within}"')
+    (tmp_path / "study.toml").write_text(text)
+    with pytest.raises(ConfigError, match=f"fidelity.within: must name an integer or choice parameter .*got '{within}'"):
+        load_study_spec(tmp_path / "study.toml")
+    assert load_study_spec(SHIPPED).fidelity.within == "stages"
