@@ -57,6 +57,12 @@ def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict
             for t in trials if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
 
 
+def rung_group(trials: list[optuna.trial.FrozenTrial], within: str, value: object) -> set[int] | None:
+    """The numbers of the trials a trial whose parameter `within` is `value` is ranked among below the
+    last rung ([fidelity] within): those that share the value; None (every trial) without `within`."""
+    return {t.number for t in trials if t.params.get(within) == value} if within else None
+
+
 def rung_floor(spec: StudySpec, rung: int) -> float:
     """[region] floor at the last rung, and one floor wider for each rung below it (3, 6 and 9
     points on three rungs): on fewer images a small net's accuracy lags the best by more than

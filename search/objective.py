@@ -25,7 +25,7 @@ import optuna
 from search.artifacts import attach_trial_files
 from search.data import Split
 from search.export import export_form
-from search.halving import no_time_for_rung, rung_results, rung_subsets, verdict
+from search.halving import no_time_for_rung, rung_group, rung_results, rung_subsets, verdict
 from search.stale import worker_id, worker_is_gone
 from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, config_from_point
 from search.train import OutOfTime
@@ -93,7 +93,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
             trial.set_user_attr("rungs", rungs)
             trials = trial.study.get_trials(deepcopy=False)
             within = spec.fidelity.within
-            group = {t.number for t in trials if t.params.get(within) == params[within]} if within and not last else None
+            group = None if last else rung_group(trials, within, params.get(within))
             judged = verdict(spec, rung_results(trials, rung), trial.number, rung, images, last, group)  # the same rule for every trial
             for key, value in judged.constraints.items():
                 _constrain(trial, key, value)

@@ -740,6 +740,18 @@ def test_with_rank_loss_a_rung_promotes_by_the_validation_loss_and_keeps_its_reg
     assert below.stop.startswith("below the region at rung 0") and below.constraints == {"below_region": pytest.approx(0.5)}
 
 
+def test_a_rungs_group_is_the_trials_that_share_the_value_of_within():
+    from search.halving import rung_group
+
+    study = optuna.create_study()
+    for stages in (2, 3, 2, 4):
+        study.enqueue_trial({"stages": stages})
+        study.optimize(lambda t: t.suggest_int("stages", 2, 4), n_trials=1)
+    assert rung_group(study.trials, "stages", 2) == {0, 2}
+    assert rung_group(study.trials, "stages", 4) == {3}
+    assert rung_group(study.trials, "", 2) is None  # without [fidelity] within: every trial
+
+
 def test_with_within_a_rung_below_the_last_ranks_a_trial_among_its_own_kind_and_the_region_among_all():
     from search.halving import verdict
     from search.studyfile import stored_spec
