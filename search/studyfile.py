@@ -343,14 +343,15 @@ def spread_values(distribution: optuna.distributions.BaseDistribution) -> list[A
 
 def _check_spread(spec: StudySpec) -> None:
     """tpe_spread and [fidelity] within name a parameter of the family's space that takes a few values: an integer range or a choice."""
-    for key, name in (("tpe_spread", spec.tpe_spread), ("fidelity.within", spec.fidelity.within)):
-        if not name:
-            continue
-        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()  # one point, to see the parameters
-        FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
-        spread = [name for name, d in trial.distributions.items() if 2 <= len(spread_values(d)) <= MAX_SPREAD]
-        check(name in spread, key, f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
-              f"({', '.join(sorted(spread)) or 'none here'}), or be \"\" for none; got {name!r}")
+    named = [(key, name) for key, name in (("tpe_spread", spec.tpe_spread), ("fidelity.within", spec.fidelity.within)) if name]
+    if not named:
+        return
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()  # one point, to see the parameters
+    FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
+    few = sorted(p for p, d in trial.distributions.items() if 2 <= len(spread_values(d)) <= MAX_SPREAD)
+    for key, name in named:
+        check(name in few, key, f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
+              f"({', '.join(few) or 'none here'}), or be \"\" for none; got {name!r}")
 
 
 def changed_settings(a: StudySpec, b: StudySpec) -> list[str]:
