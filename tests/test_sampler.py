@@ -82,8 +82,9 @@ def test_tpe_spread_names_a_parameter_of_a_few_values(tmp_path, spread, stages, 
 
 @pytest.mark.parametrize("within,why", [("width", "no parameter"), ("s1_c1_width", "29 values"), ("dropout", "a float")])
 def test_fidelity_within_names_a_parameter_of_a_few_values(tmp_path, within, why):
-    text = SHIPPED.read_text().replace('within = "stages"', f'within = "{within}"')
+    text = SHIPPED.read_text().replace("[fidelity]\n", f'[fidelity]\nwithin = "{within}"\n')
     (tmp_path / "study.toml").write_text(text)
     with pytest.raises(ConfigError, match=f"fidelity.within: must name an integer or choice parameter .*got '{within}'"):
         load_study_spec(tmp_path / "study.toml")
-    assert load_study_spec(SHIPPED).fidelity.within == "stages"
+    (tmp_path / "study.toml").write_text(text.replace(f'within = "{within}"', 'within = "stages"'))
+    assert load_study_spec(tmp_path / "study.toml").fidelity.within == "stages"  # the shipped file's space has it
