@@ -9,7 +9,7 @@ front or ranks in the top 1/eta of its rung by search/pareto.py's promotion orde
 for each rung below the last); with [region] near_target, the last rung's result must also lie
 within that many points under target_acc. With [fidelity] within, a rung below the last ranks a
 trial among the trials that share its value of that parameter (its places, the young-rung rule and
-its front's ends, taken within the floor of that group's best), the floor counting every trial. A trial that stops is PRUNED, without values: TPE
+its front's ends, taken among its trials within the floor of the best of all), the floor counting every trial. A trial that stops is PRUNED, without values: TPE
 cannot rank it, so it is made slightly infeasible instead ("stopped_early", graded by how far it
 got), and one below the region by how far below ("below_region": a miss of more than 0.001 x
 rungs points outweighs any early stop).
@@ -80,7 +80,8 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     trial ends: > 0 (how far below) makes it infeasible for the sampler. `group`: the numbers of
     the trials it is ranked among ([fidelity] within; None: all); the region counts every peer."""
     floor, region = rung_floor(spec, rung), spec.region
-    under_best = below_region(next(p["val_acc"] for p in peers if p["number"] == number), max(p["val_acc"] for p in peers), floor)
+    best = max(p["val_acc"] for p in peers)  # the region's best: of every peer, grouped or not
+    under_best = below_region(next(p["val_acc"] for p in peers if p["number"] == number), best, floor)
     if group is not None:  # ranked among its own kind only (below the last rung, where ranking decides)
         peers = [p for p in peers if p["number"] in group or p["number"] == number]
     mine = [p["number"] for p in peers].index(number)
@@ -94,7 +95,7 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
                        {"below_region": below})
     rank = spec.fidelity.rank
     points = [(rank_score(p, rank), p["n_params"]) for p in peers]
-    promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor, [p["val_acc"] for p in peers])
+    promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor, [p["val_acc"] for p in peers], best)
     # <= 0: in the region (without a floor `below` is -inf, and no region is told)
     constraints = {"below_region": below} if (floor or (last and region.near_target)) and (last or not promoted_here) else {}
     if promoted_here:

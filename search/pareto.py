@@ -59,9 +59,11 @@ def below_region(accuracy: float, best: float, floor: float) -> float:
     return best - floor - accuracy if floor else -math.inf
 
 
-def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accuracies: list[float] | None = None) -> bool:
+def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accuracies: list[float] | None = None,
+             best: float | None = None) -> bool:
     """Whether the point at `index` goes on to the next rung: when it is one of the two ends of
-    the first front of the points within `floor` points of the most accurate (the smallest and
+    the first front of the points within `floor` points of the most accurate (`best`, when the
+    region's best lies among other points than these: [fidelity] within; the smallest and
     the best scored of them), or when it is among the first len(points) // eta in
     `promotion_order` (ASHA's rule). The ends' rule is for a young rung, where ASHA's rule gives
     one place and the first trials to complete teach the sampler where to look: one place
@@ -78,7 +80,7 @@ def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accu
     if len(points) < eta:
         return True
     accs = [p[0] for p in points] if accuracies is None else accuracies
-    best = max(accs)
+    best = max(accs) if best is None else best
     kept = [i for i, a in enumerate(accs) if below_region(a, best, floor) <= 0]
     first = [kept[i] for i in front_indices([points[i] for i in kept])]
     return index in (first[0], first[-1]) or promotion_order(points).index(index) < len(points) // eta

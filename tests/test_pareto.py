@@ -772,6 +772,11 @@ def test_with_within_a_rung_below_the_last_ranks_a_trial_among_its_own_kind_and_
     under = [{**p, "val_acc": {6: 95.0, 7: 95.5, 8: 95.5}.get(p["number"], 97.5)} for p in peers]
     below = verdict(spec, under, 6, 0, 600, last=False, group=slow)
     assert below.stop.startswith("below the region at rung 0") and below.constraints == {"below_region": pytest.approx(0.5)}
+    # nor does a trial below the region take its kind's end place: 6, lowest in loss but 2.5 under the best of all, is no end,
+    # so 7, the lowest in loss of its kind within the floor of the best of all (1.9 under), is one and goes on
+    near = [{**p, "val_acc": {6: 95.0, 7: 95.6, 8: 95.6}.get(p["number"], 97.5)} for p in peers]
+    assert verdict(spec, near, 7, 0, 600, last=False, group=slow).stop is None
+    assert verdict(spec, near, 8, 0, 600, last=False, group=slow).stop.startswith("stopped at rung 0")
 
 
 def test_with_rank_loss_confirmation_takes_its_candidates_in_the_loss_order_of_their_last_rung():
