@@ -8,8 +8,9 @@ front or ranks in the top 1/eta of its rung by search/pareto.py's promotion orde
 [region] floor, while it stays within that many points of the best result there (one floor wider
 for each rung below the last); with [region] near_target, the last rung's result must also lie
 within that many points under target_acc. With [fidelity] within, a rung below the last ranks a
-trial among the trials that share its value of that parameter (its places, the young-rung rule and
-its front's ends, taken among its trials within the floor of the best of all), the floor counting every trial. A trial that stops is PRUNED, without values: TPE
+trial among the trials that share its value of that parameter (its places and the young-rung rule
+counted among them, its front's ends among those of them within the floor of the best of all), the
+floor counting every trial. A trial that stops is PRUNED, without values: TPE
 cannot rank it, so it is made slightly infeasible instead ("stopped_early", graded by how far it
 got), and one below the region by how far below ("below_region": a miss of more than 0.001 x
 rungs points outweighs any early stop).

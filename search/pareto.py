@@ -61,10 +61,10 @@ def below_region(accuracy: float, best: float, floor: float) -> float:
 
 def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accuracies: list[float] | None = None,
              best: float | None = None) -> bool:
-    """Whether the point at `index` goes on to the next rung: when it is one of the two ends of
-    the first front of the points within `floor` points of the most accurate (`best`, when the
-    region's best lies among other points than these: [fidelity] within; the smallest and
-    the best scored of them), or when it is among the first len(points) // eta in
+    """Whether the point at `index` goes on to the next rung: when it is one of the two ends (the
+    smallest and the best scored) of the first front of the points within `floor` points of the
+    most accurate (of `best`, when the region's best lies among other points than these: [fidelity]
+    within), or when it is among the first len(points) // eta in
     `promotion_order` (ASHA's rule). The ends' rule is for a young rung, where ASHA's rule gives
     one place and the first trials to complete teach the sampler where to look: one place
     gave that lesson to one end of the front, and the sampler went there (docs/results.md, "Which
