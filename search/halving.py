@@ -58,10 +58,20 @@ def rung_results(trials: list[optuna.trial.FrozenTrial], rung: int) -> list[dict
             for t in trials if t.state != optuna.trial.TrialState.FAIL and len(t.user_attrs.get("rungs", [])) > rung]
 
 
-def rung_group(trials: list[optuna.trial.FrozenTrial], within: str, value: object) -> set[int] | None:
-    """The numbers of the trials a trial whose parameter `within` is `value` is ranked among below the
-    last rung ([fidelity] within): those that share the value; None (every trial) without `within`."""
-    return {t.number for t in trials if t.params.get(within) == value} if within else None
+@dataclass(frozen=True)
+class RungGroup:
+    """The trials a trial is ranked among below the last rung ([fidelity] within): those whose
+    parameter `name` is `value`, by number."""
+
+    name: str
+    value: object
+    numbers: frozenset[int]
+
+
+def rung_group(trials: list[optuna.trial.FrozenTrial], within: str, value: object) -> RungGroup | None:
+    """The group a trial whose parameter `within` is `value` is ranked among below the last rung
+    ([fidelity] within): the trials that share the value; None (every trial) without `within`."""
+    return RungGroup(within, value, frozenset(t.number for t in trials if t.params.get(within) == value)) if within else None
 
 
 def rung_floor(spec: StudySpec, rung: int) -> float:
@@ -74,17 +84,17 @@ def rung_floor(spec: StudySpec, rung: int) -> float:
 
 
 def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: int, last: bool,
-            group: set[int] | None = None) -> Verdict:
+            group: RungGroup | None = None) -> Verdict:
     """Whether trial `number` stops after `rung` (on `images` images) or goes on, given every
     result there (`rung_results`, its own among them): below the region, or, before the last
     rung, not promoted by successive halving. With a region, "below_region" is set where the
-    trial ends: > 0 (how far below) makes it infeasible for the sampler. `group`: the numbers of
-    the trials it is ranked among ([fidelity] within; None: all); the region counts every peer."""
+    trial ends: > 0 (how far below) makes it infeasible for the sampler. `group`: the trials it is
+    ranked among ([fidelity] within; None: all); the region counts every peer."""
     floor, region = rung_floor(spec, rung), spec.region
     best = max(p["val_acc"] for p in peers)  # the region's best: of every peer, grouped or not
     under_best = below_region(next(p["val_acc"] for p in peers if p["number"] == number), best, floor)
     if group is not None:  # ranked among its own kind only (below the last rung, where ranking decides)
-        peers = [p for p in peers if p["number"] in group or p["number"] == number]
+        peers = [p for p in peers if p["number"] in group.numbers or p["number"] == number]
     mine = [p["number"] for p in peers].index(number)
     accuracy, n_params = peers[mine]["val_acc"], peers[mine]["n_params"]
     under_target = below_region(accuracy, region.target_acc, region.near_target) if last and region.near_target else -math.inf
@@ -106,7 +116,7 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     # (scaled to stay below every other constraint: a point below the region or over the limit counts as worse).
     order = promotion_order(points)
     constraints["stopped_early"] = STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1))
-    among = f" of its {spec.fidelity.within}" if group is not None else ""
+    among = f" of its {group.name} ({group.value})" if group is not None else ""
     rule = f"an end of the first front nor in the top 1/{spec.fidelity.eta} of the {len(peers)} results there{among}"
     measured = f"val loss {peers[mine]['val_loss']:.4f}" if rank == "loss" else f"val acc {accuracy:.2f}%"
     return Verdict(f"stopped at rung {rung} ({images:,} images): {measured} with {n_params:,} params is not {rule}",

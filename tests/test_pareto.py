@@ -741,32 +741,32 @@ def test_with_rank_loss_a_rung_promotes_by_the_validation_loss_and_keeps_its_reg
 
 
 def test_a_rungs_group_is_the_trials_that_share_the_value_of_within():
-    from search.halving import rung_group
+    from search.halving import RungGroup, rung_group
 
     study = optuna.create_study()
     for stages in (2, 3, 2, 4):
         study.enqueue_trial({"stages": stages})
         study.optimize(lambda t: t.suggest_int("stages", 2, 4), n_trials=1)
-    assert rung_group(study.trials, "stages", 2) == {0, 2}
-    assert rung_group(study.trials, "stages", 4) == {3}
+    assert rung_group(study.trials, "stages", 2).numbers == {0, 2}
+    assert rung_group(study.trials, "stages", 4) == RungGroup("stages", 4, frozenset({3}))
     assert rung_group(study.trials, "", 2) is None  # without [fidelity] within: every trial
 
 
 def test_with_within_a_rung_below_the_last_ranks_a_trial_among_its_own_kind_and_the_region_among_all():
-    from search.halving import verdict
+    from search.halving import RungGroup, verdict
     from search.studyfile import stored_spec
 
     spec = replace(stored_spec(region_study(floor=1.0)), fidelity=Fidelity(rungs=2, eta=3, rank="loss", within="stages"))
     # nine nets of one size: trials 0-5 of one stage count, 6-8 of another that learns more slowly on few images
     losses = [0.080, 0.082, 0.084, 0.086, 0.088, 0.090, 0.100, 0.104, 0.108]
     peers = [{"number": n, "val_acc": 97.5, "val_loss": loss, "n_params": 5000} for n, loss in enumerate(losses)]
-    slow, fast = {6, 7, 8}, {0, 1, 2, 3, 4, 5}
+    slow, fast = RungGroup("stages", 3, frozenset({6, 7, 8})), RungGroup("stages", 2, frozenset({0, 1, 2, 3, 4, 5}))
     # all together: the top 9 // 3 = 3 go on (0, 1, 2), none of the slower kind
     assert [verdict(spec, peers, n, 0, 600, last=False).stop is None for n in range(9)] == [True] * 3 + [False] * 6
     # each among its own kind: 6 // 3 = 2 of the first (0, 1), and the slower kind's best (6) as the lowest loss of its own front
-    judged = {n: verdict(spec, peers, n, 0, 600, last=False, group=slow if n in slow else fast) for n in range(9)}
+    judged = {n: verdict(spec, peers, n, 0, 600, last=False, group=slow if n in slow.numbers else fast) for n in range(9)}
     assert [n for n, v in judged.items() if v.stop is None] == [0, 1, 6]
-    assert "is not an end of the first front nor in the top 1/3 of the 3 results there of its stages" in judged[7].stop
+    assert "is not an end of the first front nor in the top 1/3 of the 3 results there of its stages (3)" in judged[7].stop
     # the region counts every trial: the slower kind 2.0-2.5 points under the best of all (the floor: 2 points at rung 0);
     # its best by loss, 2.5 under, stops though it lies within the floor of its own kind's best (95.5 %)
     under = [{**p, "val_acc": {6: 95.0, 7: 95.5, 8: 95.5}.get(p["number"], 97.5)} for p in peers]
