@@ -341,12 +341,12 @@ def test_report_of_a_pareto_study_draws_the_front_and_lists_the_confirmed(pareto
 def test_the_plot_draws_a_pareto_trial_stopped_after_the_last_rung_at_that_result():
     from search.plots import pruned_points
 
-    spec = load_study_spec(ROOT / "studies" / "pareto-cpu.toml")  # two rungs
+    spec = load_study_spec(ROOT / "studies" / "pareto-cpu.toml")  # three rungs
     study = optuna.create_study(directions=["maximize", "minimize"])
     rung = lambda acc: {"val_acc": acc}  # noqa: E731
-    for n_params, rungs, state in [(3000, [rung(96.0), rung(98.9)], TrialState.COMPLETE),
-                                   (2000, [rung(95.0), rung(98.1)], TrialState.PRUNED),  # below the region at the last rung
-                                   (1000, [rung(90.0)], TrialState.PRUNED)]:  # stopped at rung 0, on a third of the images
+    for n_params, rungs, state in [(3000, [rung(96.0), rung(98.0), rung(98.9)], TrialState.COMPLETE),
+                                   (2000, [rung(95.0), rung(97.5), rung(98.1)], TrialState.PRUNED),  # below the region at the last rung
+                                   (1000, [rung(90.0)], TrialState.PRUNED)]:  # stopped at rung 0, on a fifth of the images
         study.add_trial(optuna.trial.create_trial(state=state, values=[rungs[-1]["val_acc"], n_params] if state == TrialState.COMPLETE else None,
                                                   user_attrs={"n_params": n_params, "rungs": rungs}))
     assert pruned_points(study, spec) == [(2000, 98.1)]
@@ -400,7 +400,7 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     study = load(f"sqlite:///{out / 'study.db'}", "tiny")
     assert study.best_trials, result.stdout  # a non-empty front
     first = study.trials[0]  # the hand-made model: the first result of rung 0 is both ends of its front, so it goes on
-    assert first.user_attrs["n_params"] == 7944 and len(first.user_attrs["rungs"]) == 2 and first.user_attrs["enqueued"] == "reference"
+    assert first.user_attrs["n_params"] == 7944 and len(first.user_attrs["rungs"]) == 3 and first.user_attrs["enqueued"] == "reference"
     assert not [t for t in study.trials if "start" in t.user_attrs]  # the shipped file gives the search no start configs
     storage = f"sqlite:///{out / 'study.db'}"
     region = in_region(study, study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)), stored_spec(study).region.floor)
