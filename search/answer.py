@@ -129,6 +129,31 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
     return lines
 
 
+@dataclass(frozen=True)
+class Reading:
+    """What the confirmed candidates say at a level, read once for `export` to print: the answer
+    (None: none reaches the level), the closest when none does, the lines to print beside the
+    answer (its undecided neighbours, the candidates the level cannot read), and, when none
+    reaches it, the hint that more seeds could still decide the closest ("" otherwise)."""
+
+    answer: dict | None
+    closest: dict | None
+    lines: list[str]
+    hint: str
+
+
+def read_answer(rows: list[dict], level: Level, study_name: str, max_seeds: int) -> Reading:
+    """The answer to `level` in the confirmed candidates `rows` (`target_row`), with what must be said beside it."""
+    answer, closest = target_row(rows, level)
+    lines = undecided_lines(rows, answer, level, study_name, max_seeds) if answer else []
+    if missing := unread(rows, answer, level):
+        lines.append(f"not read at {level}: trial(s) {', '.join(str(r['trial']) for r in missing)} (confirmed before the validation "
+                     f"loss was recorded; a new study confirms them on it)")
+    hint = (f"; undecided: its interval {interval_text(closest, level)} includes the target (python -m search confirm --study {study_name} "
+            f"--trial {closest['trial']} --max-seeds {len(closest['seeds']) + 2})") if closest and within_noise(closest, level) else ""
+    return Reading(answer, closest, lines, hint)
+
+
 def unread(rows: list[dict], answer: dict | None, level: Level) -> list[dict]:
     """The candidates that can be chosen but have no mean of `level`'s measure (a study confirmed before
     the validation loss was recorded), smaller than `answer` (any size without one): the level cannot

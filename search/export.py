@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.answer import Level, interval_text, target_row, undecided_lines, unread, within_noise
+from search.answer import Level, read_answer
 from search.results import best_trial, confirmed_rows, format_row
 from search.storage import load_existing_study, mask_password, output_folder
 from search.studyfile import StudySpec, Training, stored_spec
@@ -33,7 +33,7 @@ def export_command(study_name: str, storage: str | None, out: Path | None, level
                   f"python -m search confirm --study {study_name}" + (f" --storage {mask_password(storage)}" if storage else ""))
         export_answer(study, spec, rows, out)
     else:
-        _export_target(study, spec, rows, out, level)
+        export_target(study, spec, rows, out, level)
 
 
 def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path) -> Path | None:
@@ -46,26 +46,32 @@ def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: P
     if not level or not rows:
         return None
     try:
-        return _export_target(study, spec, rows, out, level)
+        return export_target(study, spec, rows, out, level)
     except TargetMissed as e:
         print(str(e))
         return None
 
 
-def _export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, level: Level) -> Path:
-    path, row = export_target(study, rows, spec.training, out, level)
-    print(f"smallest confirmed config reaching {level}: {format_row(row)}; written to {path}")
-    for line in undecided_lines(rows, row, level, study.study_name, spec.confirm.max_seeds):
+def export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, level: Level) -> Path:
+    """Write the smallest of the confirmed candidates `rows` whose mean reaches `level` to
+    out/target-ACC.json (or target-loss-LOSS.json), with the lines the reading adds (search/answer.py,
+    `read_answer`); TargetMissed names the one that comes closest."""
+    if not rows:
+        raise UsageError(f"study {study.study_name!r} has no confirmed candidate yet; run python -m search confirm --study {study.study_name}")
+    reading = read_answer(rows, level, study.study_name, spec.confirm.max_seeds)
+    if reading.answer is None:
+        for line in reading.lines:
+            print(line)
+        closest = format_row(reading.closest) if reading.closest else (
+            "none (every confirmed candidate diverged)" if level.measure == "acc" else
+            "none (every confirmed candidate diverged or has no validation loss recorded)")
+        raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {level}; closest: {closest}{reading.hint}")
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == reading.answer["trial"])
+    path = _write(study, trial, spec.training, out / level.file_name())
+    print(f"smallest confirmed config reaching {level}: {format_row(reading.answer)}; written to {path}")
+    for line in reading.lines:
         print(line)
-    print_unread(rows, row, level)
     return path
-
-
-def print_unread(rows: list[dict], answer: dict | None, level: Level) -> None:
-    """A line naming the smaller candidates `level` cannot read (no validation loss recorded), when there are any."""
-    if missing := unread(rows, answer, level):
-        print(f"not read at {level}: trial(s) {', '.join(str(r['trial']) for r in missing)} (confirmed before the validation loss was "
-              f"recorded; a new study confirms them on it)")
 
 
 def trial_config(trial: optuna.trial.FrozenTrial) -> RunConfig:
@@ -95,25 +101,6 @@ def export_form(config: RunConfig, training: Training, name: str) -> RunConfig:
 def export_best(study: optuna.Study, best: optuna.trial.FrozenTrial, training: Training, out: Path) -> Path:
     """Write the best trial's config (`best_trial`), ready for `summary` and `reproduce`, to out/best.json."""
     return _write(study, best, training, out / "best.json")
-
-
-def export_target(study: optuna.Study, rows: list[dict], training: Training, out: Path, level: Level) -> tuple[Path, dict]:
-    """Write the smallest of the confirmed candidates `rows` whose mean reaches `level` to
-    out/target-ACC.json (or target-loss-LOSS.json); TargetMissed names the one that comes closest."""
-    if not rows:
-        raise UsageError(f"study {study.study_name!r} has no confirmed candidate yet; run python -m search confirm --study {study.study_name}")
-    row, closest = target_row(rows, level)
-    if row is None:
-        closest_text = format_row(closest) if closest else ("none (every confirmed candidate diverged)" if level.measure == "acc" else
-                                                            "none (every confirmed candidate diverged or has no validation loss recorded)")
-        if closest and within_noise(closest, level):
-            closest_text += (f"; undecided: its interval {interval_text(closest, level)} includes the target "
-                             f"(python -m search confirm --study {study.study_name} --trial {closest['trial']} --max-seeds "
-                             f"{len(closest['seeds']) + 2})")
-        print_unread(rows, None, level)
-        raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {level}; closest: {closest_text}")
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == row["trial"])
-    return _write(study, trial, training, out / level.file_name()), row
 
 
 def _write(study: optuna.Study, trial: optuna.trial.FrozenTrial, training: Training, path: Path) -> Path:

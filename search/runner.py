@@ -87,8 +87,8 @@ def run_command(options: RunOptions) -> None:
     rows = confirm(study, spec, url, torch_device, data, workers) if spec.confirm.after_run else confirmed_rows(study)
     best = best_trial(study, rows)
     path = export_best(study, best, spec.training, out)
-    publish_best(study, spec, best, rows)
     answer = export_answer(study, spec, rows, out)  # the answer to the study's question, when it has one
+    publish_best(study, spec, best, rows)
     print(f"best: {trial_line(best)}" + (" (best confirmed mean)" if any(holds(r) for r in rows) else ""))
     limit = "" if spec.max_params == DEFAULT_MAX_PARAMS else f" --max-params {spec.max_params}"
     print(f"best config: {path}  (python -m search reproduce {path} --seeds 1 2 3{limit})")
