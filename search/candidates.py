@@ -12,8 +12,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.answer import Level, in_question, open_sizes, target_row
-from search.halving import rank_score
-from search.pareto import promotion_order
+from search.pareto import promotion_order, rank_score
 from search.results import in_region
 from search.studyfile import Confirm
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-from search.pareto import below_region, promoted, promotion_order
+from search.pareto import below_region, promoted, promotion_order, rank_score
 from search.studyfile import StudySpec
 
 STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; the limit's violations, and misses of the region by more, are larger
@@ -36,12 +36,6 @@ class Verdict:
 
     stop: str | None
     constraints: dict[str, float] = field(default_factory=dict)
-
-
-def rank_score(result: dict, rank: str) -> float:
-    """The score a rung result (its record: `val_acc`, `val_loss`, means over the last epochs) is
-    ranked by, higher better: its accuracy, or minus its loss ([fidelity] rank)."""
-    return -result["val_loss"] if rank == "loss" else result["val_acc"]
 
 
 def rung_subsets(spec: StudySpec) -> list[int]:

@@ -4,7 +4,7 @@ its candidates (as NSGA-II and Syne Tune's MOASHA: non-dominated sorting, then, 
 front, crowding distance).
 
 A point is (a score, parameters): a higher score and fewer parameters are better. The score is
-the accuracy in %, or minus the validation loss ([fidelity] rank: search/halving.py `rank_score`).
+the accuracy in %, or minus the validation loss ([fidelity] rank: `rank_score`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,12 @@ from __future__ import annotations
 import math
 
 Point = tuple[float, int]
+
+
+def rank_score(result: dict, rank: str) -> float:
+    """The score a rung result (its record: `val_acc`, `val_loss`, means over the last epochs) is
+    ranked by, higher better: its accuracy, or minus its loss ([fidelity] rank)."""
+    return -result["val_loss"] if rank == "loss" else result["val_acc"]
 
 
 def dominates(a: Point, b: Point) -> bool:

@@ -64,7 +64,7 @@ class Fidelity:
     images; a trial goes on to the next rung while it is an end of the rung's first front (the
     smallest or the best ranked within the rung's floor) or ranks in the top 1/eta there, and
     always while the rung holds fewer than eta results (the floor still applies). `rank`: what orders
-    a rung's results there and confirmation's candidates (search/halving.py `rank_score`): the mean
+    a rung's results there and confirmation's candidates (search/pareto.py `rank_score`): the mean
     validation accuracy of the last three epochs, or their mean validation loss ("loss"), which
     ranks the confirmed loss the answer is read on better at the last rung (docs/results.md, "The last
     rung's loss ranks the confirmation better than its accuracy"). The region's floors stay in
