@@ -205,6 +205,30 @@ def test_a_loss_level_answers_with_the_smallest_candidate_whose_mean_final_valid
         Level(0.02, "los")
 
 
+def test_the_answer_is_read_once_with_the_lines_export_prints_beside_it():
+    from search.answer import read_answer
+
+    def row(trial, n_params, loss, seeds=(1, 2)):
+        return {"trial": trial, "n_params": n_params, "mean": 99.1, "std": 0.05, "loss": loss, "loss_std": 0.0005, "seeds": list(seeds),
+                "diverged": {}}
+
+    level = Level(0.025, "loss")
+    # a hit: 4,000 answers, undecided (0.0248 within noise), and 2,000, smaller, was confirmed before the loss was recorded
+    rows = [row(1, 2000, None), row(2, 4000, 0.0248), row(3, 5000, 0.0230)]
+    reading = read_answer(rows, level, "s", 5)
+    assert reading.answer is rows[1] and reading.closest is None and reading.hint == ""
+    assert [line.split(":")[0] for line in reading.lines] == ["undecided", "not read at validation loss 0.025"]
+    assert "trial(s) 1 (confirmed before the validation loss was recorded" in reading.lines[1]
+    # a miss: none reaches 0.020; the closest, 5,000 at 0.0230, is decided short of it, so no hint
+    missed = read_answer(rows, Level(0.020, "loss"), "s", 5)
+    assert missed.answer is None and missed.closest is rows[2] and missed.hint == ""
+    assert missed.lines == [reading.lines[1].replace("0.025", "0.02")]  # (any size is unread without an answer)
+    # the closest within noise of the level: the hint names the command that decides it
+    near = read_answer([row(4, 3000, 0.0255, seeds=(1,))], level, "s", 5)
+    assert near.answer is None and near.hint.startswith("; undecided: its interval ")
+    assert near.hint.endswith("(python -m search confirm --study s --trial 4 --max-seeds 3)")
+
+
 def test_export_target_acc_writes_the_smallest_confirmed_config_that_reaches_it_or_names_the_closest(shared_pareto_study, tmp_path):
     tmp, storage = copy_of(shared_pareto_study, tmp_path)
     study = load(storage)
