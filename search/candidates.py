@@ -1,7 +1,8 @@
 """Which trials confirmation takes: the first candidates of a study, then, round by round, the
 candidates one more seed could move across the target and the unconfirmed trials whose size
 lies where the answer is still open, and, with time left and nothing in question, the region's
-other trials smaller than the answer; with [confirm] near, only trials near the target. Reads
+other trials smaller than the answer; with [confirm] near, only trials near the target, with
+[confirm] near_loss only those whose last-rung loss is near the region's lowest. Reads
 trials and confirmed rows; trains nothing."""
 
 from __future__ import annotations
@@ -17,14 +18,24 @@ from search.results import in_region
 from search.studyfile import Confirm
 
 
-def near_target(trials: list[optuna.trial.FrozenTrial], level: Level, near: float) -> list[optuna.trial.FrozenTrial]:
-    """Those of these COMPLETE Pareto trials whose result at the last rung is at most `near` points
-    under `level` ([confirm] near, the answer's level, an accuracy; all of them without either): a trial
-    further under it cannot reach the target at the export budget, by the gains measured from the
-    last rung to the export budget (docs/results.md, "Confirmation near the target")."""
-    if not (level and near and level.measure == "acc"):  # (a loss level has no band: the study file refuses `near` with it)
+def near_target(trials: list[optuna.trial.FrozenTrial], level: Level, near: float,
+                near_loss: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+    """Those of these COMPLETE Pareto trials (a region) whose result at the last rung is at most `near` points
+    under `level` ([confirm] near, the answer's level, an accuracy), and whose last-rung loss is at most
+    `near_loss` times the lowest of them ([confirm] near_loss); all of them without either: a trial
+    further out does not reach the answer's level at the export budget, by the gains measured from the
+    last rung to the export budget (docs/results.md, "Confirmation near the target", "A band on the loss")."""
+    if near_loss and trials:
+        lowest = min(last_rung_loss(t) for t in trials)
+        trials = [t for t in trials if last_rung_loss(t) <= near_loss * lowest]
+    if not (level and near and level.measure == "acc"):  # (a loss level has no band in points: the study file refuses `near` with it)
         return trials
     return [t for t in trials if t.values[0] >= level.value - near]
+
+
+def last_rung_loss(trial: optuna.trial.FrozenTrial) -> float:
+    """The validation loss of a COMPLETE Pareto trial's last rung result."""
+    return -rank_score(trial.user_attrs["rungs"][-1], "loss")
 
 
 def in_promotion_order(trials: list[optuna.trial.FrozenTrial], rank: str) -> list[optuna.trial.FrozenTrial]:
@@ -36,7 +47,7 @@ def in_promotion_order(trials: list[optuna.trial.FrozenTrial], rank: str) -> lis
 
 
 def candidates(study: optuna.Study, top: int, floor: float, level: Level = Level(0.0), near: float = 0.0,
-               rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
+               rank: str = "accuracy", near_loss: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """`top` trials at most, chosen by one rule for every trial (a start config's trial too), in
     the order confirmation takes them: an accuracy study's best, the best first; in a Pareto
     study, the trials in the region (`floor`: [region] floor; docs/design.md) in the order successive halving promotes
@@ -45,30 +56,31 @@ def candidates(study: optuna.Study, top: int, floor: float, level: Level = Level
     only "how accurate" (`rank`: [fidelity] rank). Which of them are near the target shows at the export budget: the later
     rounds go there (`in_question`, `near_the_answer`). With `near` ([confirm] near) only the
     trials of the region near `level` are taken (`near_target`), or, when none is, its most
-    accurate one, so that the answer can say how far the closest falls short."""
+    accurate one, so that the answer can say how far the closest falls short; with `near_loss` ([confirm]
+    near_loss) only those whose last-rung loss lies near the region's lowest."""
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(study.directions) == 1:
         return sorted(finished, key=lambda t: -t.values[0])[:top]
     region = in_region(study, finished, floor)
-    band = near_target(region, level, near) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
+    band = near_target(region, level, near, near_loss) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
     return in_promotion_order(band, rank)[:top]
 
 
 def near_the_answer(study: optuna.Study, rows: list[dict], sizes: tuple[float, float] | None, level: Level, floor: float,
-                    near: float = 0.0, rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
+                    near: float = 0.0, rank: str = "accuracy", near_loss: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region, not yet confirmed by `rows`, whose size lies
     where the answer is still open (`sizes`: answer.open_sizes of `rows`: above the largest
     candidate decided to fall short of `level`, below the smallest decided to reach it); in
     promotion order. None while no candidate is decided to reach the target (`sizes` None: the
     answer is "none yet", and its seeds decide it), and none in an accuracy study; with `near`,
-    only those near the target (`near_target`)."""
+    only those near the target, with `near_loss` those near the region's lowest loss (`near_target`)."""
     if sizes is None or len(study.directions) == 1:
         return []
-    return unconfirmed_between(study, rows, level, floor, near, *sizes, rank=rank)
+    return unconfirmed_between(study, rows, level, floor, near, *sizes, rank=rank, near_loss=near_loss)
 
 
 def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, level: Level, floor: float,
-                    near: float = 0.0, rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
+                    near: float = 0.0, rank: str = "accuracy", near_loss: float = 0.0) -> list[optuna.trial.FrozenTrial]:
     """The COMPLETE trials of a Pareto study's region not yet confirmed by `rows` and smaller than
     `answer` (answer.target_row of `rows`: the smallest candidate whose mean reaches `level`, as
     `export` chooses; of any size while there is none), in promotion order: where confirmation's time goes once no candidate is
@@ -77,18 +89,18 @@ def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, 
     and the last rung ranks nets within 0.3 points of each other little better than chance (the
     seed-1 run of 42f70bb confirmed five nets at 98.95-99.06 % and left five smaller or as small
     ones unconfirmed that hold 99.07-99.22 %: docs/results.md, "Time left to the region's other trials").
-    With `near`, only those near the target (`near_target`); none in an accuracy study."""
+    With `near` or `near_loss`, only those near the target or the region's lowest loss (`near_target`); none in an accuracy study."""
     if len(study.directions) == 1:
         return []
-    return unconfirmed_between(study, rows, level, floor, near, 0, answer["n_params"] if answer else math.inf, rank)
+    return unconfirmed_between(study, rows, level, floor, near, 0, answer["n_params"] if answer else math.inf, rank, near_loss)
 
 
 def unconfirmed_between(study: optuna.Study, rows: list[dict], level: Level, floor: float, near: float, below: float,
-                        above: float, rank: str = "accuracy") -> list[optuna.trial.FrozenTrial]:
-    """The COMPLETE trials of the region (near the target with `near`) that no row confirms, of more than
+                        above: float, rank: str = "accuracy", near_loss: float = 0.0) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials of the region (within the bands of `near_target`) that no row confirms, of more than
     `below` and fewer than `above` parameters, in promotion order."""
     confirmed = {r["trial"] for r in rows}
-    region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), level, near)
+    region = [t for t in near_target(in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor), level, near, near_loss)
               if t.number not in confirmed and below < t.user_attrs["n_params"] < above]
     return in_promotion_order(region, rank)
 
@@ -96,15 +108,21 @@ def unconfirmed_between(study: optuna.Study, rows: list[dict], level: Level, flo
 def first_round(study: optuna.Study, settings: Confirm, level: Level, floor: float,
                 rank: str = "accuracy") -> tuple[list[optuna.trial.FrozenTrial], str | None]:
     """The candidates of confirmation's first round (`candidates`), and, in a Pareto study with
-    [confirm] near, a line saying which band they were taken from (None otherwise)."""
-    chosen = candidates(study, settings.top, floor, level, settings.near, rank)
-    if not (chosen and settings.near and level and level.measure == "acc" and len(study.directions) > 1):
+    [confirm] near or near_loss, a line for each band saying which trials it took (None without either)."""
+    chosen = candidates(study, settings.top, floor, level, settings.near, rank, settings.near_loss)
+    if not chosen or len(study.directions) == 1:
         return chosen, None
-    band = f"at most {settings.near:g} points under the target ({level.value:g} %) at the last rung ([confirm] near)"
-    listed = ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen)
-    if near_target(chosen, level, settings.near):
-        return chosen, f"candidates: the region's trials {band}: {listed}"
-    return chosen, f"candidates: none of the region's trials is {band}; its most accurate only: {listed}"
+    lines = []
+    if settings.near_loss:
+        listed = ", ".join(f"trial {t.number} ({last_rung_loss(t):.4f})" for t in chosen)
+        lines.append(f"candidates: the region's trials whose last-rung loss is at most {settings.near_loss:g} times its lowest "
+                     f"([confirm] near_loss): {listed}")
+    if settings.near and level and level.measure == "acc":
+        band = f"at most {settings.near:g} points under the target ({level.value:g} %) at the last rung ([confirm] near)"
+        listed = ", ".join(f"trial {t.number} ({t.values[0]:.2f} %)" for t in chosen)
+        lines.append(f"candidates: the region's trials {band}: {listed}" if near_target(chosen, level, settings.near) else
+                     f"candidates: none of the region's trials is {band}; its most accurate only: {listed}")
+    return chosen, "\n".join(lines) or None
 
 
 def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: Level, floor: float, skip: set[int],
@@ -123,11 +141,12 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: 
     wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt if row["trial"] not in skip}
     if chosen_by_user:  # (an explicit list of trials is all the user asked for)
         return wanted, None
-    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, level, floor, settings.near, rank)
+    wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, level, floor, settings.near, rank, settings.near_loss)
                if t.number not in wanted and t.number not in skip}
     if wanted or not timed:
         return wanted, None
-    unconfirmed = [t for t in left_to_confirm(study, rows, answer, level, floor, settings.near, rank) if t.number not in skip]
+    unconfirmed = [t for t in left_to_confirm(study, rows, answer, level, floor, settings.near, rank, settings.near_loss)
+                   if t.number not in skip]
     wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}
     if not wanted:
         return wanted, None

@@ -37,6 +37,7 @@ seconds = option_type(float, lambda v: math.isfinite(v) and v >= 0, "a finite nu
 port_number = option_type(int, lambda v: 1 <= v <= 65535, "a port number in 1-65535")
 percentage = option_type(float, lambda v: 0 <= v <= 100, "a percentage in [0, 100]")
 points = option_type(float, lambda v: 0 <= v <= 100, "accuracy points in [0, 100]")
+loss_ratio = option_type(float, lambda v: v == 0 or (math.isfinite(v) and v >= 1), "a ratio >= 1 (0: no band)")
 loss_level = option_type(float, lambda v: 0 < v <= MAX_LOSS_LEVEL, f"a validation loss in (0, {MAX_LOSS_LEVEL:g}]")
 
 
@@ -60,7 +61,7 @@ def cmd_run(a: argparse.Namespace) -> None:
 def cmd_confirm(a: argparse.Namespace) -> None:
     from search.confirm import ConfirmOptions, confirm_command
 
-    confirm_command(ConfirmOptions(a.study, storage=a.storage, top=a.top, near=a.near, seeds=a.seeds, max_seeds=a.max_seeds, timeout=a.timeout,
+    confirm_command(ConfirmOptions(a.study, storage=a.storage, top=a.top, near=a.near, near_loss=a.near_loss, seeds=a.seeds, max_seeds=a.max_seeds, timeout=a.timeout,
                                    workers=a.workers, out=a.out, data_dir=a.data_dir, device=a.device, trials=tuple(a.trial or ())))
 
 
@@ -167,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "then spread by size; with --near, those near the target), or the best trials (default: the study file's)")
     p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's answer level "
                    "([region] answer_acc, else target_acc; refused with an answer_loss) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
+    p.add_argument("--near-loss", type=loss_ratio, metavar="R", help="only the region's trials whose last-rung validation loss is at "
+                   "most R times the region's lowest (default: the study file's [confirm] near_loss; 0: every trial of the region)")
     p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "

@@ -59,6 +59,7 @@ class ConfirmOptions:
     storage: str | None = None
     top: int | None = None
     near: float | None = None
+    near_loss: float | None = None
     seeds: int | None = None
     max_seeds: int | None = None
     timeout: float | None = None
@@ -96,8 +97,12 @@ def confirm_command(options: ConfirmOptions) -> None:
     if near and spec.region.answer_loss:
         raise UsageError(f"--near {near:g}: study {study_name!r} reads its answer on the validation loss ([region] answer_loss), "
                          f"which no accuracy band lies under; leave --near out")
+    near_loss = options.near_loss if options.near_loss is not None else settings.near_loss
+    if near_loss and len(study.directions) == 1:
+        raise UsageError(f"--near-loss {near_loss:g}: study {study_name!r} is not a Pareto study, whose region the band lies over; leave --near-loss out")
     timeout = options.timeout if options.timeout is not None else settings.timeout
-    spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, near=near, seeds=seeds, max_seeds=max_seeds, timeout=timeout))
+    spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, near=near, near_loss=near_loss, seeds=seeds,
+                                         max_seeds=max_seeds, timeout=timeout))
     rows = confirm(study, spec, url, resolve_device(options.device), data, workers, trials)
     best = best_trial(study, rows)
     path = export_best(study, best, spec.training, out)

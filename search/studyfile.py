@@ -85,7 +85,8 @@ class Confirm:
     """Confirmation: `top` candidates (a Pareto study's region in promotion order, or the top
     trials) trained at the export budget on the validation split with `seeds` seeds each, then
     seeds added where they decide the answer (see search/confirm.py); `near`: only the trials near
-    the answer's level ([region] answer_acc, else target_acc; not with an answer_loss: search/candidates.py); `after_run`: at the end of `run`. `subset` below
+    the answer's level ([region] answer_acc, else target_acc; not with an answer_loss: search/candidates.py); `near_loss`: only
+    the trials whose last-rung loss is near the region's lowest; `after_run`: at the end of `run`. `subset` below
     the split's TRAIN_SPLIT images is for quick checks only."""
     top: int = 3
     seeds: int = 2
@@ -95,6 +96,10 @@ class Confirm:
     # accuracy points: only the trials whose last-rung result is at most this far under the answer's level are confirmed
     # (the most accurate one when none is); 0: every trial of the region
     near: float = 0.0
+    # a ratio (>= 1): only the trials whose last-rung validation loss is at most this many times the region's lowest are
+    # confirmed, whatever the answer's level (the rung-to-export factor of the loss varies too much for a band under a loss
+    # level: docs/results.md, "A band on the loss"); 0: every trial of the region
+    near_loss: float = 0.0
     # seconds, a hard bound on confirmation: a round starts only for the candidates (smallest first) whose runs are expected to
     # end within it, and a run still training at it is stopped (the next `confirm` trains it again). None: no limit
     timeout: float | None = None
@@ -229,6 +234,9 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(math.isfinite(confirm.near) and confirm.near >= 0.0, "confirm.near", f"must be >= 0 accuracy points (0: no band), got {confirm.near}")
     check(not confirm.near or (objective == "pareto" and region.target_acc), "confirm.near",
           "needs objective = \"pareto\" and a [region] target_acc: the band lies under the target")
+    check(confirm.near_loss == 0.0 or (math.isfinite(confirm.near_loss) and confirm.near_loss >= 1.0), "confirm.near_loss",
+          f"must be a ratio >= 1 to the region's lowest last-rung loss (0: no band), got {confirm.near_loss}")
+    check(not confirm.near_loss or objective == "pareto", "confirm.near_loss", "needs objective = \"pareto\": the band lies over the region's lowest loss")
     check(0.0 <= region.floor <= 100.0, "region.floor", f"must be in [0, 100] accuracy points (0: no floor), got {region.floor}")
     check(0.0 <= region.target_acc <= 100.0, "region.target_acc", f"must be a percentage in [0, 100] (0: none), got {region.target_acc}")
     check(math.isfinite(region.near_target) and region.near_target >= 0.0, "region.near_target",

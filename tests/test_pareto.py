@@ -611,6 +611,9 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
         spec(PARETO + "\n[region]\ntarget_acc = 99.1\nnear_target = -1\n")
     with pytest.raises(ConfigError, match="region.near_target: needs a \\[region\\] target_acc"):
         spec(PARETO + "\n[region]\nnear_target = 0.8\n")
+    assert spec(PARETO.replace("seeds = 2", "seeds = 2\nnear_loss = 1.4")).confirm.near_loss == 1.4
+    with pytest.raises(ConfigError, match=r"confirm.near_loss: must be a ratio >= 1 to the region's lowest last-rung loss \(0: no band\), got 0.5"):
+        spec(PARETO.replace("seeds = 2", "seeds = 2\nnear_loss = 0.5"))
     with pytest.raises(ConfigError, match="confirm.max_seeds"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nmax_seeds = 1"))  # (written, then refused)
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.max_seeds")
@@ -873,6 +876,29 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
     assert [t.user_attrs["n_params"] for t in candidates(study, 7, 1.0)] == [1000, 8000, 2000, 6000, 3000, 4000, 7000]
     assert [t.user_attrs["n_params"] for t in candidates(study, 1, 1.0)] == [1000]
     assert len(candidates(study, 10, 1.0)) == 7  # 500 lies outside the region
+
+
+def test_with_near_loss_confirmation_leaves_out_the_trials_whose_last_rung_loss_is_far_over_the_regions_lowest():
+    from search.candidates import candidates, first_round, left_to_confirm, next_round
+    from search.studyfile import Confirm
+
+    study = region_study(floor=1.0)
+    for acc, loss, size in ((98.2, 0.040, 1000), (98.6, 0.030, 2000), (98.9, 0.026, 3000), (99.0, 0.020, 8000)):
+        study.add_trial(optuna.trial.create_trial(values=[acc, size], constraints={"params_over_limit": -1},
+                                                  user_attrs={"n_params": size, "rungs": [{"val_acc": acc, "val_loss": loss}]}))
+    sizes = lambda trials: [t.user_attrs["n_params"] for t in trials]  # noqa: E731
+    assert sizes(candidates(study, 4, 1.0, rank="loss")) == [1000, 8000, 2000, 3000]  # no band: the front's small end first
+    # at most 1.4 x the region's lowest (0.020): 0.028 and under, so 1,000 (0.040) and 2,000 (0.030) are left out
+    assert sizes(candidates(study, 4, 1.0, rank="loss", near_loss=1.4)) == [3000, 8000]
+    chosen, why = first_round(study, Confirm(top=4, seeds=1, near_loss=1.4), Level(0.025, "loss"), 1.0, "loss")
+    assert sizes(chosen) == [3000, 8000] and "at most 1.4 times its lowest" in why and "trial 2 (0.0260)" in why
+    # the later rounds keep to the band: with 8,000 confirmed, the time left goes to 3,000 and not to the smaller ones outside it
+    rows = [{"trial": 3, "n_params": 8000, "mean": 99.3, "std": 0.05, "seeds": [1], "planned_seeds": [1], "diverged": {}, "loss": 0.021,
+             "loss_std": None}]
+    assert sizes(left_to_confirm(study, rows, rows[0], Level(0.025, "loss"), 1.0, rank="loss", near_loss=1.4)) == [3000]
+    wanted, _ = next_round(study, rows, Confirm(top=1, seeds=1, max_seeds=1, near_loss=1.4), Level(0.025, "loss"), 1.0, set(), False, 2,
+                           True, "loss")
+    assert wanted == {2: 1}
 
 
 def test_confirmation_concentrates_near_the_target_when_the_study_asks():
