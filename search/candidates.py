@@ -34,8 +34,8 @@ def near_target(trials: list[optuna.trial.FrozenTrial], level: Level, near: floa
 
 
 def last_rung_loss(trial: optuna.trial.FrozenTrial) -> float:
-    """The validation loss of a COMPLETE Pareto trial's last rung result."""
-    return -rank_score(trial.user_attrs["rungs"][-1], "loss")
+    """The validation loss of a COMPLETE Pareto trial's last rung result (its record: search/halving.py)."""
+    return trial.user_attrs["rungs"][-1]["val_loss"]
 
 
 def in_promotion_order(trials: list[optuna.trial.FrozenTrial], rank: str) -> list[optuna.trial.FrozenTrial]:
