@@ -61,8 +61,8 @@ def candidates(study: optuna.Study, top: int, floor: float, level: Level = Level
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(study.directions) == 1:
         return sorted(finished, key=lambda t: -t.values[0])[:top]
-    region = in_region(study, finished, floor)
-    band = near_target(region, level, near, near_loss) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
+    region = near_target(in_region(study, finished, floor), level, 0.0, near_loss)  # (the loss band first: the fallback lies in it)
+    band = near_target(region, level, near) or sorted(region, key=lambda t: (-t.values[0], t.values[1]))[:1]  # none near: the closest
     return in_promotion_order(band, rank)[:top]
 
 

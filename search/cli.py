@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("confirm", help="retrain a study's candidates at the export budget with more seeds (validation split)")
     existing_study(p)
     p.add_argument("--top", type=positive_int, help="candidates: K at most, the region's trials in promotion order (each front's ends, "
-                   "then spread by size; with --near, those near the target), or the best trials (default: the study file's)")
+                   "then spread by size; with --near, those near the target; with --near-loss, those near the region's lowest loss), or the best trials (default: the study file's)")
     p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's answer level "
                    "([region] answer_acc, else target_acc; refused with an answer_loss) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
     p.add_argument("--near-loss", type=loss_ratio, metavar="R", help="only the region's trials whose last-rung validation loss is at "

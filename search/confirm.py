@@ -100,6 +100,9 @@ def confirm_command(options: ConfirmOptions) -> None:
     near_loss = options.near_loss if options.near_loss is not None else settings.near_loss
     if near_loss and len(study.directions) == 1:
         raise UsageError(f"--near-loss {near_loss:g}: study {study_name!r} is not a Pareto study, whose region the band lies over; leave --near-loss out")
+    if near_loss and any("val_loss" not in t.user_attrs["rungs"][-1] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))):
+        raise UsageError(f"--near-loss {near_loss:g}: study {study_name!r} was run before its rungs recorded the validation loss; "
+                         f"leave --near-loss out")
     timeout = options.timeout if options.timeout is not None else settings.timeout
     spec = replace(spec, confirm=replace(settings, top=options.top or settings.top, near=near, near_loss=near_loss, seeds=seeds,
                                          max_seeds=max_seeds, timeout=timeout))

@@ -98,7 +98,7 @@ class Confirm:
     near: float = 0.0
     # a ratio (>= 1): only the trials whose last-rung validation loss is at most this many times the region's lowest are
     # confirmed, whatever the answer's level (the rung-to-export factor of the loss varies too much for a band under a loss
-    # level: docs/results.md, "A band on the loss"); 0: every trial of the region
+    # level: docs/results.md, "A band on the loss"); a candidate already in question still gets its added seeds; 0: every trial of the region
     near_loss: float = 0.0
     # seconds, a hard bound on confirmation: a round starts only for the candidates (smallest first) whose runs are expected to
     # end within it, and a run still training at it is stopped (the next `confirm` trains it again). None: no limit

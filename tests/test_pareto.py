@@ -432,8 +432,10 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     loss = lambda t: t.user_attrs["rungs"][-1]["val_loss"]  # the file ranks by it ([fidelity] rank = "loss")
     lowest, smallest = min(region, key=lambda t: (loss(t), t.values[1])), min(region, key=lambda t: (t.values[1], loss(t)))
     # the file reads its answer on the validation loss ([region] answer_loss), which no accuracy band lies under: --near is refused
-    band = ["confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--near", "0.8", "--seeds", "1", "--out", str(out), "--device", "cpu"]
+    band = ["confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--near", "0.8", "--near-loss", "0", "--seeds", "1", "--out",
+            str(out), "--device", "cpu"]
     assert_one_line_error(run_cli(*band), "--near 0.8", "[region] answer_loss")
+    assert_one_line_error(run_cli("confirm", "--study", "tiny", "--storage", storage, "--near-loss", "0.5"), "--near-loss", "a ratio >= 1")
     # read at an accuracy instead (answer_acc 99.15 %, as the file did before; not target_acc 99.23 %, which steers the search
     # alone), a band 0.8 points under it: no trial of 3 epochs on 1,200 images is near, so the most accurate only
     study, stored = load(storage, "tiny"), load(storage, "tiny").user_attrs["spec"]
@@ -443,8 +445,8 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     assert banded.returncode == 0, banded.stderr
     assert "none of the region's trials is at most 0.8 points under the target (99.15 %)" in banded.stdout + banded.stderr
     assert set(load(storage, "tiny").user_attrs["confirmed"]) == {str(most_accurate.number)}
-    confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--near", "0", "--seeds", "1", "--out", str(out),
-                        "--device", "cpu")
+    confirmed = run_cli("confirm", "--study", "tiny", "--storage", storage, "--top", "4", "--near", "0", "--near-loss", "0", "--seeds", "1",
+                        "--out", str(out), "--device", "cpu")
     assert confirmed.returncode == 0, confirmed.stderr
     assert "3 epochs on 300 training images" in confirmed.stdout
     # without the band: four of the region's trials at most, the two ends of its first front by the validation loss among them
@@ -892,7 +894,8 @@ def test_with_near_loss_confirmation_leaves_out_the_trials_whose_last_rung_loss_
     assert sizes(candidates(study, 4, 1.0, rank="loss", near_loss=1.4)) == [3000, 8000]
     chosen, why = first_round(study, Confirm(top=4, seeds=1, near_loss=1.4), Level(0.025, "loss"), 1.0, "loss")
     assert sizes(chosen) == [3000, 8000] and "at most 1.4 times its lowest" in why and "trial 2 (0.0260)" in why
-    # the later rounds keep to the band: with 8,000 confirmed, the time left goes to 3,000 and not to the smaller ones outside it
+    # the later rounds keep to the band: with 8,000 confirmed and decided, the time left (left_to_confirm), and the trials where
+    # the answer is open (next_round), go to 3,000 and not to the smaller ones outside it
     rows = [{"trial": 3, "n_params": 8000, "mean": 99.3, "std": 0.05, "seeds": [1], "planned_seeds": [1], "diverged": {}, "loss": 0.021,
              "loss_std": None}]
     assert sizes(left_to_confirm(study, rows, rows[0], Level(0.025, "loss"), 1.0, rank="loss", near_loss=1.4)) == [3000]
