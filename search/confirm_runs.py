@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from search.companion import companion_name
 from search.console import log_line
 from search.data import SearchSplit, Split
-from search.stale import worker_id
+from search.stale import optimize_one, worker_id
 from search.storage import open_storage
 from search.studyfile import OBJECTIVE_EPOCHS
 from search.train import OutOfTime
@@ -77,5 +77,4 @@ def run_confirmations(companion: optuna.Study, load: Callable[[], Split], deadli
 
     while companion.get_trials(deepcopy=False, states=(TrialState.WAITING,)) and (deadline is None or time.time() < deadline):
         split = split or load()
-        companion.optimize(lambda trial: confirm_objective(trial, split, deadline), n_trials=1, catch=(NoRunLeft, OutOfTime),
-                           callbacks=[after_run], gc_after_trial=False)
+        optimize_one(companion, lambda trial: confirm_objective(trial, split, deadline), catch=(NoRunLeft, OutOfTime), callbacks=[after_run])

@@ -17,7 +17,7 @@ from search.console import log_line
 from search.data import SearchSplit, Split
 from search.objective import FINISHED, SurplusTrial, objective
 from search.sampler import make_pruner, seed_sampler
-from search.stale import worker_is_gone
+from search.stale import optimize_one, worker_is_gone
 from search.storage import has_heartbeat, open_storage
 from search.studyfile import StudySpec
 from search.workers import run_in_workers
@@ -111,8 +111,7 @@ def run_trials(study: optuna.Study, job: SearchJob, split_loader: Callable[[], S
                     optuna.storages.fail_stale_trials(study)  # a dead worker's trial becomes FAIL and is re-queued
                 time.sleep(1)
                 continue
-            study.optimize(lambda trial: objective(trial, spec, split, out, deadline), n_trials=1, callbacks=[after_trial],
-                           catch=(SurplusTrial,), gc_after_trial=False)
+            optimize_one(study, lambda trial: objective(trial, spec, split, out, deadline), callbacks=[after_trial], catch=(SurplusTrial,))
         else:
             finished = sum(s in FINISHED for s in states())
             log_line(f"{label}the search's time budget ({spec.timeout:g} s) is spent: no more trials started here "

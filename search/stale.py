@@ -1,12 +1,14 @@
-"""Trials left RUNNING by dead workers. A journal file has no heartbeat (an RDB storage, SQLite
-included, re-queues such trials by its heartbeats: search/storage.py), so every trial
-records its worker (host:pid), and a later run on the same host can tell which RUNNING trials
-belong to processes that no longer exist, and mark them FAIL (`run --fail-stale`)."""
+"""Trials left RUNNING by dead workers or by Ctrl-C. A journal file has no heartbeat (an RDB
+storage, SQLite included, re-queues such trials by its heartbeats: search/storage.py), so every
+trial records its worker (host:pid), and a later run on the same host can tell which RUNNING
+trials belong to processes that no longer exist, and mark them FAIL (`run --fail-stale`); a
+process that takes Ctrl-C marks its own (`optimize_one`)."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable, Sequence
 
 import optuna
 
@@ -39,3 +41,30 @@ def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], by: 
     for trial in trials:
         set_trial_user_attr(study, trial, "reason", f"its worker {trial.user_attrs['worker']} died; marked FAIL by {by}")
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def optimize_one(study: optuna.Study, func: Callable[[optuna.Trial], float | Sequence[float]], **options) -> None:
+    """study.optimize(func, n_trials=1, **options), leaving no trial of this process RUNNING on
+    Ctrl-C. Optuna marks a trial FAIL when Ctrl-C reaches `func`; when it strikes while Optuna
+    stores a finished trial, Optuna raises an UnboundLocalError of its own in its place and the
+    trial may stay RUNNING: that trial is marked FAIL here and KeyboardInterrupt goes on up."""
+    try:
+        study.optimize(func, n_trials=1, gc_after_trial=False, **options)
+    except BaseException as e:
+        if not interrupted(e):
+            raise
+        me = worker_id()
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.user_attrs.get("worker") == me:
+                set_trial_user_attr(study, trial, "reason", "interrupted (Ctrl-C)")
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        raise KeyboardInterrupt from None
+
+
+def interrupted(error: BaseException) -> bool:
+    """Whether `error` is Ctrl-C or was raised while Ctrl-C was being handled."""
+    while error is not None:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error = error.__context__
+    return False

@@ -226,3 +226,28 @@ def test_workers_stop_when_their_run_is_killed(tmp_path, data_dir):
     assert pids and not any(alive(pid) for pid in pids)
     trials = optuna.load_study(study_name="tiny", storage=journal(log)).trials
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]  # each marked its trial FAIL on the way out
+
+
+class CtrlCWhileStoring(optuna.storages.InMemoryStorage):
+    """Ctrl-C that strikes while Optuna stores a finished trial (seen in CI once: Optuna then
+    raised an UnboundLocalError of its own and left the trial RUNNING)."""
+
+    def set_trial_state_values(self, trial_id, state, values=None):
+        if state == optuna.trial.TrialState.COMPLETE:
+            raise KeyboardInterrupt
+        return super().set_trial_state_values(trial_id, state, values)
+
+
+def test_ctrl_c_while_a_finished_trial_is_stored_leaves_it_fail_not_running():
+    from search.stale import optimize_one, worker_id
+
+    study = optuna.create_study(storage=CtrlCWhileStoring())
+
+    def objective(trial):
+        trial.set_user_attr("worker", worker_id())
+        return 1.0
+
+    with pytest.raises(KeyboardInterrupt):
+        optimize_one(study, objective)
+    [trial] = study.get_trials(deepcopy=False)
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["reason"] == "interrupted (Ctrl-C)"
