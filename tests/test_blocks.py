@@ -153,6 +153,17 @@ def test_a_blocks_study_file_refuses_recipe_keys_in_training(tmp_path):
         load_study_spec(path)
 
 
+@pytest.mark.parametrize("path", sorted(ROOT_STUDIES.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_file_loads(path):
+    """A study file no test runs (the GPU's studies/pareto.toml) still parses and passes every check."""
+    assert load_study_spec(path).name
+
+
+def test_the_gpu_study_file_reads_its_answer_as_the_cpu_file_does():
+    gpu, cpu = load_study_spec(ROOT_STUDIES / "pareto.toml"), load_study_spec(ROOT_STUDIES / "pareto-cpu.toml")
+    assert (gpu.fidelity.rank, gpu.region.answer_level, gpu.tpe_spread) == (cpu.fidelity.rank, cpu.region.answer_level, cpu.tpe_spread)
+
+
 def test_both_study_files_load_and_share_one_space():
     full, quick = load_study_spec(ROOT_STUDIES / "blocks.toml"), load_study_spec(ROOT_STUDIES / "blocks-quick.toml")
     assert full.family == quick.family == "blocks" and full.space == quick.space
