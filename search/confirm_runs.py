@@ -46,10 +46,10 @@ def confirm_objective(trial: optuna.Trial, split: Split, deadline: float | None 
     """Train one (candidate, seed) run (search/trial_training.py); its values are the final
     validation accuracy and the size. A run whose loss diverges is PRUNED with the reason in its
     "diverged" attribute: it counts against its candidate and is not retried."""
+    trial.set_user_attr("worker", worker_id())  # first: a Ctrl-C from here on leaves no run RUNNING (stale.optimize_one)
     if "candidate" not in trial.user_attrs:
         trial.set_user_attr("reason", "no confirmation run was left to take")
         raise NoRunLeft()
-    trial.set_user_attr("worker", worker_id())
     config = config_from_dict(trial.user_attrs["config"])
     try:
         history = train_in_trial(trial, config, split, started=time.perf_counter(), deadline=deadline, evaluated_epochs=OBJECTIVE_EPOCHS,

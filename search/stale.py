@@ -6,9 +6,12 @@ process that takes Ctrl-C marks its own (`optimize_one`)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import optuna
 
@@ -44,21 +47,37 @@ def fail_stale(study: optuna.Study, trials: list[optuna.trial.FrozenTrial], by: 
 
 
 def optimize_one(study: optuna.Study, func: Callable[[optuna.Trial], float | Sequence[float]], **options) -> None:
-    """study.optimize(func, n_trials=1, **options), leaving no trial of this process RUNNING on
-    Ctrl-C. Optuna marks a trial FAIL when Ctrl-C reaches `func`; when it strikes while Optuna
-    stores a finished trial, Optuna raises an UnboundLocalError of its own in its place and the
-    trial may stay RUNNING: that trial is marked FAIL here and KeyboardInterrupt goes on up."""
+    """study.optimize(func, n_trials=1, **options), and on Ctrl-C no trial of this process left
+    RUNNING once `func` has recorded its worker. Optuna marks a trial FAIL when Ctrl-C reaches `func`;
+    when it strikes while Optuna stores a finished trial, Optuna raises an UnboundLocalError of its
+    own in its place and the trial may stay RUNNING: that trial is marked FAIL here, with a second
+    Ctrl-C held off meanwhile (with several workers each gets one from the terminal and one passed on
+    by the command), and KeyboardInterrupt goes on up."""
     try:
         study.optimize(func, n_trials=1, gc_after_trial=False, **options)
     except BaseException as e:
         if not interrupted(e):
             raise
-        me = worker_id()
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if trial.user_attrs.get("worker") == me:
-                set_trial_user_attr(study, trial, "reason", "interrupted (Ctrl-C)")
-                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        with ctrl_c_held_off():
+            me = worker_id()
+            for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                if trial.user_attrs.get("worker") == me:
+                    set_trial_user_attr(study, trial, "reason", "interrupted (Ctrl-C)")
+                    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
         raise KeyboardInterrupt from None
+
+
+@contextlib.contextmanager
+def ctrl_c_held_off() -> Iterator[None]:
+    """SIGINT ignored inside (where a signal handler can be set: the main thread), restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
 
 
 def interrupted(error: BaseException) -> bool:

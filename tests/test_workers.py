@@ -242,12 +242,17 @@ def test_ctrl_c_while_a_finished_trial_is_stored_leaves_it_fail_not_running():
     from search.stale import optimize_one, worker_id
 
     study = optuna.create_study(storage=CtrlCWhileStoring())
+    elsewhere = study.ask()  # another worker's trial, still training
+    elsewhere.set_user_attr("worker", "another-host:4242")
 
     def objective(trial):
         trial.set_user_attr("worker", worker_id())
         return 1.0
 
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         optimize_one(study, objective)
-    [trial] = study.get_trials(deepcopy=False)
-    assert trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs["reason"] == "interrupted (Ctrl-C)"
+    theirs, mine = study.get_trials(deepcopy=False)
+    assert mine.state == optuna.trial.TrialState.FAIL and mine.user_attrs["reason"] == "interrupted (Ctrl-C)"
+    assert theirs.state == optuna.trial.TrialState.RUNNING  # only this process's trials are marked
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C handling restored after the clean-up
