@@ -80,7 +80,7 @@ def ctrl_c_held_off() -> Iterator[None]:
         signal.signal(signal.SIGINT, handler)
 
 
-def interrupted(error: BaseException) -> bool:
+def interrupted(error: BaseException | None) -> bool:
     """Whether `error` is Ctrl-C or was raised while Ctrl-C was being handled."""
     while error is not None:
         if isinstance(error, KeyboardInterrupt):
