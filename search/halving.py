@@ -7,7 +7,8 @@ A trial goes on while its rung holds fewer than eta results, or it is an end of 
 front or ranks in the top 1/eta of its rung by search/pareto.py's promotion order; and, with a
 [region] floor, while it stays within that many points of the best result there (one floor wider
 for each rung below the last); with [region] near_target, the last rung's result must also lie
-within that many points under target_acc. With [fidelity] within, a rung below the last ranks a
+within that many points under target_acc; with [fidelity] near_loss, a rung between the first and the
+last stops a trial whose validation loss is more than that many times the lowest there. With [fidelity] within, a rung below the last ranks a
 trial among the trials that share its value of that parameter (its places and the young-rung rule
 counted among them, its front's ends among those of them within the floor of the best of all), the
 floor counting every trial. A trial that stops is PRUNED, without values: TPE
@@ -87,22 +88,29 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     floor, region = rung_floor(spec, rung), spec.region
     best = max(p["val_acc"] for p in peers)  # the region's best: of every peer, grouped or not
     under_best = below_region(next(p["val_acc"] for p in peers if p["number"] == number), best, floor)
+    band = spec.fidelity.near_loss if 0 < rung and not last else 0.0
+    lowest = min(p["val_loss"] for p in peers) if band else math.inf  # also of every peer
+    over_band = over_loss_band(next(p["val_loss"] for p in peers if p["number"] == number), lowest, band) if band else -math.inf
     if group is not None:  # ranked among its own kind only (below the last rung, where ranking decides)
         peers = [p for p in peers if p["number"] in group.numbers or p["number"] == number]
     mine = [p["number"] for p in peers].index(number)
     accuracy, n_params = peers[mine]["val_acc"], peers[mine]["n_params"]
     under_target = below_region(accuracy, region.target_acc, region.near_target) if last and region.near_target else -math.inf
-    below = max(under_best, under_target)  # the sampler is told the larger miss: a worse net never looks nearer
+    below = max(under_best, under_target, over_band)  # the sampler is told the larger miss: a worse net never looks nearer
     if below > 0:
+        where = f"below the region at rung {rung} ({images:,} images)"
+        if over_band == below:
+            return Verdict(f"{where}: val loss {peers[mine]['val_loss']:.4f} is more than {band:g} x the lowest there ({lowest:.4f})",
+                           {"below_region": below})
         bound = (f"{region.near_target:g} points under the target {region.target_acc:g}%" if under_target >= under_best
                  else f"{floor:g} points below the best result there")
-        return Verdict(f"below the region at rung {rung} ({images:,} images): val acc {accuracy:.2f}% is more than {bound}",
-                       {"below_region": below})
+        return Verdict(f"{where}: val acc {accuracy:.2f}% is more than {bound}", {"below_region": below})
     rank = spec.fidelity.rank
     points = [(rank_score(p, rank), p["n_params"]) for p in peers]
-    promoted_here = last or promoted(points, mine, spec.fidelity.eta, floor, [p["val_acc"] for p in peers], best)
+    inside = [below_region(p["val_acc"], best, floor) <= 0 and not (band and over_loss_band(p["val_loss"], lowest, band) > 0) for p in peers]
+    promoted_here = last or promoted(points, mine, spec.fidelity.eta, inside)
     # <= 0: in the region (without a floor `below` is -inf, and no region is told)
-    constraints = {"below_region": below} if (floor or (last and region.near_target)) and (last or not promoted_here) else {}
+    constraints = {"below_region": below} if (floor or (last and region.near_target) or band) and (last or not promoted_here) else {}
     if promoted_here:
         return Verdict(None, constraints)
     # How far from the end it stopped, for the sampler: a trial without values is one TPE cannot rank, but an infeasible one
@@ -115,6 +123,13 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     measured = f"val loss {peers[mine]['val_loss']:.4f}" if rank == "loss" else f"val acc {accuracy:.2f}%"
     return Verdict(f"stopped at rung {rung} ({images:,} images): {measured} with {n_params:,} params is not {rule}",
                    constraints)
+
+
+def over_loss_band(loss: float, lowest: float, near_loss: float) -> float:
+    """How far `loss` lies over the band of `near_loss` times the `lowest` loss at its rung ([fidelity]
+    near_loss), relative to the band's edge (0.1: 10 % over it; <= 0: inside). The sampler is told it
+    as a miss of the region, like the floor's in accuracy points."""
+    return loss / (near_loss * lowest) - 1
 
 
 def no_time_for_rung(rungs: list[dict], images: int, deadline: float | None, now: float) -> str | None:

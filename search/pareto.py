@@ -65,12 +65,11 @@ def below_region(accuracy: float, best: float, floor: float) -> float:
     return best - floor - accuracy if floor else -math.inf
 
 
-def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accuracies: list[float] | None = None,
-             best: float | None = None) -> bool:
+def promoted(points: list[Point], index: int, eta: int, inside: list[bool] | None = None) -> bool:
     """Whether the point at `index` goes on to the next rung: when it is one of the two ends (the
-    smallest and the best scored) of the first front of the points within `floor` points of the
-    most accurate (of `best`, when the region's best lies among other points than these: [fidelity]
-    within), or when it is among the first len(points) // eta in
+    smallest and the best scored) of the first front of the points `inside` the region (within the
+    rung's floor of the most accurate of all, and its loss band: search/halving.py `verdict`; every
+    point when None), or when it is among the first len(points) // eta in
     `promotion_order` (ASHA's rule). The ends' rule is for a young rung, where ASHA's rule gives
     one place and the first trials to complete teach the sampler where to look: one place
     gave that lesson to one end of the front, and the sampler went there (docs/results.md, "Which
@@ -79,15 +78,12 @@ def promoted(points: list[Point], index: int, eta: int, floor: float = 0.0, accu
     Nor is any point of a rung that holds fewer than `eta` results, where ASHA's rule gives no
     place and the front's ends are one or two results (one result beside it stopped step 3's net
     at the first rung: docs/results.md, "A young rung and the sampler's start"). The floor
-    (search/halving.py `verdict`) still applies there. The floor is in accuracy points: the points'
-    `accuracies` where their score is another measure (a loss), else their scores. ASHA's places
-    are counted over every point, in the region or not, as with accuracy (where a point below the
-    floor can rank high by being small): the verdict stops such a point anyway."""
+    (search/halving.py `verdict`) still applies there. ASHA's places are counted over every point,
+    in the region or not (where a point below the floor can rank high by being small): the verdict
+    stops such a point anyway."""
     if len(points) < eta:
         return True
-    accs = [p[0] for p in points] if accuracies is None else accuracies
-    best = max(accs) if best is None else best
-    kept = [i for i, a in enumerate(accs) if below_region(a, best, floor) <= 0]
+    kept = [i for i in range(len(points)) if inside is None or inside[i]]
     first = [kept[i] for i in front_indices([points[i] for i in kept])]
     return index in (first[0], first[-1]) or promotion_order(points).index(index) < len(points) // eta
 

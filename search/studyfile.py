@@ -73,11 +73,15 @@ class Fidelity:
     and its young-rung and front-end places counted, among the trials that share its value of it
     alone, so that a kind of net that learns more slowly on few images is not stopped by another
     kind's faster start (the floor still counts every trial; "": all trials together; docs/results.md,
-    "Two-stage nets at the rungs")."""
+    "Two-stage nets at the rungs"). `near_loss`: a ratio (>= 1); at the rungs between the first and the
+    last, a trial whose validation loss is more than this many times the lowest there stops, below
+    the region, instead of training a rung more for a last-rung result that confirmation's band
+    would leave out (0: no band; docs/results.md, "A band on the loss at the middle rung")."""
     rungs: int = 1
     eta: int = 3
     rank: str = "accuracy"
     within: str = ""
+    near_loss: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,10 @@ def _spec_from_dict(raw: dict) -> StudySpec:
     check(fidelity.rank in RANKS, "fidelity.rank", f"must be one of {', '.join(RANKS)}, got {json.dumps(fidelity.rank, default=str)}")
     check(fidelity.rank == "accuracy" or objective == "pareto", "fidelity.rank",
           "\"loss\" orders a Pareto study's rungs and candidates: it needs objective = \"pareto\"")
+    check(fidelity.near_loss == 0.0 or (math.isfinite(fidelity.near_loss) and fidelity.near_loss >= 1.0), "fidelity.near_loss",
+          f"must be a ratio >= 1 to the lowest loss at a rung (0: no band), got {fidelity.near_loss}")
+    check(not fidelity.near_loss or fidelity.rungs >= 3, "fidelity.near_loss",
+          f"bands the rungs between the first and the last: it needs rungs >= 3, got {fidelity.rungs}")
     check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
           f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
     check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")

@@ -40,8 +40,9 @@ def test_front_promotion_and_hypervolume_by_hand():
     assert not promoted([(99.0, 5000), (98.0, 6000), (98.5, 4000)], 1, eta=3)  # dominated, of three: no end of the first front
     # the ends are taken within `floor` of the most accurate: there the 5,000-parameter net is the small end, not the tiny
     # net far below (which takes ASHA's one place of four here, as the smallest end of all)
-    assert promoted(points[:4], 0, eta=4, floor=0.7) and not promoted(points[:4], 0, eta=4)
-    assert not promoted(points[:4], 3, eta=4, floor=0.7)
+    within_floor = [below_region(acc, 99.5, 0.7) <= 0 for acc, _ in points[:4]]  # 99.0 and 99.5
+    assert promoted(points[:4], 0, eta=4, inside=within_floor) and not promoted(points[:4], 0, eta=4)
+    assert not promoted(points[:4], 3, eta=4, inside=within_floor)
     # strips up to the next size: 8.5 * 2000 + 9 * 2000 + 9.5 * 1000
     assert hypervolume(points, (90.0, 8000)) == pytest.approx(44_500)
     assert hypervolume([(89.0, 100)], (90.0, 8000)) == 0
@@ -616,6 +617,12 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
     assert spec(PARETO.replace("seeds = 2", "seeds = 2\nnear_loss = 1.4")).confirm.near_loss == 1.4
     with pytest.raises(ConfigError, match=r"confirm.near_loss: must be a ratio >= 1 to the region's lowest last-rung loss \(0: no band\), got 0.5"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nnear_loss = 0.5"))
+    assert spec(PARETO.replace("rungs = 2", "rungs = 3\nnear_loss = 1.4")).fidelity.near_loss == 1.4
+    with pytest.raises(ConfigError, match=r"fidelity.near_loss: must be a ratio >= 1 to the lowest loss at a rung \(0: no band\), got 0.9"):
+        spec(PARETO.replace("rungs = 2", "rungs = 3\nnear_loss = 0.9"))
+    with pytest.raises(ConfigError, match="fidelity.near_loss: bands the rungs between the first and the last: it needs rungs >= 3, got 2"):
+        spec(PARETO.replace("rungs = 2", "rungs = 2\nnear_loss = 1.4"))
+    assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "fidelity.near_loss")
     with pytest.raises(ConfigError, match="confirm.max_seeds"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nmax_seeds = 1"))  # (written, then refused)
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.max_seeds")
@@ -767,6 +774,31 @@ def test_with_rank_loss_a_rung_promotes_by_the_validation_loss_and_keeps_its_reg
     # the region stays in accuracy points: trial 5 has the lowest loss of all, but lies 2.5 points under the best accuracy
     below = verdict(by_loss, peers, 5, 0, 600, last=False)
     assert below.stop.startswith("below the region at rung 0") and below.constraints == {"below_region": pytest.approx(0.5)}
+
+
+def test_with_a_loss_band_a_middle_rung_stops_a_trial_far_over_the_lowest_loss_and_keeps_the_front_ends_inside_it():
+    from search.halving import verdict
+
+    spec = replace(stored_spec(region_study(floor=1.0)), fidelity=Fidelity(rungs=3, eta=3, rank="loss", near_loss=1.4))
+    # floors 3, 2, 1 points; the band at rung 1 only: 1.4 x the lowest loss there (0.040) is 0.056
+    peers = [{"number": n, "val_acc": acc, "val_loss": loss, "n_params": size} for n, (acc, loss, size) in enumerate(
+        [(98.7, 0.040, 7900), (98.2, 0.052, 3600), (98.0, 0.060, 2400), (97.9, 0.070, 1800), (98.5, 0.045, 6000), (98.1, 0.054, 5000)])]
+    over = verdict(spec, peers, 2, 1, 5555, last=False)  # the smallest front end by size, but 0.060 / 0.056 - 1 over the band
+    assert over.stop == "below the region at rung 1 (5,555 images): val loss 0.0600 is more than 1.4 x the lowest there (0.0400)"
+    assert over.constraints == {"below_region": pytest.approx(0.060 / 0.056 - 1)}
+    # the small end of the first front is taken inside the band: 3,600 params at 0.052 goes on (6 // 3 = 2 places by promotion
+    # order go to the ends of the whole front, 1,800 and 7,900 params)
+    assert verdict(spec, peers, 1, 1, 5555, last=False).stop is None
+    inside = verdict(spec, peers, 5, 1, 5555, last=False)  # dominated by 3,600 params at a lower loss: inside the band, not promoted
+    assert inside.stop.startswith("stopped at rung 1") and inside.constraints["below_region"] == pytest.approx(0.054 / 0.056 - 1)
+    # neither the first rung (whose losses say little yet: the answer of a run lay at 1.9 x there) nor the last has the band:
+    # 1,800 params at 1.75 x the lowest loss goes on from rung 0 as the small end of the front, and completes at the last
+    assert verdict(spec, peers, 3, 0, 1851, last=False).stop is None
+    assert verdict(spec, peers, 3, 2, 16666, last=True).stop is None
+    # without the band, the front's ends at rung 1 are 1,800 and 7,900 params: 3,600 stops there, 2,400 stops as unpromoted
+    no_band = replace(spec, fidelity=replace(spec.fidelity, near_loss=0.0))
+    assert [verdict(no_band, peers, n, 1, 5555, last=False).stop is None for n in range(6)] == [True, False, False, True, False, False]
+    assert verdict(no_band, peers, 2, 1, 5555, last=False).stop.startswith("stopped at rung 1")
 
 
 def test_a_rungs_group_is_the_trials_that_share_the_value_of_within():
