@@ -8,13 +8,15 @@ front or ranks in the top 1/eta of its rung by search/pareto.py's promotion orde
 [region] floor, while it stays within that many points of the best result there (one floor wider
 for each rung below the last); with [region] near_target, the last rung's result must also lie
 within that many points under target_acc; with [fidelity] near_loss, a rung between the first and the
-last stops a trial whose validation loss is more than that many times the lowest there. With [fidelity] within, a rung below the last ranks a
+last stops a trial whose validation loss is more than that many times the lowest there, and the front's
+ends that always go on are taken inside that band too. With [fidelity] within, a rung below the last ranks a
 trial among the trials that share its value of that parameter (its places and the young-rung rule
 counted among them, its front's ends among those of them within the floor of the best of all), the
 floor counting every trial. A trial that stops is PRUNED, without values: TPE
 cannot rank it, so it is made slightly infeasible instead ("stopped_early", graded by how far it
-got), and one below the region by how far below ("below_region": a miss of more than 0.001 x
-rungs points outweighs any early stop).
+got), and one below the region by how far below ("below_region", in accuracy points under the floor
+or the target's bound, or the loss's excess over the band relative to its edge; a miss of more than
+0.001 x rungs outweighs any early stop).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     under_best = below_region(next(p["val_acc"] for p in peers if p["number"] == number), best, floor)
     band = spec.fidelity.near_loss if 0 < rung and not last else 0.0
     lowest = min(p["val_loss"] for p in peers) if band else math.inf  # also of every peer
+    band = band if lowest > 0 else 0.0  # (a loss of 0 leaves no band to measure against)
     over_band = over_loss_band(next(p["val_loss"] for p in peers if p["number"] == number), lowest, band) if band else -math.inf
     if group is not None:  # ranked among its own kind only (below the last rung, where ranking decides)
         peers = [p for p in peers if p["number"] in group.numbers or p["number"] == number]

@@ -1269,6 +1269,8 @@ def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_t
     assert changed_settings(spec, replace(spec, tpe_spread="stages")) == []  # another
     # what orders the rungs is a rule of the search: a study made before the key (its default) does not resume with "loss"
     assert changed_settings(spec, replace(spec, fidelity=replace(spec.fidelity, rank="loss"))) == ["fidelity.rank: 'accuracy' -> 'loss'"]
+    # so is the middle rung's loss band: a study made before it (no band) does not resume under one
+    assert changed_settings(spec, replace(spec, fidelity=replace(spec.fidelity, near_loss=1.4))) == ["fidelity.near_loss: 0.0 -> 1.4"]
     bounded = replace(spec, region=replace(spec.region, near_target=0.8))
     assert changed_settings(spec, bounded) == ["region.near_target: 0.0 -> 0.8", "region.target_acc: 0.0 -> 99.2"]  # a new rule
     assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, target_acc=99.3))) == ["region.target_acc: 99.2 -> 99.3"]
