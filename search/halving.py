@@ -88,22 +88,23 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     trial ends: > 0 (how far below) makes it infeasible for the sampler. `group`: the trials it is
     ranked among ([fidelity] within; None: all); the region counts every peer."""
     floor, region = rung_floor(spec, rung), spec.region
+    me = next(p for p in peers if p["number"] == number)
     best = max(p["val_acc"] for p in peers)  # the region's best: of every peer, grouped or not
-    under_best = below_region(next(p["val_acc"] for p in peers if p["number"] == number), best, floor)
+    under_best = below_region(me["val_acc"], best, floor)
     band = spec.fidelity.near_loss if 0 < rung and not last else 0.0
     lowest = min(p["val_loss"] for p in peers) if band else math.inf  # also of every peer
     band = band if lowest > 0 else 0.0  # (a loss of 0 leaves no band to measure against)
-    over_band = over_loss_band(next(p["val_loss"] for p in peers if p["number"] == number), lowest, band) if band else -math.inf
+    over_band = over_loss_band(me["val_loss"], lowest, band) if band else -math.inf
     if group is not None:  # ranked among its own kind only (below the last rung, where ranking decides)
         peers = [p for p in peers if p["number"] in group.numbers or p["number"] == number]
     mine = [p["number"] for p in peers].index(number)
-    accuracy, n_params = peers[mine]["val_acc"], peers[mine]["n_params"]
+    accuracy, n_params = me["val_acc"], me["n_params"]
     under_target = below_region(accuracy, region.target_acc, region.near_target) if last and region.near_target else -math.inf
     below = max(under_best, under_target, over_band)  # the sampler is told the larger miss: a worse net never looks nearer
     if below > 0:
         where = f"below the region at rung {rung} ({images:,} images)"
         if over_band == below:
-            return Verdict(f"{where}: val loss {peers[mine]['val_loss']:.4f} is more than {band:g} x the lowest there ({lowest:.4f})",
+            return Verdict(f"{where}: val loss {me['val_loss']:.4f} is more than {band:g} x the lowest there ({lowest:.4f})",
                            {"below_region": below})
         bound = (f"{region.near_target:g} points under the target {region.target_acc:g}%" if under_target >= under_best
                  else f"{floor:g} points below the best result there")
@@ -123,7 +124,7 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     constraints["stopped_early"] = STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1))
     among = f" of its {group.name} ({group.value})" if group is not None else ""
     rule = f"an end of the first front nor in the top 1/{spec.fidelity.eta} of the {len(peers)} results there{among}"
-    measured = f"val loss {peers[mine]['val_loss']:.4f}" if rank == "loss" else f"val acc {accuracy:.2f}%"
+    measured = f"val loss {me['val_loss']:.4f}" if rank == "loss" else f"val acc {accuracy:.2f}%"
     return Verdict(f"stopped at rung {rung} ({images:,} images): {measured} with {n_params:,} params is not {rule}",
                    constraints)
 

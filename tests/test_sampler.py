@@ -73,16 +73,16 @@ SHIPPED = Path(__file__).parent.parent / "studies" / "pareto-cpu.toml"
     ("stages", "[3, 3]", "one value: not a parameter at all"),
 ])
 def test_tpe_spread_names_a_parameter_of_a_few_values(tmp_path, spread, stages, why):
-    text = SHIPPED.read_text().replace('tpe_spread = "stages"', f'tpe_spread = "{spread}"').replace("stages = [2, 4]", f"stages = {stages}")
+    text = SHIPPED.read_text().replace('tpe_spread = "s1_convs"', f'tpe_spread = "{spread}"').replace("stages = [2, 4]", f"stages = {stages}")
     (tmp_path / "study.toml").write_text(text)
     with pytest.raises(ConfigError, match=f"tpe_spread: must name an integer or choice parameter .*got '{spread}'"):
         load_study_spec(tmp_path / "study.toml")
-    assert load_study_spec(SHIPPED).tpe_spread == "stages"
+    assert load_study_spec(SHIPPED).tpe_spread == "s1_convs"
 
 
 @pytest.mark.parametrize("within,why", [("width", "no parameter"), ("s1_c1_width", "29 values"), ("dropout", "a float")])
 def test_fidelity_within_names_a_parameter_of_a_few_values(tmp_path, within, why):
-    text = SHIPPED.read_text().replace("[fidelity]\n", f'[fidelity]\nwithin = "{within}"\n')
+    text = SHIPPED.read_text().replace('within = "s1_convs"', f'within = "{within}"')
     (tmp_path / "study.toml").write_text(text)
     with pytest.raises(ConfigError, match=f"fidelity.within: must name an integer or choice parameter .*got '{within}'"):
         load_study_spec(tmp_path / "study.toml")
