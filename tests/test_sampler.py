@@ -88,3 +88,4 @@ def test_fidelity_within_names_a_parameter_of_a_few_values(tmp_path, within, why
         load_study_spec(tmp_path / "study.toml")
     (tmp_path / "study.toml").write_text(text.replace(f'within = "{within}"', 'within = "stages"'))
     assert load_study_spec(tmp_path / "study.toml").fidelity.within == "stages"  # the shipped file's space has it
+    assert load_study_spec(SHIPPED).fidelity.within == load_study_spec(SHIPPED).tpe_spread == "s1_convs"
