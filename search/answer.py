@@ -3,7 +3,7 @@ confirmed candidate whose mean reaches it), and whether the seeds decide it. The
 mean final validation accuracy (at least) or a mean final validation loss (at most): `Level`. A
 candidate's mean is decided when the level lies outside its interval (mean ± two standard
 errors); the candidates whose interval holds the level are named, with the command that decides
-them; the candidates one more seed could move across it are in question, and the sizes between
+them, and so is an answer on fewer than ANSWER_SEEDS seeds; the candidates one more seed could move across it are in question, and the sizes between
 the decided ones are where the answer is still open; and a candidate with a diverged run is
 never chosen (`holds`). Pure rules over `results.confirmed_rows`, for every reader of them:
 `export`, the best trial, `report`, and confirmation's later rounds (search/candidates.py)."""
@@ -18,6 +18,9 @@ SEED_SPREAD = 0.07  # accuracy points: the least seed-to-seed spread assumed (tw
 # (docs/results.md)
 LOSS_SPREAD = 0.0011  # the same for the final validation loss: the median standard deviation over seeds of the 26 candidates
 # with two or more seeds in the eight runs of docs/results.md, "Found or chosen" (quartiles 0.0006 and 0.0015)
+ANSWER_SEEDS = 3  # the seeds an answer stands on: while its time lasts, confirmation brings the answer to this many (at most
+# max_seeds), and export names an answer on fewer. One seed far from the level is "decided" by the interval alone: fc-s0's
+# answer was, at 0.0225 on one seed, with 10 of the confirmation's 23 minutes unused (docs/results.md, "An answer on three seeds")
 MAX_LOSS_LEVEL = 2.3  # a mean cross-entropy above ln 10 (2.30) is worse than guessing among ten classes: a level over it is a typo
 
 
@@ -110,7 +113,8 @@ def target_row(rows: list[dict], level: Level) -> tuple[dict | None, dict | None
 def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: str, max_seeds: int) -> list[str]:
     """Lines naming each candidate whose interval holds `level` and that could change the answer
     `answer` (the smallest confirmed candidate reaching it): the answer itself, and any smaller one
-    short of the level (more seeds could carry it over); none when the answer is decided."""
+    short of the level (more seeds could carry it over); and the answer when it stands on fewer than
+    ANSWER_SEEDS seeds; none when the answer is decided on enough seeds."""
     lines = []
     for row in rows:
         mine = row["trial"] == answer["trial"]
@@ -126,7 +130,17 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
             lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {held} over {len(row['seeds'])} "
                          f"seed(s){other}; its interval {interval_text(row, level)} includes the target ({level}): more seeds decide it "
                          f"(python -m search confirm --study {study_name} --trial {row['trial']} --max-seeds {more})")
+        elif mine and len(row["seeds"]) < ANSWER_SEEDS:
+            lines.append(f"few seeds: trial {row['trial']} ({row['n_params']:,} params, the answer) stands on {len(row['seeds'])} seed(s), "
+                         f"an answer on {ANSWER_SEEDS} (python -m search confirm --study {study_name} --trial {row['trial']} --seeds {ANSWER_SEEDS})")
     return lines
+
+
+def answer_seeds_wanted(answer: dict | None, max_seeds: int) -> int:
+    """The seed count confirmation brings `answer` (the smallest candidate reaching the level: `target_row`)
+    to: ANSWER_SEEDS, at most max_seeds, when fewer are planned for it; 0 when none are wanted."""
+    wanted = min(ANSWER_SEEDS, max_seeds)
+    return wanted if answer is not None and len(answer["planned_seeds"]) < wanted else 0
 
 
 @dataclass(frozen=True)

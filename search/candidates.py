@@ -12,7 +12,7 @@ import math
 import optuna
 from optuna.trial import TrialState
 
-from search.answer import Level, in_question, open_sizes, target_row
+from search.answer import Level, answer_seeds_wanted, in_question, open_sizes, target_row
 from search.pareto import promotion_order, rank_score
 from search.results import in_region
 from search.studyfile import Confirm
@@ -130,7 +130,8 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: 
     """What confirmation's next round takes (trial number: seed count), leaving out the trials in
     `skip` (another process trains them), and a line to say why when it is the time left's
     choice: one more seed for each candidate of `rows` in question (`in_question`, the smallest
-    first); unless the user chose the trials, the first seeds of the region's unconfirmed trials
+    first); unless the user chose the trials, the seeds the answer still lacks to stand on
+    ANSWER_SEEDS (`answer_seeds_wanted`, all in one round) and the first seeds of the region's unconfirmed trials
     where the answer is still open (`near_the_answer`); and when nothing else is wanted and the
     round is `timed`, the region's other trials smaller than the answer (`left_to_confirm`), one
     per worker a round, so that one that comes out near the target gets its seeds in the next
@@ -141,6 +142,8 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: 
     wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt if row["trial"] not in skip}
     if chosen_by_user:  # (an explicit list of trials is all the user asked for)
         return wanted, None
+    if (count := answer_seeds_wanted(answer, settings.max_seeds)) and answer["trial"] not in skip:  # an answer stands on ANSWER_SEEDS
+        wanted[answer["trial"]] = max(wanted.get(answer["trial"], 0), count)
     wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, level, floor, settings.near, rank, settings.near_loss)
                if t.number not in wanted and t.number not in skip}
     if wanted or not timed:

@@ -936,6 +936,37 @@ def test_with_near_loss_confirmation_leaves_out_the_trials_whose_last_rung_loss_
     assert wanted == {2: 1}
 
 
+def test_confirmation_brings_the_answer_to_three_seeds_in_one_round_within_max_seeds():
+    from search.answer import ANSWER_SEEDS
+    from search.candidates import next_round
+    from search.studyfile import Confirm
+
+    study = region_study(floor=1.0)
+    for loss, size in ((0.0300, 3000), (0.0225, 4600), (0.0200, 8000)):
+        study.add_trial(optuna.trial.create_trial(values=[99.0, size], constraints={"params_over_limit": -1},
+                                                  user_attrs={"n_params": size, "rungs": [{"val_acc": 99.0, "val_loss": loss}]}))
+
+    def row(trial, size, loss, seeds):
+        return {"trial": trial, "n_params": size, "mean": 99.2, "std": 0.0, "seeds": list(seeds), "planned_seeds": list(seeds),
+                "diverged": {}, "loss": loss, "loss_std": None}
+
+    level = Level(0.025, "loss")
+    # 4,600 reads 0.0225 on one seed: outside its interval (0.0203-0.0247), so decided, and the answer, but on one seed
+    rows = [row(0, 3000, 0.0300, [1]), row(1, 4600, 0.0225, [1]), row(2, 8000, 0.0200, [1])]
+    wanted, why = next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, True, "loss")
+    assert ANSWER_SEEDS == 3 and wanted == {1: 3} and why is None  # both missing seeds in one round, before the time left's trials
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=2), level, 1.0, set(), False, 2, True, "loss")[0] == {1: 2}
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=0), level, 1.0, set(), False, 2, False, "loss")[0] == {}
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, {1}, False, 2, False, "loss")[0] == {}  # elsewhere
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), True, 2, True, "loss")[0] == {}  # --trial
+    # within noise and on one seed: one more seed would do for the question, the answer wants three
+    close = [rows[0], row(1, 4600, 0.0240, [1]), rows[2]]
+    assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, False, "loss")[0] == {1: 3}
+    # on three seeds the answer is left alone: nothing in question, time left goes to nothing smaller (none unconfirmed)
+    three = [rows[0], row(1, 4600, 0.0225, [1, 2, 3]), rows[2]]
+    assert next_round(study, three, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, True, "loss")[0] == {}
+
+
 def test_confirmation_concentrates_near_the_target_when_the_study_asks():
     from search.answer import open_sizes
     from search.candidates import candidates, near_the_answer
@@ -1021,7 +1052,10 @@ def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto
     assert "smaller, short of the target" in lines[0] and "the answer" in lines[1] and "--trial 2 --max-seeds 5" in lines[1]
     with_loss = undecided_lines([{**rows[0], "loss": 0.0253}, rows[1]], rows[1], Level(99.17), "s", 5)
     assert "over 2 seed(s) (mean final validation loss 0.0253); its interval" in with_loss[0] and "loss" not in with_loss[1]
-    assert undecided_lines(rows, rows[2], Level(99.40), "s", 5) == []  # 99.60 ± 0.10: decided, and no smaller one is near
+    decided = undecided_lines(rows, rows[2], Level(99.40), "s", 5)  # 99.60 ± 0.10: decided, and no smaller one is near, but on 2 seeds
+    assert decided == ["few seeds: trial 3 (6,000 params, the answer) stands on 2 seed(s), an answer on 3 "
+                       "(python -m search confirm --study s --trial 3 --seeds 3)"]
+    assert undecided_lines([{**rows[2], "seeds": [4, 5, 6]}], {**rows[2], "seeds": [4, 5, 6]}, Level(99.40), "s", 5) == []
     tmp, storage = copy_of(shared_pareto_study, tmp_path)
     confirmed = load(storage).user_attrs["confirmed"]
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
