@@ -3,7 +3,7 @@ confirmed candidate whose mean reaches it), and whether the seeds decide it. The
 mean final validation accuracy (at least) or a mean final validation loss (at most): `Level`. A
 candidate's mean is decided when the level lies outside its interval (mean ± two standard
 errors); the candidates whose interval holds the level are named, with the command that decides
-them, and so is an answer on fewer than ANSWER_SEEDS seeds; the candidates one more seed could move across it are in question, and the sizes between
+them, and so is an answer on fewer than ANSWER_SEEDS seeds (at most max_seeds); the candidates one more seed could move across it are in question, and the sizes between
 the decided ones are where the answer is still open; and a candidate with a diverged run is
 never chosen (`holds`). Pure rules over `results.confirmed_rows`, for every reader of them:
 `export`, the best trial, `report`, and confirmation's later rounds (search/candidates.py)."""
@@ -114,7 +114,8 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
     """Lines naming each candidate whose interval holds `level` and that could change the answer
     `answer` (the smallest confirmed candidate reaching it): the answer itself, and any smaller one
     short of the level (more seeds could carry it over); and the answer when it stands on fewer than
-    ANSWER_SEEDS seeds; none when the answer is decided on enough seeds."""
+    ANSWER_SEEDS seeds (at most `max_seeds`, which confirmation brings it to while its time lasts); none
+    when the answer is decided on enough seeds."""
     lines = []
     for row in rows:
         mine = row["trial"] == answer["trial"]
@@ -130,9 +131,9 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
             lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {held} over {len(row['seeds'])} "
                          f"seed(s){other}; its interval {interval_text(row, level)} includes the target ({level}): more seeds decide it "
                          f"(python -m search confirm --study {study_name} --trial {row['trial']} --max-seeds {more})")
-        elif mine and len(row["seeds"]) < ANSWER_SEEDS:
+        elif mine and len(row["seeds"]) < (wanted := min(ANSWER_SEEDS, max_seeds)):  # (confirmation's time ran out before them)
             lines.append(f"few seeds: trial {row['trial']} ({row['n_params']:,} params, the answer) stands on {len(row['seeds'])} seed(s), "
-                         f"an answer on {ANSWER_SEEDS} (python -m search confirm --study {study_name} --trial {row['trial']} --seeds {ANSWER_SEEDS})")
+                         f"an answer on {wanted} (python -m search confirm --study {study_name} --trial {row['trial']} --seeds {wanted})")
     return lines
 
 

@@ -12,7 +12,7 @@ import math
 import optuna
 from optuna.trial import TrialState
 
-from search.answer import Level, answer_seeds_wanted, in_question, open_sizes, target_row
+from search.answer import ANSWER_SEEDS, Level, answer_seeds_wanted, in_question, open_sizes, target_row
 from search.pareto import promotion_order, rank_score
 from search.results import in_region
 from search.studyfile import Confirm
@@ -142,12 +142,14 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: 
     wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt if row["trial"] not in skip}
     if chosen_by_user:  # (an explicit list of trials is all the user asked for)
         return wanted, None
+    why = None
     if (count := answer_seeds_wanted(answer, settings.max_seeds)) and answer["trial"] not in skip:  # an answer stands on ANSWER_SEEDS
         wanted[answer["trial"]] = max(wanted.get(answer["trial"], 0), count)
+        why = f"the answer, trial {answer['trial']} ({answer['n_params']:,} params), on {count} seeds: an answer stands on {ANSWER_SEEDS}"
     wanted |= {t.number: settings.seeds for t in near_the_answer(study, rows, sizes, level, floor, settings.near, rank, settings.near_loss)
                if t.number not in wanted and t.number not in skip}
     if wanted or not timed:
-        return wanted, None
+        return wanted, why
     unconfirmed = [t for t in left_to_confirm(study, rows, answer, level, floor, settings.near, rank, settings.near_loss)
                    if t.number not in skip]
     wanted = {t.number: settings.seeds for t in unconfirmed[:max(workers, 1)]}

@@ -951,10 +951,13 @@ def test_confirmation_brings_the_answer_to_three_seeds_in_one_round_within_max_s
                 "diverged": {}, "loss": loss, "loss_std": None}
 
     level = Level(0.025, "loss")
-    # 4,600 reads 0.0225 on one seed: outside its interval (0.0203-0.0247), so decided, and the answer, but on one seed
+    # 4,600 reads 0.0225 on one seed: the level lies outside its interval (0.0203-0.0247), so decided, and the answer, but on one seed
     rows = [row(0, 3000, 0.0300, [1]), row(1, 4600, 0.0225, [1]), row(2, 8000, 0.0200, [1])]
     wanted, why = next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, True, "loss")
-    assert ANSWER_SEEDS == 3 and wanted == {1: 3} and why is None  # both missing seeds in one round, before the time left's trials
+    assert ANSWER_SEEDS == 3 and wanted == {1: 3}  # both missing seeds in one round, before the time left's trials
+    assert why == "the answer, trial 1 (4,600 params), on 3 seeds: an answer stands on 3"
+    planned = [rows[0], {**rows[1], "planned_seeds": [1, 2, 3]}, rows[2]]  # its seeds planned (another round trains them): not again
+    assert next_round(study, planned, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, False, "loss")[0] == {}
     assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=2), level, 1.0, set(), False, 2, True, "loss")[0] == {1: 2}
     assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=0), level, 1.0, set(), False, 2, False, "loss")[0] == {}
     assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, {1}, False, 2, False, "loss")[0] == {}  # elsewhere
@@ -1056,6 +1059,10 @@ def test_export_names_every_candidate_that_more_seeds_could_change(shared_pareto
     assert decided == ["few seeds: trial 3 (6,000 params, the answer) stands on 2 seed(s), an answer on 3 "
                        "(python -m search confirm --study s --trial 3 --seeds 3)"]
     assert undecided_lines([{**rows[2], "seeds": [4, 5, 6]}], {**rows[2], "seeds": [4, 5, 6]}, Level(99.40), "s", 5) == []
+    assert undecided_lines(rows, rows[2], Level(99.40), "s", 2) == []  # max_seeds 2: confirmation gives no more, nor asks export
+    one = {**rows[2], "seeds": [4]}  # 99.60 ± 0.14 on one seed: decided, short of max_seeds 2
+    assert undecided_lines([one], one, Level(99.40), "s", 2) == ["few seeds: trial 3 (6,000 params, the answer) stands on 1 seed(s), "
+                                                                 "an answer on 2 (python -m search confirm --study s --trial 3 --seeds 2)"]
     tmp, storage = copy_of(shared_pareto_study, tmp_path)
     confirmed = load(storage).user_attrs["confirmed"]
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
