@@ -3,8 +3,9 @@ confirmed candidate whose mean reaches it), and whether the seeds decide it. The
 mean final validation accuracy (at least) or a mean final validation loss (at most): `Level`. A
 candidate's mean is decided when the level lies outside its interval (mean ± two standard
 errors); the candidates whose interval holds the level are named, with the command that decides
-them, and so is an answer on fewer than ANSWER_SEEDS seeds (at most max_seeds); the candidates one more seed could move across it are in question, and the sizes between
-the decided ones are where the answer is still open; and a candidate with a diverged run is
+them, and so is an answer on fewer than ANSWER_SEEDS seeds (at most max_seeds); the candidates
+one more seed could move across it are in question, and the sizes between the decided ones are
+where the answer is still open; and a candidate with a diverged run is
 never chosen (`holds`). Pure rules over `results.confirmed_rows`, for every reader of them:
 `export`, the best trial, `report`, and confirmation's later rounds (search/candidates.py)."""
 
