@@ -132,16 +132,21 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
             lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {held} over {len(row['seeds'])} "
                          f"seed(s){other}; its interval {interval_text(row, level)} includes the target ({level}): more seeds decide it "
                          f"(python -m search confirm --study {study_name} --trial {row['trial']} --max-seeds {more})")
-        elif mine and len(row["seeds"]) < (wanted := min(ANSWER_SEEDS, max_seeds)):  # (confirmation's time ran out before them)
+        elif mine and len(row["seeds"]) < (wanted := answer_seed_count(max_seeds)):  # (confirmation's time ran out before them)
             lines.append(f"few seeds: trial {row['trial']} ({row['n_params']:,} params, the answer) stands on {len(row['seeds'])} seed(s), "
                          f"an answer on {wanted} (python -m search confirm --study {study_name} --trial {row['trial']} --seeds {wanted})")
     return lines
 
 
+def answer_seed_count(max_seeds: int) -> int:
+    """The seeds an answer stands on in a study of `max_seeds`: ANSWER_SEEDS, at most max_seeds (0: no seeds are added)."""
+    return min(ANSWER_SEEDS, max_seeds)
+
+
 def answer_seeds_wanted(answer: dict | None, max_seeds: int) -> int:
     """The seed count confirmation brings `answer` (the smallest candidate reaching the level: `target_row`)
-    to: ANSWER_SEEDS, at most max_seeds, when fewer are planned for it; 0 when none are wanted."""
-    wanted = min(ANSWER_SEEDS, max_seeds)
+    to (`answer_seed_count`) when fewer are planned for it; 0 when none are wanted."""
+    wanted = answer_seed_count(max_seeds)
     return wanted if answer is not None and len(answer["planned_seeds"]) < wanted else 0
 
 
