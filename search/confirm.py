@@ -187,7 +187,7 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
                 log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
                 break
         rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
-        wanted, why = next_round(study, rows, settings, level, floor, elsewhere, bool(trials), workers, deadline is not None,
+        wanted, why = next_round(study, rows, settings, level, floor, elsewhere, set(trials) if trials else None, workers, deadline is not None,
                                  spec.fidelity.rank)
         if why:
             log_line(why)

@@ -863,8 +863,8 @@ def test_with_rank_loss_the_later_rounds_take_the_unconfirmed_trials_in_the_loss
     rows = [{"trial": 3, "n_params": 8000, "mean": 99.3, "std": 0.05, "seeds": [1], "planned_seeds": [1], "diverged": {}, "loss": 0.022,
              "loss_std": None}]  # the largest confirmed, decided above the level: time left goes to the smaller, one per worker
     settings, level = Confirm(top=1, seeds=1, max_seeds=1), Level(99.2)
-    by_acc, _ = next_round(study, rows, settings, level, 1.0, set(), False, 2, True)  # two workers: two trials a round
-    by_loss, _ = next_round(study, rows, settings, level, 1.0, set(), False, 2, True, "loss")
+    by_acc, _ = next_round(study, rows, settings, level, 1.0, set(), None, 2, True)  # two workers: two trials a round
+    by_loss, _ = next_round(study, rows, settings, level, 1.0, set(), None, 2, True, "loss")
     # the first front's two ends go first: by accuracy 3,000 and 4,000 (3,000 dominates 3,500); by loss 3,000 and 3,500
     # (3,500 at 0.026 dominates 4,000 at 0.029)
     assert (sorted(by_acc), sorted(by_loss)) == ([0, 2], [0, 1])
@@ -931,7 +931,7 @@ def test_with_near_loss_confirmation_leaves_out_the_trials_whose_last_rung_loss_
     rows = [{"trial": 3, "n_params": 8000, "mean": 99.3, "std": 0.05, "seeds": [1], "planned_seeds": [1], "diverged": {}, "loss": 0.021,
              "loss_std": None}]
     assert sizes(left_to_confirm(study, rows, rows[0], Level(0.025, "loss"), 1.0, rank="loss", near_loss=1.4)) == [3000]
-    wanted, _ = next_round(study, rows, Confirm(top=1, seeds=1, max_seeds=1, near_loss=1.4), Level(0.025, "loss"), 1.0, set(), False, 2,
+    wanted, _ = next_round(study, rows, Confirm(top=1, seeds=1, max_seeds=1, near_loss=1.4), Level(0.025, "loss"), 1.0, set(), None, 2,
                            True, "loss")
     assert wanted == {2: 1}
 
@@ -953,21 +953,24 @@ def test_confirmation_brings_the_answer_to_three_seeds_in_one_round_within_max_s
     level = Level(0.025, "loss")
     # 4,600 reads 0.0225 on one seed: the level lies outside its interval (0.0203-0.0247), so decided, and the answer, but on one seed
     rows = [row(0, 3000, 0.0300, [1]), row(1, 4600, 0.0225, [1]), row(2, 8000, 0.0200, [1])]
-    wanted, why = next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, True, "loss")
+    wanted, why = next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), None, 2, True, "loss")
     assert ANSWER_SEEDS == 3 and wanted == {1: 3}  # both missing seeds in one round, before the time left's trials
     assert why == "the answer, trial 1 (4,600 params), on 3 seeds: an answer stands on 3"
     planned = [rows[0], {**rows[1], "planned_seeds": [1, 2, 3]}, rows[2]]  # its seeds planned (another round trains them): not again
-    assert next_round(study, planned, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, False, "loss")[0] == {}
-    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=2), level, 1.0, set(), False, 2, True, "loss")[0] == {1: 2}
-    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=0), level, 1.0, set(), False, 2, False, "loss")[0] == {}
-    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, {1}, False, 2, False, "loss")[0] == {}  # elsewhere
-    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), True, 2, True, "loss")[0] == {}  # --trial
+    assert next_round(study, planned, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), None, 2, False, "loss")[0] == {}
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=2), level, 1.0, set(), None, 2, True, "loss")[0] == {1: 2}
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=0), level, 1.0, set(), None, 2, False, "loss")[0] == {}
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, {1}, None, 2, False, "loss")[0] == {}  # elsewhere
+    assert next_round(study, rows, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), {1}, 2, True, "loss")[0] == {}  # --trial
     # within noise and on one seed: one more seed would do for the question, the answer wants three
     close = [rows[0], row(1, 4600, 0.0240, [1]), rows[2]]
-    assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, False, "loss")[0] == {1: 3}
+    assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), None, 2, False, "loss")[0] == {1: 3}
+    # confirm --trial: one more seed for the trials the user chose that are in question, none for the others (nor the answer's third)
+    assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), {1}, 2, True, "loss")[0] == {1: 2}
+    assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), {0, 2}, 2, True, "loss")[0] == {}
     # on three seeds the answer is left alone: nothing in question, time left goes to nothing smaller (none unconfirmed)
     three = [rows[0], row(1, 4600, 0.0225, [1, 2, 3]), rows[2]]
-    assert next_round(study, three, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), False, 2, True, "loss")[0] == {}
+    assert next_round(study, three, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), None, 2, True, "loss")[0] == {}
 
 
 def test_confirmation_concentrates_near_the_target_when_the_study_asks():
