@@ -172,9 +172,11 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
                      f"this one): left to it (run `confirm` again once it has ended)")
         else:
             last_round = wanted
+            to_train = (f"{waiting} of {len(runs)} run(s) to train" if waiting else
+                        f"none of its {len(runs)} run(s) to train (each has a result, or another process trains it)")
             log_line(f"confirming {len(wanted)} candidate(s) of {study.study_name!r} at the export budget ({spec.training.export_epochs} "
-                     f"epochs on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {waiting} of "
-                     f"{len(runs)} run(s) to train (study {companion.study_name!r})")
+                     f"epochs on {settings.subset:,} training images) on {spec.training.validation:,} validation images: {to_train} "
+                     f"(study {companion.study_name!r})")
             # One run left (an added seed): one process with all the threads, not an idle worker. `waiting`
             # counts every waiting run of the companion study (another confirm's too): at worst one idle worker.
             busy = min(workers, waiting)

@@ -489,7 +489,7 @@ def test_a_later_smaller_confirmation_keeps_the_earlier_candidates(shared_pareto
     result = run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--top", "1", "--seeds", "2", "--out", str(tmp / "c"),
                      "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert re.search(r"0 of \d+ run\(s\) to train", result.stdout)
+    assert re.search(r"none of its \d+ run\(s\) to train \(each has a result", result.stdout)
     assert load(storage).user_attrs["confirmed"] == before  # both candidates, still choosable by export --target-acc
     assert "confirmed 2 candidate(s)" in result.stdout
     assert "Using an existing study" not in result.stdout + result.stderr  # Optuna's INFO lines stay off in every command
@@ -515,7 +515,7 @@ def test_a_diverging_confirmation_run_is_recorded_and_counted_against_its_candid
     assert entry["complete"] and entry["mean"] is None and set(entry["diverged"]) == {"4", "5"}
     assert load_config(tmp / "out" / "best.json").name != f"tinypareto-trial{number}"  # written, from the others
     again = run_cli("run", str(tmp / "tiny.toml"), "--out", str(tmp / "out"), "--device", "cpu")  # not retried: it would diverge again
-    assert again.returncode == 0 and re.search(r"0 of \d+ run\(s\) to train", again.stdout)
+    assert again.returncode == 0 and re.search(r"none of its \d+ run\(s\) to train", again.stdout)
     report = run_cli("report", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "report"))
     assert report.returncode == 0 and f"trial {number} (1,000 params): DIVERGED on seed 4" in report.stdout
     import pandas as pd
