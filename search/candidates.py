@@ -130,7 +130,8 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: 
     """What confirmation's next round takes (trial number: seed count), leaving out the trials in
     `skip` (another process trains them), and a line to say why when it is the time left's
     choice: one more seed for each candidate of `rows` in question (`in_question`, the smallest
-    first; with `only`, the trials the user chose (`confirm --trial`), those of them alone); unless the user chose the trials, the seeds the answer still lacks to stand on
+    first; with `only`, the trials the user chose (`confirm --trial`), those of them alone);
+    unless the user chose the trials, the seeds the answer still lacks to stand on
     ANSWER_SEEDS (`answer_seeds_wanted`, all in one round) and the first seeds of the region's unconfirmed trials
     where the answer is still open (`near_the_answer`); and when nothing else is wanted and the
     round is `timed`, the region's other trials smaller than the answer (`left_to_confirm`), one
@@ -139,7 +140,8 @@ def next_round(study: optuna.Study, rows: list[dict], settings: Confirm, level: 
     # what the seeds say of the target, read once (search/answer.py): who is in question, where the answer is open, the answer
     in_doubt, sizes = in_question(rows, level, settings.max_seeds), open_sizes(rows, level)
     answer = target_row(rows, level)[0] if level else None
-    wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt if row["trial"] not in skip and (only is None or row["trial"] in only)}
+    wanted = {row["trial"]: len(row["planned_seeds"]) + 1 for row in in_doubt
+              if row["trial"] not in skip and (only is None or row["trial"] in only)}
     if only is not None:  # (an explicit list of trials is all the user asked for)
         return wanted, None
     why = None

@@ -120,7 +120,8 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     sharing `url`, in rounds (with spec.confirm.near, only candidates near the target: see
     `candidates`): first spec.confirm.seeds seeds each, then, while there is time, what
     `next_round` takes: one more seed for each candidate in question and the first seeds of the
-    region's trials whose size lies where the answer is still open, so the later rounds
+    region's trials whose size lies where the answer is still open (with `trials`: one more seed for
+    those of them in question, nothing else), so the later rounds
     concentrate on the target; under a timeout, a round with nothing in question takes the
     region's other trials smaller than the answer, one per worker a round, while they fit. spec.confirm.timeout is a
     hard bound: a round starts only for the runs (in the round's order) expected to end within
@@ -189,8 +190,8 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
                 log_line(f"the confirmation's time budget ({settings.timeout:g} s) is spent; `confirm` trains what is left")
                 break
         rows = [r for r in confirmed_rows(study) if (r["epochs"], r["images"]) == (spec.training.export_epochs, settings.subset)]
-        wanted, why = next_round(study, rows, settings, level, floor, elsewhere, set(trials) if trials else None, workers, deadline is not None,
-                                 spec.fidelity.rank)
+        wanted, why = next_round(study, rows, settings, level, floor, elsewhere, set(trials) if trials else None, workers,
+                                 deadline is not None, spec.fidelity.rank)
         if why:
             log_line(why)
     rows = confirmed_rows(study)

@@ -968,6 +968,7 @@ def test_confirmation_brings_the_answer_to_three_seeds_in_one_round_within_max_s
     # confirm --trial: one more seed for the trials the user chose that are in question, none for the others (nor the answer's third)
     assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), {1}, 2, True, "loss")[0] == {1: 2}
     assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), {0, 2}, 2, True, "loss")[0] == {}
+    assert next_round(study, close, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, {1}, {1}, 2, True, "loss")[0] == {}  # chosen, elsewhere
     # on three seeds the answer is left alone: nothing in question, time left goes to nothing smaller (none unconfirmed)
     three = [rows[0], row(1, 4600, 0.0225, [1, 2, 3]), rows[2]]
     assert next_round(study, three, Confirm(top=3, seeds=1, max_seeds=5), level, 1.0, set(), None, 2, True, "loss")[0] == {}
