@@ -1,6 +1,7 @@
 """What the confirmed seeds say of the level the answer is read at: the answer (the smallest
 confirmed candidate whose mean reaches it), and whether the seeds decide it. The level is a
-mean final validation accuracy (at least) or a mean final validation loss (at most): `Level`. A
+mean final validation accuracy (at least), or a mean final validation loss, clean or under elastic
+distortion (at most): `Level`. A
 candidate's mean is decided when the level lies outside its interval (mean ± two standard
 errors); the candidates whose interval holds the level are named, with the command that decides
 them, and so is an answer on fewer than ANSWER_SEEDS seeds (at most max_seeds); the candidates
@@ -22,29 +23,47 @@ LOSS_SPREAD = 0.0011  # the same for the final validation loss: the median stand
 ANSWER_SEEDS = 3  # the seeds an answer stands on: while its time lasts, confirmation brings the answer to this many (at most
 # max_seeds), and export names an answer on fewer. One seed far from the level is "decided" by the interval alone: fc-s0's
 # answer was, at 0.0225 on one seed, with 10 of the confirmation's 23 minutes unused (docs/results.md, "An answer on three seeds")
+ELASTIC_LOSS_SPREAD = 0.0009  # the same for the validation loss under elastic distortion: LOSS_SPREAD times the ratio of the
+# two spreads measured on the same runs, 0.0006 to 0.0007 (two seeds of 11 small nets, docs/results.md, "What validation can see")
 MAX_LOSS_LEVEL = 2.3  # a mean cross-entropy above ln 10 (2.30) is worse than guessing among ten classes: a level over it is a typo
+
+
+# measure: (the confirmed row's mean, its standard deviation over seeds, the least spread assumed, what it is)
+MEASURES = {"acc": ("mean", "std", SEED_SPREAD, "validation accuracy"),
+            "loss": ("loss", "loss_std", LOSS_SPREAD, "validation loss"),
+            "elastic_loss": ("elastic_loss", "elastic_loss_std", ELASTIC_LOSS_SPREAD, "elastic validation loss")}
 
 
 @dataclass(frozen=True)
 class Level:
     """The level the answer is read at: a mean final validation accuracy (%) of at least `value`
-    ("acc"), or a mean final validation loss of at most `value` ("loss"); 0: none."""
+    ("acc"), or a mean final validation loss of at most `value`, on the clean images ("loss") or
+    under elastic distortion ("elastic_loss", search/train.py: evaluate_elastic); 0: none."""
     value: float
     measure: str = "acc"
 
     def __post_init__(self) -> None:
-        if self.measure not in ("acc", "loss"):
-            raise ValueError(f"a level's measure is 'acc' or 'loss', not {self.measure!r}")
+        if self.measure not in MEASURES:
+            raise ValueError(f"a level's measure is one of {', '.join(map(repr, MEASURES))}, not {self.measure!r}")
 
     def __bool__(self) -> bool:
         return bool(self.value)
 
     def __str__(self) -> str:
-        return f"{self.value:g} % validation accuracy" if self.measure == "acc" else f"validation loss {self.value:g}"
+        return f"{self.value:g} % validation accuracy" if self.measure == "acc" else f"{MEASURES[self.measure][3]} {self.value:g}"
 
     def of(self, row: dict) -> float | None:
-        """The candidate's mean of this level's measure (None: not recorded, as in a study confirmed before the loss was)."""
-        return row["mean"] if self.measure == "acc" else row.get("loss")
+        """The candidate's mean of this level's measure (None: not recorded, as in a study confirmed before it was)."""
+        return row.get(MEASURES[self.measure][0])
+
+    def std_of(self, row: dict) -> float:
+        """The standard deviation over the candidate's seeds of this level's measure (0 when not recorded)."""
+        return row.get(MEASURES[self.measure][1]) or 0.0
+
+    @property
+    def least_spread(self) -> float:
+        """The least seed-to-seed spread assumed for this measure (SEED_SPREAD, LOSS_SPREAD, ELASTIC_LOSS_SPREAD)."""
+        return MEASURES[self.measure][2]
 
     def reached_by(self, mean: float) -> bool:
         return mean >= self.value if self.measure == "acc" else mean <= self.value
@@ -54,7 +73,7 @@ class Level:
         return -self.of(row) if self.measure == "acc" else self.of(row)
 
     def file_name(self) -> str:
-        return f"target-{self.value:g}.json" if self.measure == "acc" else f"target-loss-{self.value:g}.json"
+        return f"target-{self.value:g}.json" if self.measure == "acc" else f"target-{self.measure.replace('_', '-')}-{self.value:g}.json"
 
 
 def holds(row: dict) -> bool:
@@ -64,10 +83,10 @@ def holds(row: dict) -> bool:
 
 def interval(row: dict, level: Level) -> tuple[float, float]:
     """About 95 % of where a candidate's true mean of `level`'s measure lies: its mean ± two standard
-    errors (the spread of its seeds, at least SEED_SPREAD, or LOSS_SPREAD)."""
+    errors (the spread of its seeds, at least the measure's least spread: SEED_SPREAD, LOSS_SPREAD, ELASTIC_LOSS_SPREAD)."""
     mean = level.of(row)
     assert mean is not None, "a candidate without this level's measure has no interval: ask `within_noise`"
-    spread = max(row["std"], SEED_SPREAD) if level.measure == "acc" else max(row.get("loss_std") or 0.0, LOSS_SPREAD)
+    spread = max(level.std_of(row), level.least_spread)
     half = 2 * spread / math.sqrt(len(row["seeds"]))
     return mean - half, mean + half
 
@@ -127,7 +146,7 @@ def undecided_lines(rows: list[dict], answer: dict, level: Level, study_name: st
                 held = f"{row['mean']:.2f} ± {row['std']:.2f} %"
                 other = f" (mean final validation loss {row['loss']:.4f})" if row.get("loss") is not None else ""
             else:
-                held = f"{row['loss']:.4f} ± {row.get('loss_std') or 0.0:.4f}"
+                held = f"{level.of(row):.4f} ± {level.std_of(row):.4f}"
                 other = f" (mean final validation accuracy {row['mean']:.2f} %)"
             lines.append(f"undecided: trial {row['trial']} ({row['n_params']:,} params, {side}) holds {held} over {len(row['seeds'])} "
                          f"seed(s){other}; its interval {interval_text(row, level)} includes the target ({level}): more seeds decide it "
@@ -168,8 +187,8 @@ def read_answer(rows: list[dict], level: Level, study_name: str, max_seeds: int)
     answer, closest = target_row(rows, level)
     lines = undecided_lines(rows, answer, level, study_name, max_seeds) if answer else []
     if missing := unread(rows, answer, level):
-        lines.append(f"not read at {level}: trial(s) {', '.join(str(r['trial']) for r in missing)} (confirmed before the validation "
-                     f"loss was recorded; a new study confirms them on it)")
+        lines.append(f"not read at {level}: trial(s) {', '.join(str(r['trial']) for r in missing)} (confirmed before the "
+                     f"{MEASURES[level.measure][3]} was recorded; a new study confirms them on it)")
     hint = (f"; undecided: its interval {interval_text(closest, level)} includes the target (python -m search confirm --study {study_name} "
             f"--trial {closest['trial']} --max-seeds {len(closest['seeds']) + 2})") if closest and within_noise(closest, level) else ""
     return Reading(answer, closest, lines, hint)
@@ -177,7 +196,7 @@ def read_answer(rows: list[dict], level: Level, study_name: str, max_seeds: int)
 
 def unread(rows: list[dict], answer: dict | None, level: Level) -> list[dict]:
     """The candidates that can be chosen but have no mean of `level`'s measure (a study confirmed before
-    the validation loss was recorded), smaller than `answer` (any size without one): the level cannot
+    the level's measure was recorded), smaller than `answer` (any size without one): the level cannot
     read them, and their earlier runs are reused, so only a new study confirms them on it."""
     limit = answer["n_params"] if answer else math.inf
     return [r for r in rows if holds(r) and level.of(r) is None and r["n_params"] < limit]

@@ -69,7 +69,8 @@ def cmd_export(a: argparse.Namespace) -> None:
     from search.answer import Level
     from search.export import export_command
 
-    level = Level(a.target_acc) if a.target_acc is not None else Level(a.target_loss, "loss") if a.target_loss is not None else None
+    given = {"acc": a.target_acc, "loss": a.target_loss, "elastic_loss": a.target_elastic_loss}
+    level = next((Level(value, measure) for measure, value in given.items() if value is not None), None)
     export_command(a.study, a.storage, a.out, level)
 
 
@@ -149,16 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     data_and_device(p)
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("export", help="write a study's best trial as best.json, and the answer to its [region] answer_loss "
-                            "(else answer_acc, else target_acc)")
+    p = commands.add_parser("export", help="write a study's best trial as best.json, and the answer to its [region] answer_elastic_loss "
+                            "(else answer_loss, else answer_acc, else target_acc)")
     existing_study(p)
     level = p.add_mutually_exclusive_group()
     level.add_argument("--target-acc", type=percentage,
                        help="instead: the smallest confirmed config whose mean validation accuracy reaches this (%%), as target-ACC.json "
-                            "(default: best.json, and the answer to the study's own level: target-loss-LOSS.json for its [region] "
-                            "answer_loss, else target-ACC.json for its answer_acc, else its target_acc)")
+                            "(default: best.json, and the answer to the study's own level: target-elastic-loss-LOSS.json for its [region] "
+                            "answer_elastic_loss, target-loss-LOSS.json for its answer_loss, else target-ACC.json for its answer_acc, else its target_acc)")
     level.add_argument("--target-loss", type=loss_level,
                        help="instead: the smallest confirmed config whose mean final validation loss is at most this, as target-loss-LOSS.json")
+    level.add_argument("--target-elastic-loss", type=loss_level,
+                       help="instead: the smallest confirmed config whose mean final validation loss under elastic distortion is at most this, "
+                            "as target-elastic-loss-LOSS.json")
     p.add_argument("--out", type=Path, help="output folder (default: studies/NAME/)")
     p.set_defaults(func=cmd_export)
 
@@ -167,13 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=positive_int, help="candidates: K at most, the region's trials in promotion order (each front's ends, "
                    "then spread by size; with --near, those near the target; with --near-loss, those near the region's lowest loss), or the best trials (default: the study file's)")
     p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's answer level "
-                   "([region] answer_acc, else target_acc; refused with an answer_loss) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
+                   "([region] answer_acc, else target_acc; refused with an answer_loss or answer_elastic_loss) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
     p.add_argument("--near-loss", type=loss_ratio, metavar="R", help="only the region's trials whose last-rung validation loss is at "
                    "most R times the region's lowest (default: the study file's [confirm] near_loss; 0: every trial of the region)")
     p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "
-                   "study's answer level ([region] answer_loss, else answer_acc, else target_acc) (default: the study file's; 0: none)")
+                   "study's answer level ([region] answer_elastic_loss, answer_loss, else answer_acc, else target_acc) (default: the study file's; 0: none)")
     p.add_argument("--timeout", type=seconds, help="a hard bound: a round starts only for the runs expected to end within S seconds of "
                    "the start of confirmation, and none trains past it (default: the study file's [confirm] timeout, else none)")
     p.add_argument("--workers", type=positive_int, default=1, help="worker processes sharing the study (default: 1)")

@@ -83,7 +83,7 @@ def run_key(attrs: dict) -> tuple:
 
 
 def summarize(study: optuna.Study, companion: optuna.Study) -> dict[str, dict]:
-    """Mean ± std of the final validation accuracy and loss of every candidate ever planned, at the
+    """Mean ± std of the final validation accuracy, loss and elastic loss of every candidate ever planned, at the
     budget of its plan, stored in `study` (user attribute "confirmed", keyed by trial number)
     and returned. Diverged runs are listed per seed with their reason; the mean is over the
     others."""
@@ -98,17 +98,25 @@ def summarize(study: optuna.Study, companion: optuna.Study) -> dict[str, dict]:
         if not runs:
             continue
         accs = {seed: t.values[0] for seed, t in runs.items() if t.state == TrialState.COMPLETE}
-        losses = [t.user_attrs["epochs"][-1].get("val_loss") for t in runs.values() if t.state == TrialState.COMPLETE and t.user_attrs.get("epochs")]
-        complete_losses = accs and len(losses) == len(accs) and None not in losses
+        final = [(t.user_attrs.get("epochs") or [{}])[-1] for t in runs.values() if t.state == TrialState.COMPLETE]
         summary[number] = {"n_params": next(iter(runs.values())).user_attrs["n_params"],
                            "mean": statistics.mean(accs.values()) if accs else None,
                            "std": statistics.stdev(accs.values()) if len(accs) > 1 else 0.0,
                            # the final validation loss ranks nets of one size better than their accuracy does (docs/results.md,
-                           # "Found or chosen"): a study can read its answer on it ([region] answer_loss)
-                           "loss": statistics.mean(losses) if complete_losses else None,
-                           "loss_std": statistics.stdev(losses) if complete_losses and len(losses) > 1 else 0.0,
+                           # "Found or chosen"), and the loss under elastic distortion a little better again ("What validation can see"):
+                           # a study can read its answer on either ([region] answer_loss, answer_elastic_loss)
+                           **mean_and_std(final, "val_loss", "loss"), **mean_and_std(final, "val_elastic_loss", "elastic_loss"),
                            "seeds": sorted(accs), "planned_seeds": p["seeds"],
                            "diverged": {str(seed): t.user_attrs["diverged"] for seed, t in runs.items() if t.state != TrialState.COMPLETE},
                            "complete": len(runs) == len(p["seeds"]), "epochs": p["epochs"], "images": p["images"]}
     study.set_user_attr("confirmed", summary)
     return summary
+
+
+def mean_and_std(final: list[dict], key: str, name: str) -> dict[str, float | None]:
+    """{name: the mean of `key` over the runs' final epochs, name_std: its standard deviation}, both None
+    unless every run recorded it (a run of an older version of the tool may not have)."""
+    values = [epoch.get(key) for epoch in final]
+    if not values or None in values:
+        return {name: None, f"{name}_std": None}
+    return {name: statistics.mean(values), f"{name}_std": statistics.stdev(values) if len(values) > 1 else 0.0}

@@ -94,8 +94,8 @@ def confirm_command(options: ConfirmOptions) -> None:
     near = options.near if options.near is not None else settings.near
     if near and not spec.region.target_acc:
         raise UsageError(f"--near {near:g}: study {study_name!r} has no [region] target_acc for the band to lie under; leave --near out")
-    if near and spec.region.answer_loss:
-        raise UsageError(f"--near {near:g}: study {study_name!r} reads its answer on the validation loss ([region] answer_loss), "
+    if near and (level := spec.region.answer_level).measure != "acc":
+        raise UsageError(f"--near {near:g}: study {study_name!r} reads its answer at {level} ([region] answer_loss or answer_elastic_loss), "
                          f"which no accuracy band lies under; leave --near out")
     near_loss = options.near_loss if options.near_loss is not None else settings.near_loss
     if near_loss and len(study.directions) == 1:

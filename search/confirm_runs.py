@@ -44,7 +44,8 @@ class NoRunLeft(Exception):
 
 def confirm_objective(trial: optuna.Trial, split: Split, deadline: float | None = None) -> tuple[float, int]:
     """Train one (candidate, seed) run (search/trial_training.py); its values are the final
-    validation accuracy and the size. A run whose loss diverges is PRUNED with the reason in its
+    validation accuracy and the size. The final epoch is also scored under elastic distortion
+    ("val_elastic_loss": a study can read its answer there, [region] answer_elastic_loss). A run whose loss diverges is PRUNED with the reason in its
     "diverged" attribute: it counts against its candidate and is not retried."""
     trial.set_user_attr("worker", worker_id())  # first: a Ctrl-C from here on leaves no run RUNNING (stale.optimize_one)
     if "candidate" not in trial.user_attrs:
@@ -53,7 +54,8 @@ def confirm_objective(trial: optuna.Trial, split: Split, deadline: float | None 
     config = config_from_dict(trial.user_attrs["config"])
     try:
         history = train_in_trial(trial, config, split, started=time.perf_counter(), deadline=deadline, evaluated_epochs=OBJECTIVE_EPOCHS,
-                                 progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}")  # only the final epoch's counts
+                                 progress=f"trial {trial.user_attrs['candidate']} seed {trial.user_attrs['seed']}",  # only the final epoch's counts
+                                 elastic=True)
     except OutOfTime:  # Optuna marks the run FAIL (caught by run_confirmations); the next `confirm` enqueues it again
         trial.set_user_attr("reason", "the confirmation's time budget ran out")
         raise
@@ -67,8 +69,9 @@ def run_confirmations(companion: optuna.Study, load: Callable[[], Split], deadli
     def after_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         a = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
-            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: final val acc {trial.values[0]:.2f}% "
-                     f"({a['n_params']:,} params, {a['seconds']:.0f} s)")
+            final = a["epochs"][-1]
+            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: final val acc {trial.values[0]:.2f}%, loss {final['val_loss']:.4f}, "
+                     f"elastic loss {final['val_elastic_loss']:.4f} ({a['n_params']:,} params, {a['seconds']:.0f} s)")
         elif "diverged" in a:
             log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: DIVERGED ({a['diverged']}); "
                      f"counted against the candidate, not retried")

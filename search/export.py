@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 
 from search.errors import TargetMissed, UsageError
-from search.answer import Level, read_answer
+from search.answer import MEASURES, Level, read_answer
 from search.results import best_trial, confirmed_rows, format_row
 from search.storage import load_existing_study, mask_password, output_folder
 from search.studyfile import StudySpec, Training, stored_spec
@@ -54,7 +54,7 @@ def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: P
 
 def export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path, level: Level) -> Path:
     """Write the smallest of the confirmed candidates `rows` whose mean reaches `level` to
-    out/target-ACC.json (or target-loss-LOSS.json), with the lines the reading adds (search/answer.py,
+    out/target-ACC.json (or target-loss-LOSS.json, target-elastic-loss-LOSS.json), with the lines the reading adds (search/answer.py,
     `read_answer`); TargetMissed names the one that comes closest."""
     if not rows:
         raise UsageError(f"study {study.study_name!r} has no confirmed candidate yet; run python -m search confirm --study {study.study_name}")
@@ -64,7 +64,7 @@ def export_target(study: optuna.Study, spec: StudySpec, rows: list[dict], out: P
             print(line)
         closest = format_row(reading.closest) if reading.closest else (
             "none (every confirmed candidate diverged)" if level.measure == "acc" else
-            "none (every confirmed candidate diverged or has no validation loss recorded)")
+            f"none (every confirmed candidate diverged or has no {MEASURES[level.measure][3]} recorded)")
         raise TargetMissed(f"no confirmed config of {study.study_name!r} reaches {level}; closest: {closest}{reading.hint}")
     trial = next(t for t in study.get_trials(deepcopy=False) if t.number == reading.answer["trial"])
     path = _write(study, trial, spec.training, out / level.file_name())

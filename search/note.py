@@ -47,11 +47,12 @@ def study_note(study: optuna.Study, spec: StudySpec, best: optuna.trial.FrozenTr
     config = export_config(best, spec.training, name)
     confirmed = ["", "## Confirmed candidates", "",
                  "Retrained at the budget shown on seeds the search never used; final validation accuracy, mean ± std over the "
-                 f"seeds, and the mean final validation loss. A diverged run counts against its candidate. Every run is a trial of the "
+                 f"seeds, and the mean final validation loss, clean and under elastic distortion. A diverged run counts against its candidate. Every run is a trial of the "
                  f"study `{name}.confirm`.", "",
-                 "| trial | parameters | mean ± std (%) | validation loss | seeds | diverged | budget |", "|---|---|---|---|---|---|---|"]
+                 "| trial | parameters | mean ± std (%) | validation loss | elastic loss | seeds | diverged | budget |", "|---|---|---|---|---|---|---|---|"]
     confirmed += [f"| {r['trial']} | {r['n_params']:,} | " + (f"{r['mean']:.2f} ± {r['std']:.2f}" if r["seeds"] else "–")
                   + " | " + (f"{r['loss']:.4f}" if r.get("loss") is not None else "–")
+                  + " | " + (f"{r['elastic_loss']:.4f}" if r.get("elastic_loss") is not None else "–")
                   + f" | {', '.join(map(str, r['seeds']))} | {', '.join(f'seed {k}: {v}' for k, v in r['diverged'].items()) or 'none'} "
                   f"| {budget(r)} |" for r in rows]
     heading = "Best confirmed trial" if rows else "Best trial" if len(study.directions) == 1 else "Most accurate trial of the front"

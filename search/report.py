@@ -68,13 +68,15 @@ def budget_summary(study: optuna.Study, spec: StudySpec, within: float = 2.0) ->
 # a rung statistic: (its name, its sign: +1 where higher ranks better); a confirmed figure the same way
 RANKINGS = {"val_acc": ("mean val acc of the last 3 epochs", 1), "val_loss": ("mean val loss of the last 3 epochs (negated)", -1),
             "final_val_acc": ("final val acc", 1), "train_loss_sum": ("sum of training losses (negated)", -1)}
-CONFIRMED = {"mean": ("the confirmed mean", 1), "loss": ("the confirmed loss (negated)", -1)}
+CONFIRMED = {"mean": ("the confirmed mean", 1), "loss": ("the confirmed loss (negated)", -1),
+             "elastic_loss": ("the confirmed elastic loss (negated)", -1)}
 
 
 def ranking_summary(study: optuna.Study, confirmed: list[dict]) -> list[str]:
     """How well each rung's statistics rank the confirmed candidates: Spearman's correlation of
-    each with the confirmed mean accuracy and with the confirmed mean validation loss (the answer's
-    measure with [region] answer_loss; losses negated: lower is better), over the candidates
+    each with the confirmed mean accuracy, the confirmed mean validation loss and the same under elastic
+    distortion (the answer's measure with [region] answer_loss or answer_elastic_loss; losses negated:
+    lower is better), over the candidates
     confirmed at one budget, none diverged. A statistic or figure a study did not record (before
     it was recorded) is left out."""
     rows = [r for r in confirmed if holds(r) and r["epochs"] is not None]
@@ -89,7 +91,7 @@ def ranking_summary(study: optuna.Study, confirmed: list[dict]) -> list[str]:
         for key, (name, sign) in RANKINGS.items():
             for figure, (against, figure_sign) in CONFIRMED.items():
                 pairs = pd.DataFrame([(sign * trials[r["trial"]].user_attrs["rungs"][rung].get(key, math.nan),
-                                       figure_sign * (math.nan if r[figure] is None else r[figure])) for r in rows]).dropna()
+                                       figure_sign * (math.nan if r.get(figure) is None else r[figure])) for r in rows]).dropna()
                 if len(pairs) >= 3:
                     rho = spearman(pairs[0], pairs[1])
                     lines.append(f"rung {rung}, {name}: Spearman {rho:+.2f} with {against} over {len(pairs)} candidates")
@@ -152,7 +154,7 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
     print(top.drop(columns=["reason", "state"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if rows:
         written.append(out / "confirmed.csv")
-        columns = ["trial", "n_params", "mean", "std", "loss", "seeds", "diverged", "epochs", "images"]
+        columns = ["trial", "n_params", "mean", "std", "loss", "elastic_loss", "seeds", "diverged", "epochs", "images"]
         frame = pd.DataFrame([{**r, "seeds": " ".join(map(str, r["seeds"])),
                                    "diverged": "; ".join(f"seed {k}: {v}" for k, v in r["diverged"].items())} for r in rows])[columns]
         frame.to_csv(written[-1], index=False)

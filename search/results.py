@@ -36,8 +36,9 @@ def confirmed_rows(study: optuna.Study) -> list[dict]:
     """The fully confirmed candidates (every planned seed done), smallest first; those with a
     diverged run are listed too (see `answer.holds`)."""
     # (a study confirmed before runs were keyed by their budget has neither budget nor divergence recorded, nor, before
-    # 2026-12-05, the validation loss)
-    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, "loss": None, "loss_std": None, **e}
+    # 2026-12-05, the validation loss, nor, before 2026-12-07, the elastic one)
+    rows = [{"trial": int(n), "diverged": {}, "epochs": None, "images": None, "loss": None, "loss_std": None, "elastic_loss": None,
+             "elastic_loss_std": None, **e}
             for n, e in study.user_attrs.get("confirmed", {}).items() if e["complete"]]
     return sorted(rows, key=lambda r: (r["n_params"], -(r["mean"] or 0)))
 
@@ -68,6 +69,8 @@ def format_row(row: dict) -> str:
         text += (f"{row['mean']:.2f} ± {row['std']:.2f} % mean final validation accuracy over seeds {', '.join(map(str, row['seeds']))}")
         if row.get("loss") is not None:
             text += f"; mean final validation loss {row['loss']:.4f}"
+        if row.get("elastic_loss") is not None:
+            text += f", elastic {row['elastic_loss']:.4f}"
     diverged = row.get("diverged", {})
     if diverged:
         text += ("; " if row["seeds"] else "") + "DIVERGED on seed " + ", ".join(f"{s} ({why})" for s, why in diverged.items())

@@ -152,8 +152,13 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
         assert entry["mean"] == pytest.approx(sum(accs) / 2) and entry["seeds"] == [4, 5] and entry["complete"]
         assert entry["loss"] == pytest.approx(sum(losses) / 2) and entry["loss"] > 0  # the final validation loss, beside the accuracy
         assert entry["loss_std"] == pytest.approx(statistics.stdev(losses))  # (its interval, when the answer is read on it)
+        elastic = [r.user_attrs["epochs"][-1]["val_elastic_loss"] for r in runs if r.user_attrs["candidate"] == c.number]
+        assert entry["elastic_loss"] == pytest.approx(sum(elastic) / 2) and entry["elastic_loss_std"] == pytest.approx(statistics.stdev(elastic))
+    for run in runs:  # the elastic loss is the final epoch's only, with its accuracy
+        assert [sorted(k for k in e if "elastic" in k) for e in run.user_attrs["epochs"]] == [[], [], ["val_elastic_acc", "val_elastic_loss"]]
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
     assert load_config(tmp / "out" / "best.json").name == f"tinypareto-trial{best}"
+    assert re.search(r"confirm trial +\d+ seed 4: final val acc \d+\.\d\d%, loss \d+\.\d{4}, elastic loss \d+\.\d{4} \(", stdout)
     assert "(best confirmed mean)" in stdout and re.search(r"mean final validation accuracy over seeds 4, 5; mean final validation loss \d+\.\d{4} ", stdout)
 
 
@@ -202,8 +207,34 @@ def test_a_loss_level_answers_with_the_smallest_candidate_whose_mean_final_valid
     # a candidate confirmed before the loss was recorded is not read, and said so: only a smaller one than the answer
     assert unread(rows, rows[1], level) == [] and unread(rows, rows[2], level) == [] and unread(rows, None, level) == [rows[3]]
     assert unread(rows, None, Level(99.1)) == []
-    with pytest.raises(ValueError, match="'acc' or 'loss'"):
+    with pytest.raises(ValueError, match="one of 'acc', 'loss', 'elastic_loss', not 'los'"):
         Level(0.02, "los")
+
+
+def test_an_elastic_loss_level_reads_the_validation_loss_under_elastic_distortion():
+    from search.answer import ELASTIC_LOSS_SPREAD, interval, read_answer, within_noise
+
+    def row(trial, n_params, loss, elastic_loss, elastic_loss_std=0.0004, seeds=(1, 2, 3)):
+        return {"trial": trial, "n_params": n_params, "mean": 99.2, "std": 0.05, "loss": loss, "loss_std": 0.0005,
+                "elastic_loss": elastic_loss, "elastic_loss_std": elastic_loss_std, "seeds": list(seeds), "diverged": {}}
+
+    level = Level(0.052, "elastic_loss")
+    assert str(level) == "elastic validation loss 0.052" and level.file_name() == "target-elastic-loss-0.052.json"
+    # 3,000 holds the clean level (0.0245) but not the elastic one (0.0560); 4,000 the other way round
+    rows = [row(1, 3000, 0.0245, 0.0560), row(2, 4000, 0.0262, 0.0500), row(3, 5000, 0.0230, None)]
+    reading = read_answer(rows, level, "s", 5)
+    assert reading.answer is rows[1] and read_answer(rows, Level(0.025, "loss"), "s", 5).answer is rows[0]
+    half = 2 * ELASTIC_LOSS_SPREAD / 3 ** 0.5  # the seeds' spread (0.0004) is below the least assumed
+    assert interval(rows[1], level) == pytest.approx((0.0500 - half, 0.0500 + half)) and not within_noise(rows[1], level)
+    close = row(4, 3500, 0.0250, 0.0515, elastic_loss_std=0.0030)  # its own spread, wider than the least assumed, sets its interval
+    assert interval(close, level) == pytest.approx((0.0515 - 0.0060 / 3 ** 0.5, 0.0515 + 0.0060 / 3 ** 0.5))
+    lines = read_answer(rows + [close], level, "s", 5).lines
+    assert len(lines) == 1 and lines[0].startswith("undecided: trial 4 (3,500 params, the answer) holds 0.0515 ± 0.0030 over 3 seed(s) "
+                                                   "(mean final validation accuracy 99.20 %); its interval ")
+    missed = read_answer(rows, Level(0.040, "elastic_loss"), "s", 5)  # none reaches it; 5,000 was confirmed before the measure was recorded
+    assert missed.answer is None and missed.closest is rows[1]
+    assert missed.lines == ["not read at elastic validation loss 0.04: trial(s) 3 (confirmed before the elastic validation loss was "
+                            "recorded; a new study confirms them on it)"]
 
 
 def test_the_answer_is_read_once_with_the_lines_export_prints_beside_it():
@@ -279,6 +310,17 @@ def test_export_target_acc_writes_the_smallest_confirmed_config_that_reaches_it_
     result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp8"))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp / "exp8").glob("*.json")) == ["best.json", f"target-loss-{float(level):g}.json"]
+    # --target-elastic-loss, and [region] answer_elastic_loss: the same on the loss under elastic distortion
+    level = f"{confirmed[largest]['elastic_loss'] + 1e-6:.6f}"
+    answer = min((e["n_params"], int(n)) for n, e in confirmed.items() if e["elastic_loss"] <= float(level))[1]
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp9"), "--target-elastic-loss", level)
+    assert result.returncode == 0, result.stderr
+    assert load_config(tmp / "exp9" / f"target-elastic-loss-{float(level):g}.json").name == f"tinypareto-trial{answer}"
+    assert f"smallest confirmed config reaching elastic validation loss {float(level):g}: trial {answer}" in result.stdout
+    study.set_user_attr("spec", {**study.user_attrs["spec"], "region": {"floor": 0.0, "target_acc": 100.0, "answer_elastic_loss": float(level)}})
+    result = run_cli("export", "--study", "tinypareto", "--storage", storage, "--out", str(tmp / "exp10"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp / "exp10").glob("*.json")) == ["best.json", f"target-elastic-loss-{float(level):g}.json"]
 
 
 def test_confirm_resumes_after_ctrl_c(shared_pareto_study, tmp_path):
@@ -361,6 +403,8 @@ def test_report_of_a_pareto_study_draws_the_front_and_lists_the_confirmed(pareto
     assert sorted(confirmed["trial"]) == sorted(int(n) for n, e in stored.items() if e["complete"])
     assert list(confirmed.set_index("trial")["loss"].sort_index()) == pytest.approx(
         [stored[str(n)]["loss"] for n in sorted(confirmed["trial"])])  # each candidate's mean final validation loss
+    assert list(confirmed.set_index("trial")["elastic_loss"].sort_index()) == pytest.approx(
+        [stored[str(n)]["elastic_loss"] for n in sorted(confirmed["trial"])])  # and the same under elastic distortion
 
 
 def test_the_plot_draws_a_pareto_trial_stopped_after_the_last_rung_at_that_result():
@@ -399,6 +443,8 @@ def test_confirm_and_export_errors_are_one_line(pareto_study, tmp_path):
     assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-loss", "-0.02"), "--target-loss", "(0, 2.3]")
     assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-acc", "99", "--target-loss", "0.02"),
                           "--target-loss", "not allowed with argument --target-acc")
+    assert_one_line_error(run_cli("export", "--study", "tinypareto", "--storage", storage, "--target-elastic-loss", "3"),
+                          "--target-elastic-loss", "(0, 2.3]")
     assert_one_line_error(run_cli("confirm", "--study", "tinypareto", "--storage", storage, "--workers", "2"), "SQLite", "--workers 1")
     assert not (ROOT / "studies" / "tinypareto").exists()  # refused before its default output folder was made
 
@@ -605,8 +651,17 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
     for bad in ("-0.1", "99.15"):  # (an accuracy typed into the loss's key)
         with pytest.raises(ConfigError, match=rf"region.answer_loss: must be a validation loss in \[0, 2.3\] \(0: none\), got {bad}"):
             spec(PARETO + f"\n[region]\nanswer_loss = {bad}\n")
-    with pytest.raises(ConfigError, match="region.answer_loss: the answer is read at one level: set answer_loss or answer_acc, not both"):
+    with pytest.raises(ConfigError, match="region.answer_loss: the answer is read at one level: set one of answer_acc, answer_loss and "
+                                          "answer_elastic_loss, not answer_acc and answer_loss"):
         spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_acc = 99.1\nanswer_loss = 0.025\n")
+    by_elastic = spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_elastic_loss = 0.052\n").region
+    assert by_elastic.answer_level == Level(0.052, "elastic_loss")
+    with pytest.raises(ConfigError, match=r"region.answer_elastic_loss: must be a validation loss in \[0, 2.3\] \(0: none\), got 99.15"):
+        spec(PARETO + "\n[region]\nanswer_elastic_loss = 99.15\n")
+    with pytest.raises(ConfigError, match="region.answer_elastic_loss: the answer is read at one level: .*, not answer_loss and answer_elastic_loss"):
+        spec(PARETO + "\n[region]\ntarget_acc = 99.2\nanswer_loss = 0.025\nanswer_elastic_loss = 0.052\n")
+    with pytest.raises(ConfigError, match="confirm.near: needs an accuracy level to lie under"):
+        spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = 0.8") + "\n[region]\ntarget_acc = 99.1\nanswer_elastic_loss = 0.052\n")
     with pytest.raises(ConfigError, match="confirm.near: needs an accuracy level to lie under"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nnear = 0.8") + "\n[region]\ntarget_acc = 99.1\nanswer_loss = 0.025\n")
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.near")
@@ -1289,12 +1344,13 @@ def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared
     assert "trained trials within 2 points of the best result of their last rung:" in result.stdout
     study = region_study(floor=0.0)
     rows = {}
-    for k, (acc, loss, val_loss, confirmed, confirmed_loss) in enumerate(
-            ((95.0, 3.0, 0.05, 99.0, 0.030), (96.0, 2.0, 0.03, 99.1, 0.026), (97.0, 1.0, 0.04, 99.2, 0.028), (98.0, 4.0, 0.02, 99.3, 0.024))):
+    for k, (acc, loss, val_loss, confirmed, confirmed_loss, elastic) in enumerate(
+            ((95.0, 3.0, 0.05, 99.0, 0.030, 0.060), (96.0, 2.0, 0.03, 99.1, 0.026, 0.050), (97.0, 1.0, 0.04, 99.2, 0.028, 0.056),
+             (98.0, 4.0, 0.02, 99.3, 0.024, 0.052))):
         rung = {"rung": 0, "images": 256, "val_acc": acc, "final_val_acc": acc, "train_loss_sum": loss, "val_loss": val_loss}
         study.add_trial(optuna.trial.create_trial(values=[acc, 1000 + k], user_attrs={"n_params": 1000 + k, "rungs": [rung]}))
         rows[str(k)] = {"n_params": 1000 + k, "mean": confirmed, "std": 0.0, "seeds": [4, 5], "planned_seeds": [4, 5], "diverged": {},
-                        "complete": True, "epochs": 3, "images": 512, "loss": confirmed_loss}
+                        "complete": True, "epochs": 3, "images": 512, "loss": confirmed_loss, "elastic_loss": elastic}
     study.set_user_attr("confirmed", rows)
     lines = ranking_summary(study, confirmed_rows(study))
     assert "rung 0, mean val acc of the last 3 epochs: Spearman +1.00 with the confirmed mean over 4 candidates" in lines
@@ -1302,6 +1358,7 @@ def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared
     # the loss the answer is read on: the rung's loss orders the confirmed loss exactly here, the rung's accuracy less well
     assert "rung 0, mean val loss of the last 3 epochs (negated): Spearman +1.00 with the confirmed loss (negated) over 4 candidates" in lines
     assert "rung 0, mean val acc of the last 3 epochs: Spearman +0.80 with the confirmed loss (negated) over 4 candidates" in lines
+    assert "rung 0, mean val loss of the last 3 epochs (negated): Spearman +0.80 with the confirmed elastic loss (negated) over 4 candidates" in lines
 
 
 def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_the_search():

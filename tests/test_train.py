@@ -402,6 +402,30 @@ def test_ema_training_returns_and_scores_the_averaged_model(data_dir):
     assert plain[-1]["val_acc"] != history[-1]["val_acc"]
 
 
+def test_the_last_epoch_is_also_scored_on_fixed_elastic_draws_of_the_evaluation_images(data_dir):
+    from search.train import ELASTIC_DRAWS, ELASTIC_EVAL, ELASTIC_SEED, EVAL_BATCH, evaluate, evaluate_elastic
+
+    config = replace(load_config(REFERENCE / "step3.json"), epochs=2)
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512, eval_subset=1000)
+    model, history = train(config, split, elastic=True)
+    assert "val_elastic_loss" not in history[0] and history[0]["val_loss"] > 0  # the last epoch only: the model that is kept
+    loss, acc = evaluate_elastic(model, split.eval_images, split.eval_labels)
+    assert (history[-1]["val_elastic_loss"], history[-1]["val_elastic_acc"]) == (loss, acc)
+    assert evaluate_elastic(model, split.eval_images, split.eval_labels) == (loss, acc)  # fixed draws: the same images every time
+    # the draws: batch by batch of EVAL_BATCH from one generator a draw, seeded ELASTIC_SEED + draw
+    losses = []
+    for draw in range(ELASTIC_DRAWS):
+        generator = torch.Generator().manual_seed(ELASTIC_SEED + draw)
+        model.eval()
+        with torch.inference_mode():
+            out = torch.cat([model(augment_batch(split.eval_images[s : s + EVAL_BATCH], ELASTIC_EVAL, generator))
+                             for s in range(0, len(split.eval_images), EVAL_BATCH)])
+        losses.append(F.nll_loss(out, split.eval_labels).item())
+    assert loss == pytest.approx(sum(losses) / ELASTIC_DRAWS, rel=1e-5)
+    assert loss != pytest.approx(evaluate(model, split.eval_images, split.eval_labels)[0], rel=1e-3)  # not the clean images
+    assert "val_elastic_loss" not in train(config, split)[1][-1]  # off unless asked for (a confirmation run asks)
+
+
 def test_distillation_loss_is_hintons_mix():
     from search.train import distill_loss
     from space.config import Distill
