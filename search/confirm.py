@@ -95,7 +95,7 @@ def confirm_command(options: ConfirmOptions) -> None:
     if near and not spec.region.target_acc:
         raise UsageError(f"--near {near:g}: study {study_name!r} has no [region] target_acc for the band to lie under; leave --near out")
     if near and (level := spec.region.answer_level).measure != "acc":
-        raise UsageError(f"--near {near:g}: study {study_name!r} reads its answer at {level} ([region] answer_loss or answer_elastic_loss), "
+        raise UsageError(f"--near {near:g}: study {study_name!r} reads its answer at {level} ([region] answer_{level.measure}), "
                          f"which no accuracy band lies under; leave --near out")
     near_loss = options.near_loss if options.near_loss is not None else settings.near_loss
     if near_loss and len(study.directions) == 1:
@@ -129,8 +129,8 @@ def confirm(study: optuna.Study, spec: StudySpec, url: str, device: torch.device
     A trial whose runs another process is training (a round that comes again with nothing to
     train) is left to it, and the rounds go on without it.
     Store and print the mean ± std per candidate, and return them (`confirmed_rows`). Every
-    level confirmation reads is the one the answer is read at ([region] answer_loss, else answer_acc, else
-    target_acc): what `run` exports and what an "undecided" line of `export` asks about, so the
+    level confirmation reads is the one the answer is read at ([region] answer_elastic_loss, answer_loss, else
+    answer_acc, else target_acc): what `run` exports and what an "undecided" line of `export` asks about, so the
     seeds go where they decide the answer. [region] target_acc, when the answer is read apart from it, steers the
     search alone (the last rung's bound): seeds added near it went to nets above the answer's
     level (docs/results.md, "Seeds near the answer's level")."""

@@ -9,14 +9,16 @@ import optuna
 from optuna.trial import TrialState
 
 from search.companion import confirmation_seeds, run_key
-from search.studyfile import StudySpec, Training
+from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, Training
+from search.train import ELASTIC_DRAWS
 
 
 def expected_run_seconds(study: optuna.Study, training: Training, companion: optuna.Study, number: int, images: int) -> float | None:
     """What one confirmation run of candidate `number` on `images` training images is expected to
     take: its longest finished run at that budget; before any, its last search rung's training
     seconds scaled by the images and epochs, plus its evaluation seconds (the same 3 epochs are
-    scored); None when neither was recorded."""
+    scored) and as many again for each elastic draw the final model is scored on; None when neither
+    was recorded."""
     runs = [t.user_attrs.get("seconds", 0.0) for t in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get("candidate") == number and t.user_attrs.get("budget") == {"epochs": training.export_epochs, "images": images}]
     if runs:
@@ -25,7 +27,8 @@ def expected_run_seconds(study: optuna.Study, training: Training, companion: opt
     if "seconds" not in rung:
         return None
     trained = rung.get("train_seconds", rung["seconds"])  # (a rung recorded before its training seconds were: all of it)
-    return trained * (images / rung["images"]) * (training.export_epochs / training.epochs) + (rung["seconds"] - trained)
+    evaluations = (OBJECTIVE_EPOCHS + ELASTIC_DRAWS) / OBJECTIVE_EPOCHS
+    return trained * (images / rung["images"]) * (training.export_epochs / training.epochs) + (rung["seconds"] - trained) * evaluations
 
 
 def runs_to_train(study: optuna.Study, spec: StudySpec, companion: optuna.Study, number: int, count: int, images: int) -> int:

@@ -70,8 +70,9 @@ def run_confirmations(companion: optuna.Study, load: Callable[[], Split], deadli
         a = trial.user_attrs
         if trial.state == TrialState.COMPLETE:
             final = a["epochs"][-1]
-            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: final val acc {trial.values[0]:.2f}%, loss {final['val_loss']:.4f}, "
-                     f"elastic loss {final['val_elastic_loss']:.4f} ({a['n_params']:,} params, {a['seconds']:.0f} s)")
+            losses = ", ".join(f"{name} {final[key]:.4f}" for name, key in (("loss", "val_loss"), ("elastic loss", "val_elastic_loss")) if key in final)
+            log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: final val acc {trial.values[0]:.2f}%, {losses} "
+                     f"({a['n_params']:,} params, {a['seconds']:.0f} s)")
         elif "diverged" in a:
             log_line(f"{label}confirm trial {a['candidate']:>4} seed {a['seed']}: DIVERGED ({a['diverged']}); "
                      f"counted against the candidate, not retried")

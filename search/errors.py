@@ -18,7 +18,7 @@ class WorkerDied(Exception):
 
 
 class TargetMissed(Exception):
-    """`export --target-acc` or `--target-loss`: no confirmed config reaches the level (exit code 1; the message names the closest)."""
+    """`export --target-acc`, `--target-loss` or `--target-elastic-loss`: no confirmed config reaches the level (exit code 1; the message names the closest)."""
 
 
 class Diverged(Exception):

@@ -38,8 +38,8 @@ def export_command(study_name: str, storage: str | None, out: Path | None, level
 
 def export_answer(study: optuna.Study, spec: StudySpec, rows: list[dict], out: Path) -> Path | None:
     """The smallest of the confirmed candidates `rows` (the study's `confirmed_rows`) reaching the
-    study's answer level ([region] answer_loss, else answer_acc, else target_acc) as target-loss-LOSS.json or
-    target-ACC.json, when the study has a target
+    study's answer level ([region] answer_elastic_loss, answer_loss, else answer_acc, else target_acc) as
+    target-elastic-loss-LOSS.json, target-loss-LOSS.json or target-ACC.json, when the study has a target
     and confirmed candidates; a target none of them reaches is said, not raised (the answer is "none yet").
     Returns the file written, if any."""
     level = spec.region.answer_level

@@ -158,7 +158,7 @@ def write_report(study: optuna.Study, spec: StudySpec, out: Path) -> list[Path]:
         frame = pd.DataFrame([{**r, "seeds": " ".join(map(str, r["seeds"])),
                                    "diverged": "; ".join(f"seed {k}: {v}" for k, v in r["diverged"].items())} for r in rows])[columns]
         frame.to_csv(written[-1], index=False)
-        print("confirmed candidates (final validation accuracy, mean ± std over seeds, and the mean final validation loss; a diverged run counts against its candidate), "
+        print("confirmed candidates (final validation accuracy, mean ± std over seeds, and the mean final validation loss, clean and elastic; a diverged run counts against its candidate), "
               "smallest first:")
         for row in rows:
             print("  " + format_row(row))

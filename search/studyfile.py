@@ -89,7 +89,7 @@ class Confirm:
     """Confirmation: `top` candidates (a Pareto study's region in promotion order, or the top
     trials) trained at the export budget on the validation split with `seeds` seeds each, then
     seeds added where they decide the answer (see search/confirm.py); `near`: only the trials near
-    the answer's level ([region] answer_acc, else target_acc; not with an answer_loss: search/candidates.py); `near_loss`: only
+    the answer's level ([region] answer_acc, else target_acc; not with an answer_loss or answer_elastic_loss: search/candidates.py); `near_loss`: only
     the trials whose last-rung loss is near the region's lowest; `after_run`: at the end of `run`. `subset` below
     the split's TRAIN_SPLIT images is for quick checks only."""
     top: int = 3
@@ -114,7 +114,7 @@ class Region:
     """What matters (Pareto studies). `floor`: a trial whose result at a rung is more than this
     many accuracy points below the best result there stops, is infeasible for the sampler and
     stays off the front (0: no floor). `target_acc`: the validation accuracy (%) at the export
-    budget that steers the run (and, without an answer_acc or answer_loss, the answer's level: confirmation adds
+    budget that steers the run (and, without an answer_acc, answer_loss or answer_elastic_loss, the answer's level: confirmation adds
     seeds to candidates near it, and `run` exports the smallest confirmed config that reaches it;
     0: none). `near_target`: at the last rung, a trial more than this many points under target_acc stops there too, below the region
     (0: no such bound): the sampler then learns where the answer can be, not the whole front.

@@ -34,7 +34,7 @@ from space.datasets import MNIST, Dataset
 # ends the process by SIGINT after our clean exit (code -2, not 130): so it is imported here, at once.
 DIVERGENCE_CHECK = 32  # batches between looks at the running loss: a diverged run stops early, a GPU syncs rarely
 EVAL_BATCH = 500  # on 2 CPU cores 10,000 images take 0.33 s in batches of 500, 1.2 s in batches of 2,000
-# The evaluation images under elastic distortion (torchvision's ElasticTransform with its defaults, alpha 34 and sigma 4),
+# The evaluation images under elastic distortion (Simard et al.'s alpha 34 and sigma 4, nearest interpolation: augment_batch),
 # ELASTIC_DRAWS fixed draws (seeds ELASTIC_SEED, + 1, ...): the mean loss there ranked 37 nets' five-seed test means better
 # than the clean validation loss (Spearman -0.66 against -0.53; docs/results.md, "What validation can see")
 ELASTIC_EVAL = Augment(elastic=Elastic(alpha=34.0, sigma=4.0))

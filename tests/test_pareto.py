@@ -159,7 +159,7 @@ def test_confirmation_stores_mean_and_std_and_best_json_is_the_best_confirmed_me
     best = max(confirmed, key=lambda n: confirmed[n]["mean"])
     assert load_config(tmp / "out" / "best.json").name == f"tinypareto-trial{best}"
     assert re.search(r"confirm trial +\d+ seed 4: final val acc \d+\.\d\d%, loss \d+\.\d{4}, elastic loss \d+\.\d{4} \(", stdout)
-    assert "(best confirmed mean)" in stdout and re.search(r"mean final validation accuracy over seeds 4, 5; mean final validation loss \d+\.\d{4} ", stdout)
+    assert "(best confirmed mean)" in stdout and re.search(r"mean final validation accuracy over seeds 4, 5; mean final validation loss \d+\.\d{4}, elastic \d+\.\d{4} \(", stdout)
 
 
 def test_the_target_row_is_the_smallest_candidate_that_reaches_the_target():
@@ -209,6 +209,17 @@ def test_a_loss_level_answers_with_the_smallest_candidate_whose_mean_final_valid
     assert unread(rows, None, Level(99.1)) == []
     with pytest.raises(ValueError, match="one of 'acc', 'loss', 'elastic_loss', not 'los'"):
         Level(0.02, "los")
+
+
+def test_a_candidate_has_an_elastic_loss_only_when_every_run_recorded_one():
+    from search.companion import mean_and_std
+
+    finals = [{"val_loss": 0.025, "val_elastic_loss": 0.050}, {"val_loss": 0.027, "val_elastic_loss": 0.054}]
+    assert mean_and_std(finals, "val_elastic_loss", "elastic_loss") == pytest.approx({"elastic_loss": 0.052, "elastic_loss_std": 0.004 / 2 ** 0.5})
+    assert mean_and_std(finals[:1], "val_elastic_loss", "elastic_loss") == {"elastic_loss": 0.050, "elastic_loss_std": 0.0}
+    older = [finals[0], {"val_loss": 0.026}]  # a run of a study confirmed before the measure was recorded, resumed
+    assert mean_and_std(older, "val_elastic_loss", "elastic_loss") == {"elastic_loss": None, "elastic_loss_std": None}
+    assert mean_and_std(older, "val_loss", "loss") == pytest.approx({"loss": 0.0255, "loss_std": 0.001 / 2 ** 0.5})
 
 
 def test_an_elastic_loss_level_reads_the_validation_loss_under_elastic_distortion():
@@ -486,6 +497,8 @@ def test_a_small_pareto_study_keeps_its_best_early_results_and_confirms_and_expo
     # read at an accuracy instead (answer_acc 99.15 %, as the file did before; not target_acc 99.23 %, which steers the search
     # alone), a band 0.8 points under it: no trial of 3 epochs on 1,200 images is near, so the most accurate only
     study, stored = load(storage, "tiny"), load(storage, "tiny").user_attrs["spec"]
+    study.set_user_attr("spec", {**stored, "region": {**stored["region"], "answer_loss": 0.0, "answer_elastic_loss": 0.05}})
+    assert_one_line_error(run_cli(*band), "--near 0.8", "elastic validation loss 0.05 ([region] answer_elastic_loss)")
     study.set_user_attr("spec", {**stored, "region": {**stored["region"], "answer_loss": 0.0, "answer_acc": 99.15}})
     banded = run_cli(*band)
     study.set_user_attr("spec", stored)
@@ -1377,3 +1390,4 @@ def test_the_target_may_change_on_resume_unless_near_target_makes_it_a_rule_of_t
     assert changed_settings(spec, bounded) == ["region.near_target: 0.0 -> 0.8", "region.target_acc: 0.0 -> 99.2"]  # a new rule
     assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, target_acc=99.3))) == ["region.target_acc: 99.2 -> 99.3"]
     assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, answer_acc=99.1))) == []  # read by export only
+    assert changed_settings(bounded, replace(bounded, region=replace(bounded.region, answer_elastic_loss=0.05))) == []  # and confirmation's seeds

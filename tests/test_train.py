@@ -410,7 +410,7 @@ def test_the_last_epoch_is_also_scored_on_fixed_elastic_draws_of_the_evaluation_
     model, history = train(config, split, elastic=True)
     assert "val_elastic_loss" not in history[0] and history[0]["val_loss"] > 0  # the last epoch only: the model that is kept
     loss, acc = evaluate_elastic(model, split.eval_images, split.eval_labels)
-    assert (history[-1]["val_elastic_loss"], history[-1]["val_elastic_acc"]) == (loss, acc)
+    assert (history[-1]["val_elastic_loss"], history[-1]["val_elastic_acc"]) == pytest.approx((loss, acc), rel=1e-6)  # (trained in another layout)
     assert evaluate_elastic(model, split.eval_images, split.eval_labels) == (loss, acc)  # fixed draws: the same images every time
     # the draws: batch by batch of EVAL_BATCH from one generator a draw, seeded ELASTIC_SEED + draw
     losses = []
