@@ -723,6 +723,7 @@ def test_time_budgets_are_read_from_the_study_file_and_overridden(tmp_path):
 
 def test_a_round_is_expected_to_take_its_runs_in_order_on_the_first_free_worker():
     from search.confirm_budget import fitting_round, round_seconds, runs_to_train
+    from search.train import ELASTIC_DRAWS
 
     study = region_study(floor=0.0)  # PARETO: 3 epochs a rung, 3 export epochs; the study's seed is 3, so confirmation seeds 4, 5, 6
     spec = stored_spec(study)
@@ -742,9 +743,11 @@ def test_a_round_is_expected_to_take_its_runs_in_order_on_the_first_free_worker(
     assert round_seconds(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=2) == 840.0  # 340 + 500 | 500: each run to the first free worker
     assert round_seconds(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=1) == 1340.0  # three runs in turn on one worker
     # no run at this budget yet: its last search rung's training seconds times the images (50,000 / 500) and epochs (3 / 3),
-    # plus its other seconds (scoring the same validation images)
-    assert round_seconds(study, spec, companion, {3: 1}, 50_000, workers=2) == pytest.approx(40.0 * 100 + 2.0)
-    assert round_seconds(study, spec, companion, {4: 2, 0: 2}, 50_000, workers=2) == pytest.approx(5.0 * 100 + 2.0 + 10.0 * 100 + 2.0)
+    # plus its other seconds (scoring the same validation images after 3 epochs), as many again for each of the final model's
+    # ELASTIC_DRAWS elastic draws
+    scoring = 2.0 * (3 + ELASTIC_DRAWS) / 3
+    assert round_seconds(study, spec, companion, {3: 1}, 50_000, workers=2) == pytest.approx(40.0 * 100 + scoring)
+    assert round_seconds(study, spec, companion, {4: 2, 0: 2}, 50_000, workers=2) == pytest.approx(5.0 * 100 + scoring + 10.0 * 100 + scoring)
     # the time left decides how many of the candidates, in the round's order, get their runs: all, the first, or none
     assert fitting_round(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=840.0) == {1: 3, 2: 3}
     assert fitting_round(study, spec, companion, {1: 3, 2: 3}, 50_000, workers=2, seconds=400.0) == {1: 3}
