@@ -24,7 +24,7 @@ ANSWER_SEEDS = 3  # the seeds an answer stands on: while its time lasts, confirm
 # max_seeds), and export names an answer on fewer. One seed far from the level is "decided" by the interval alone: fc-s0's
 # answer was, at 0.0225 on one seed, with 10 of the confirmation's 23 minutes unused (docs/results.md, "An answer on three seeds")
 ELASTIC_LOSS_SPREAD = 0.0009  # the same for the validation loss under elastic distortion: LOSS_SPREAD times the ratio of the
-# two spreads measured on the same runs, 0.0006 to 0.0007 (two seeds of 11 small nets, docs/results.md, "What validation can see")
+# two spreads measured on the same runs, 0.00058 to 0.00074 (seeds 1 and 2 of 11 small nets, docs/results.md, "Its seed-to-seed spread")
 MAX_LOSS_LEVEL = 2.3  # a mean cross-entropy above ln 10 (2.30) is worse than guessing among ten classes: a level over it is a typo
 
 
