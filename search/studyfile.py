@@ -90,7 +90,7 @@ class Confirm:
     trials) trained at the export budget on the validation split with `seeds` seeds each, then
     seeds added where they decide the answer (see search/confirm.py); `near`: only the trials near
     the answer's level ([region] answer_acc, else target_acc; not with an answer_loss or answer_elastic_loss: search/candidates.py); `near_loss`: only
-    the trials whose last-rung loss is near the region's lowest; `after_run`: at the end of `run`. `subset` below
+    the trials whose last-rung loss is near the region's lowest (first, for the time left); `after_run`: at the end of `run`. `subset` below
     the split's TRAIN_SPLIT images is for quick checks only."""
     top: int = 3
     seeds: int = 2

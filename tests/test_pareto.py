@@ -998,14 +998,21 @@ def test_with_near_loss_confirmation_leaves_out_the_trials_whose_last_rung_loss_
     assert sizes(candidates(study, 4, 1.0, rank="loss", near_loss=1.4)) == [3000, 8000]
     chosen, why = first_round(study, Confirm(top=4, seeds=1, near_loss=1.4), Level(0.025, "loss"), 1.0, "loss")
     assert sizes(chosen) == [3000, 8000] and "at most 1.4 times its lowest" in why and "trial 2 (0.0260)" in why
-    # the later rounds keep to the band: with 8,000 confirmed and decided, the time left (left_to_confirm), and the trials where
-    # the answer is open (next_round), go to 3,000 and not to the smaller ones outside it
+    # the later rounds keep to the band where the answer is open: with 8,000 confirmed and decided, the trials where the
+    # answer is open (next_round) are 3,000, not the smaller ones outside it
     rows = [{"trial": 3, "n_params": 8000, "mean": 99.3, "std": 0.05, "seeds": [1], "planned_seeds": [1], "diverged": {}, "loss": 0.021,
              "loss_std": None}]
-    assert sizes(left_to_confirm(study, rows, rows[0], Level(0.025, "loss"), 1.0, rank="loss", near_loss=1.4)) == [3000]
-    wanted, _ = next_round(study, rows, Confirm(top=1, seeds=1, max_seeds=1, near_loss=1.4), Level(0.025, "loss"), 1.0, set(), None, 2,
-                           True, "loss")
+    confirm = Confirm(top=1, seeds=1, max_seeds=1, near_loss=1.4)
+    wanted, _ = next_round(study, rows, confirm, Level(0.025, "loss"), 1.0, set(), None, 2, True, "loss")
     assert wanted == {2: 1}
+    # the time left (left_to_confirm) takes the band's first, then the rest of the region by last-rung loss, the lowest first:
+    # the band orders time that would otherwise go unused
+    assert sizes(left_to_confirm(study, rows, rows[0], Level(0.025, "loss"), 1.0, rank="loss", near_loss=1.4)) == [3000, 2000, 1000]
+    assert sizes(left_to_confirm(study, rows, rows[0], Level(0.025, "loss"), 1.0, rank="loss")) == [1000, 3000, 2000]  # no band: promotion order
+    rows.append({**rows[0], "trial": 2, "n_params": 3000, "mean": 98.9, "loss": 0.030})  # 3,000 confirmed, decided to fall short
+    wanted, why = next_round(study, rows, confirm, Level(0.025, "loss"), 1.0, set(), None, 2, True, "loss")
+    assert wanted == {1: 1, 0: 1} and "near_loss (1.4 x the lowest) first" in why and "2 of the region's 2 unconfirmed" in why
+    assert next_round(study, rows, confirm, Level(0.025, "loss"), 1.0, set(), None, 2, False, "loss")[0] == {}  # untimed: none
 
 
 def test_confirmation_brings_the_answer_to_three_seeds_in_one_round_within_max_seeds():
