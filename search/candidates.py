@@ -98,11 +98,12 @@ def left_to_confirm(study: optuna.Study, rows: list[dict], answer: dict | None, 
     if len(study.directions) == 1:
         return []
     above = answer["n_params"] if answer else math.inf
-    inside = unconfirmed_between(study, rows, level, floor, near, 0, above, rank, near_loss)
-    if not near_loss:
-        return inside
-    outside = [t for t in unconfirmed_between(study, rows, level, floor, near, 0, above, rank) if t not in inside]
-    return inside + sorted(outside, key=last_rung_loss)
+    region = in_region(study, study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), floor)  # read once: both lists agree
+    band = {t.number for t in near_target(region, level, near, near_loss)}  # (without near_loss: all of near_target's)
+    confirmed = {r["trial"] for r in rows}
+    left = [t for t in near_target(region, level, near) if t.number not in confirmed and t.user_attrs["n_params"] < above]
+    return (in_promotion_order([t for t in left if t.number in band], rank)
+            + sorted((t for t in left if t.number not in band), key=last_rung_loss))
 
 
 def unconfirmed_between(study: optuna.Study, rows: list[dict], level: Level, floor: float, near: float, below: float,

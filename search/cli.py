@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--near", type=points, metavar="P", help="only the region's trials at most P points under the study's answer level "
                    "([region] answer_acc, else target_acc; refused with an answer_loss or answer_elastic_loss) at the last rung, else the most accurate (default: the study file's [confirm] near; 0: every trial of the region)")
     p.add_argument("--near-loss", type=loss_ratio, metavar="R", help="only the region's trials whose last-rung validation loss is at "
-                   "most R times the region's lowest (default: the study file's [confirm] near_loss; 0: every trial of the region)")
+                   "most R times the region's lowest; under --timeout the time left takes them first, then the others by that loss "
+                   "(default: the study file's [confirm] near_loss; 0: every trial of the region)")
     p.add_argument("--trial", type=non_negative_int, nargs="+", metavar="N", help="instead: these COMPLETE trials, and only these")
     p.add_argument("--seeds", type=positive_int, help="seeds per candidate in the first round, never the search's (default: the study file's, else 2)")
     p.add_argument("--max-seeds", type=non_negative_int, help="then more seeds, up to this many, for a candidate whose interval holds the "

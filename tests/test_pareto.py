@@ -984,7 +984,7 @@ def test_confirmation_spreads_its_candidates_along_the_size_axis_inside_the_regi
     assert len(candidates(study, 10, 1.0)) == 7  # 500 lies outside the region
 
 
-def test_with_near_loss_confirmation_leaves_out_the_trials_whose_last_rung_loss_is_far_over_the_regions_lowest():
+def test_with_near_loss_confirmation_takes_the_trials_whose_last_rung_loss_is_far_over_the_regions_lowest_only_with_time_left():
     from search.candidates import candidates, first_round, left_to_confirm, next_round
     from search.studyfile import Confirm
 
@@ -1012,6 +1012,7 @@ def test_with_near_loss_confirmation_leaves_out_the_trials_whose_last_rung_loss_
     rows.append({**rows[0], "trial": 2, "n_params": 3000, "mean": 98.9, "loss": 0.030})  # 3,000 confirmed, decided to fall short
     wanted, why = next_round(study, rows, confirm, Level(0.025, "loss"), 1.0, set(), None, 2, True, "loss")
     assert wanted == {1: 1, 0: 1} and "near_loss (1.4 x the lowest) first" in why and "2 of the region's 2 unconfirmed" in why
+    assert next_round(study, rows, confirm, Level(0.025, "loss"), 1.0, set(), None, 1, True, "loss")[0] == {1: 1}  # by loss: 2,000 first
     assert next_round(study, rows, confirm, Level(0.025, "loss"), 1.0, set(), None, 2, False, "loss")[0] == {}  # untimed: none
 
 
