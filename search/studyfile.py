@@ -369,7 +369,8 @@ def spread_values(distribution: optuna.distributions.BaseDistribution) -> list[A
 
 
 def _check_spread(spec: StudySpec) -> None:
-    """tpe_spread and [fidelity] within name a parameter of the family's space that takes a few values: an integer range or a choice."""
+    """tpe_spread and [fidelity] within name a parameter of the family's space that takes a few values: an integer range
+    (not log-scaled) or a choice."""
     named = [(key, name) for key, name in (("tpe_spread", spec.tpe_spread), ("fidelity.within", spec.fidelity.within)) if name]
     if not named:
         return
@@ -377,7 +378,7 @@ def _check_spread(spec: StudySpec) -> None:
     FAMILIES[spec.family].suggest_params(trial, spec.space, spec.training.epochs)
     few = sorted(p for p, d in trial.distributions.items() if 2 <= len(spread_values(d)) <= MAX_SPREAD)
     for key, name in named:
-        check(name in few, key, f"must name an integer or choice parameter of this space with 2-{MAX_SPREAD} values "
+        check(name in few, key, f"must name a linear integer range or a choice parameter of this space with 2-{MAX_SPREAD} values "
               f"({', '.join(few) or 'none here'}), or be \"\" for none; got {name!r}")
 
 

@@ -48,7 +48,7 @@ class Space:
     stages: tuple[int, int] = (2, 4)
     convs: tuple[int, int] = (1, 3)  # per stage
     width: tuple[int, int] = (4, 32)  # every conv of a stage, and the transitions
-    width_scale: tuple[str, ...] = ("linear",)  # how TPE samples and models the widths: one of WIDTH_SCALES
+    width_scale: str = "linear"  # the scale every width is sampled and modelled on: one of WIDTH_SCALES
     kernel: tuple[int, ...] = (3,)
     padding: tuple[int, ...] = (0, 1)  # per stage
     transition: tuple[bool, ...] = (False, True)  # per stage but the last
@@ -88,25 +88,23 @@ RULES = Rules(
             "rotation": (0.0, 180.0), "translate": (0.0, 0.5), "scale": (0.0, 0.99), "brightness": (0.0, 0.99),
             "contrast": (0.0, 0.99), "sgd_lr": (0.0, 10.0), "adam_lr": (0.0, 1.0), "weight_decay": (0.0, 1.0)},
     choices={"kernel": int, "padding": int, "transition": bool, "head": str, "bias": bool, "dropout_at": str, "optimizer": str,
-             "schedule": str, "batch_size": int, "width_scale": str, "ema": float, "elastic_alpha": float, "elastic_sigma": float,
+             "schedule": str, "batch_size": int, "ema": float, "elastic_alpha": float, "elastic_sigma": float,
              "distill_weight": float, "distill_temperature": float, "teacher": str},
     allowed={"kernel": (lambda v: v in (1, 3, 5, 7), "1, 3, 5 or 7"), "padding": (lambda v: v in (0, 1, 2, 3), "0, 1, 2 or 3"),
-             "head": (lambda v: v in HEADS, ", ".join(HEADS)), "width_scale": (lambda v: v in WIDTH_SCALES, ", ".join(WIDTH_SCALES)), "dropout_at": (lambda v: v in DROPOUT_PLACES, ", ".join(DROPOUT_PLACES)),
+             "head": (lambda v: v in HEADS, ", ".join(HEADS)), "dropout_at": (lambda v: v in DROPOUT_PLACES, ", ".join(DROPOUT_PLACES)),
              "optimizer": (lambda v: v in OPTIMIZERS, ", ".join(OPTIMIZERS)), "schedule": (lambda v: v in SCHEDULES, ", ".join(SCHEDULES)),
              "batch_size": (lambda v: 1 <= v <= TRAIN_IMAGES, f"1..{TRAIN_IMAGES:,} (MNIST's training set)"),
              "ema": (lambda v: 0 <= v < 1, "in [0, 1)"), "elastic_alpha": (lambda v: 0 <= v <= 1000, "in [0, 1000]"),
              "elastic_sigma": (lambda v: 0 < v <= MAX_ELASTIC_SIGMA, f"in (0, {MAX_ELASTIC_SIGMA:g}]"),
              "distill_weight": (lambda v: 0 <= v <= 1, "in [0, 1]"), "distill_temperature": (lambda v: 0 < v <= 100, "in (0, 100]"),
              "teacher": (lambda v: v.strip() != "", "a config file's path")},
+    settings={"width_scale": WIDTH_SCALES},
 )
 
 
 def space_from_dict(raw: Any, where: str = "space") -> Space:
     """Validate the [space] table of a blocks study file (raises ConfigError)."""
-    space = parse_space(raw, Space, RULES, where)
-    if len(space.width_scale) != 1:  # a setting of the sampler, not a choice a trial makes
-        raise ConfigError(f"{where}.width_scale: must hold one scale, [\"linear\"] or [\"log\"], got {json.dumps(list(space.width_scale))}")
-    return space
+    return parse_space(raw, Space, RULES, where)
 
 
 # ---------------------------------------------------------------- sampling
@@ -129,7 +127,7 @@ def suggest_params(trial: optuna.Trial, space: Space, epochs: int) -> dict[str, 
     of them jointly instead of sampling those that exist only in some trials at random;
     `config_from_params` reads only those that apply. A choice with one value is no parameter."""
     p: dict[str, Any] = {"stages": trial.suggest_int("stages", *space.stages)}
-    log_width = space.width_scale == ("log",)
+    log_width = space.width_scale == "log"
     for s in range(1, space.stages[1] + 1):  # as many stages and convs as the space's largest net has
         p[f"s{s}_convs"] = trial.suggest_int(f"s{s}_convs", *space.convs)
         for j in range(1, space.convs[1] + 1):

@@ -1,7 +1,8 @@
-"""A family's [space] table: inclusive [low, high] ranges and lists of choices, one parser for
-every family. The family's `Space` dataclass names the keys and their defaults; its `Rules`
-say which ranges are integers or log-scaled, their bounds, and the type (and allowed values)
-of each list of choices."""
+"""A family's [space] table: inclusive [low, high] ranges, lists of choices and single settings
+(a word, such as the scale a range is sampled on), one parser for every family. The family's
+`Space` dataclass names the keys and their defaults; its `Rules` say which ranges are integers
+or log-scaled, their bounds, the type (and allowed values) of each list of choices, and the
+words each setting may be."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Rules:
     bounds: dict[str, tuple[float, float]] = field(default_factory=dict)  # where a range must lie
     choices: dict[str, type] = field(default_factory=dict)  # lists of the values to try, by type
     allowed: dict[str, tuple[Callable[[Any], bool], str]] = field(default_factory=dict)  # which choices make sense, and in words
+    settings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # one word each, of these
 
 
 def parse_space(raw: Any, space: type, rules: Rules, where: str = "space") -> Any:
@@ -27,11 +29,16 @@ def parse_space(raw: Any, space: type, rules: Rules, where: str = "space") -> An
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a table, got {json.dumps(raw)}")
     known = [f.name for f in fields(space)]
-    values: dict[str, tuple] = {}
+    values: dict[str, Any] = {}
     for key, value in raw.items():
         name = f"{where}.{key}"
         check(key in known, name, f"unknown key (expected one of: {', '.join(known)})")
-        values[key] = _choices(value, rules, key, name) if key in rules.choices else _range(value, rules, key, name)
+        if key in rules.settings:
+            words = rules.settings[key]
+            check(value in words, name, f"must be one of {', '.join(json.dumps(w) for w in words)}, got {json.dumps(value)}")
+            values[key] = value
+        else:
+            values[key] = _choices(value, rules, key, name) if key in rules.choices else _range(value, rules, key, name)
     return space(**values)
 
 

@@ -13,7 +13,7 @@ from conftest import REFERENCE, assert_one_line_error, run_cli
 from search.export import export_form
 from search.objective import may_prune, settled_after
 from search.study import create_or_resume
-from search.studyfile import Training, changed_settings, first_points, load_study_spec, start_points
+from search.studyfile import Training, first_points, load_study_spec, start_points
 from space.blocks import (NET4838_PARAMS, STEP3_ONECYCLE_PARAMS, STEP3_PARAMS, Space, config_from_params, point_from_config, reference_point,
                           space_from_dict, suggest_params)
 from space.config import (ConfigError, Conv, GlobalAvgPool, LogSoftmax, MaxPool, Scheduler, architecture, check_shapes, config_from_dict,
@@ -112,16 +112,31 @@ def test_widths_are_sampled_on_the_scale_the_space_names():
         return {d for name, d in trial.distributions.items() if name.endswith("width")}
 
     assert width_distributions(Space()) == {optuna.distributions.IntDistribution(4, 32)}  # linear, as every study made before the key
-    log = replace(Space(), width_scale=("log",))
+    log = replace(Space(), width_scale="log")
     assert width_distributions(log) == {optuna.distributions.IntDistribution(4, 32, log=True)}
     # on a log scale a random width is as often in [4, 8) as in [16, 32): more of the small nets the Pareto question asks for
     widths = [v for params, _ in sampled_points(200, log) for name, v in params.items() if name.endswith("width")]
     assert 4 <= min(widths) and max(widths) <= 32
     assert sum(w < 8 for w in widths) > 2 * sum(w < 8 for params, _ in sampled_points(200) for name, w in params.items() if name.endswith("width"))
     assert reference_point(log, 15) == STEP3_PARAMS  # the hand-made net (trial 0) is still a point of the space
-    # a study keeps its scale: Optuna would refuse the first width of another scale in the middle of a trial
+
+
+def test_a_study_made_before_the_width_scale_resumes_on_the_linear_scale_and_refuses_another():
+    from search.errors import UsageError
+    from search.studyfile import spec_to_dict
+
     spec = load_study_spec(ROOT_STUDIES / "blocks-quick.toml")
-    assert changed_settings(spec, replace(spec, space=replace(spec.space, width_scale=("log",)))) == ["space.width_scale: ['linear'] -> ['log']"]
+    storage = optuna.storages.InMemoryStorage()
+    study, _ = create_or_resume(spec, storage, "memory", first_points(spec))
+    before = spec_to_dict(spec)
+    del before["space"]["width_scale"]  # the settings as a study made before the key stored them
+    study.set_user_attr("spec", before)
+    assert create_or_resume(spec, storage, "memory", first_points(spec))[1] is False  # resumes, on the linear scale
+    # a study keeps its scale: Optuna would refuse the first width of another scale in the middle of a trial
+    log = replace(spec, space=replace(spec.space, width_scale="log"))
+    with pytest.raises(UsageError, match=r"\(space\.width_scale: 'linear' -> 'log'\); restore the study file, or start a new study") as e:
+        create_or_resume(log, storage, "memory", first_points(log))
+    assert "\n" not in str(e.value)
 
 
 def test_the_reference_is_in_the_default_space_and_out_of_a_narrower_one():
@@ -148,9 +163,9 @@ def test_a_space_without_steplr_starts_from_the_hand_made_net_with_the_one_cycle
     ('width = [32, 4]', ["space.width", "low must be <= high"]),
     ('stages = [1, 6]', ["space.stages", "within [1, 4]"]),
     ('adam_lr = [0.0, 0.01]', ["space.adam_lr", "log scale"]),
-    ('width_scale = ["log"]', None),
-    ('width_scale = ["linear", "log"]', ["space.width_scale", 'must hold one scale, ["linear"] or ["log"]']),
-    ('width_scale = ["cubic"]', ["space.width_scale", '"cubic" is not allowed', "linear, log"]),
+    ('width_scale = "log"', None),
+    ('width_scale = ["log"]', ["space.width_scale", 'must be one of "linear", "log", got ["log"]']),
+    ('width_scale = "cubic"', ["space.width_scale", 'must be one of "linear", "log", got "cubic"']),
 ])
 def test_space_table_errors_are_one_line(text, fragments):
     key, _, value = text.partition(" = ")

@@ -66,25 +66,30 @@ def test_without_the_parameter_in_the_space_it_is_plain_tpe():
 SHIPPED = Path(__file__).parent.parent / "studies" / "pareto-cpu.toml"
 
 
-@pytest.mark.parametrize("spread,stages,why", [
-    ("width", "[2, 4]", "no parameter (s1_c1_width is one)"),
-    ("s1_c1_width", "[2, 4]", "29 values"),
-    ("dropout", "[2, 4]", "a float"),
-    ("stages", "[3, 3]", "one value: not a parameter at all"),
+LINEAR_WIDTHS = ('width_scale = "log"', 'width_scale = "linear"')
+
+
+@pytest.mark.parametrize("spread,stages,scale,why", [
+    ("width", "[2, 4]", LINEAR_WIDTHS, "no parameter (s1_c1_width is one)"),
+    ("s1_c1_width", "[2, 4]", LINEAR_WIDTHS, "29 values"),
+    ("s1_c1_width", "[2, 4]", ("", ""), "log-scaled: its values are not taken in turn"),
+    ("dropout", "[2, 4]", LINEAR_WIDTHS, "a float"),
+    ("stages", "[3, 3]", LINEAR_WIDTHS, "one value: not a parameter at all"),
 ])
-def test_tpe_spread_names_a_parameter_of_a_few_values(tmp_path, spread, stages, why):
+def test_tpe_spread_names_a_parameter_of_a_few_values(tmp_path, spread, stages, scale, why):
     text = SHIPPED.read_text().replace('tpe_spread = "s1_convs"', f'tpe_spread = "{spread}"').replace("stages = [2, 4]", f"stages = {stages}")
-    (tmp_path / "study.toml").write_text(text)
-    with pytest.raises(ConfigError, match=f"tpe_spread: must name an integer or choice parameter .*got '{spread}'"):
+    assert scale[0] in text
+    (tmp_path / "study.toml").write_text(text.replace(*scale))
+    with pytest.raises(ConfigError, match=f"tpe_spread: must name a linear integer range or a choice parameter .*got '{spread}'"):
         load_study_spec(tmp_path / "study.toml")
     assert load_study_spec(SHIPPED).tpe_spread == "s1_convs"
 
 
 @pytest.mark.parametrize("within,why", [("width", "no parameter"), ("s1_c1_width", "29 values"), ("dropout", "a float")])
 def test_fidelity_within_names_a_parameter_of_a_few_values(tmp_path, within, why):
-    text = SHIPPED.read_text().replace('within = "s1_convs"', f'within = "{within}"')
+    text = SHIPPED.read_text().replace('within = "s1_convs"', f'within = "{within}"').replace(*LINEAR_WIDTHS)
     (tmp_path / "study.toml").write_text(text)
-    with pytest.raises(ConfigError, match=f"fidelity.within: must name an integer or choice parameter .*got '{within}'"):
+    with pytest.raises(ConfigError, match=f"fidelity.within: must name a linear integer range or a choice parameter .*got '{within}'"):
         load_study_spec(tmp_path / "study.toml")
     (tmp_path / "study.toml").write_text(text.replace(f'within = "{within}"', 'within = "stages"'))
     assert load_study_spec(tmp_path / "study.toml").fidelity.within == "stages"  # the shipped file's space has it

@@ -182,7 +182,7 @@ BAD_STUDIES = [
     ("trials = 8", "trials = 0", ["trials", "must be > 0"]),
     ("seed = 3", "seed = 3\ncolour = 1", ["colour", "unknown key"]),
     ("seed = 3", "seed = 3\ntpe_startup_trials = -1", ["tpe_startup_trials", "must be >= 0, got -1"]),
-    ("seed = 3", "seed = 3\ntpe_spread = \"conv1\"", ["tpe_spread", "must name an integer or choice parameter", "got 'conv1'"]),
+    ("seed = 3", "seed = 3\ntpe_spread = \"conv1\"", ["tpe_spread", "must name a linear integer range or a choice parameter", "got 'conv1'"]),
     ("[pruner]", "[fidelity]\nwithin = \"conv1\"\n[pruner]", ["fidelity.within", "needs objective = \"pareto\""]),
     ("epochs = 3", "epochs = \"3\"", ["training.epochs", "must be an integer"]),
     ("conv1 = [4, 16]", "conv1 = [16, 4]", ["space.conv1", "low must be <= high"]),
