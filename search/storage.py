@@ -113,13 +113,19 @@ def _commit_without_waiting_for_the_disk(storage: RDBStorage) -> None:
 def output_folder(folder: Path, option: str) -> Path:
     """`folder`, created if needed and proven to take a file, before any work starts (a one-line
     UsageError naming `option` otherwise)."""
+    return writable_folder(folder, option, f"pass {option} a writable folder")
+
+
+def writable_folder(folder: Path, name: str, fix: str) -> Path:
+    """`folder`, created if needed and proven to take a file; a one-line UsageError naming it as
+    `name` and saying the `fix` otherwise."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UsageError(f"{option} {folder}: cannot create or write there ({e.strerror or type(e).__name__}); pass {option} a writable folder") from None
+        raise UsageError(f"{name} {folder}: cannot create or write there ({e.strerror or type(e).__name__}); {fix}") from None
     return folder
 
 

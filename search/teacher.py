@@ -29,7 +29,7 @@ from torch import nn
 
 from search.console import log_line
 from search.data import Split, load_split
-from search.errors import UsageError
+from search.storage import writable_folder
 from search.train import DivergedError, train
 from space.config import ConfigError, RunConfig, config_to_json, load_config
 from space.model import build_model
@@ -47,16 +47,7 @@ def cache_dir() -> Path:
 
 def usable_cache_dir() -> Path:
     """The cache folder, created if needed and proven to take a file; a one-line UsageError naming it otherwise."""
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"teacher cache {folder}: cannot create or write there ({e.strerror or type(e).__name__}); "
-                         f"set {CACHE_ENV} to a writable folder") from None
-    return folder
+    return writable_folder(cache_dir(), "teacher cache", f"set {CACHE_ENV} to a writable folder")
 
 
 def teacher_for(config: RunConfig, split: Split) -> tuple[nn.Module | None, dict | None]:
