@@ -9,7 +9,8 @@ front or ranks in the top 1/eta of its rung by search/pareto.py's promotion orde
 for each rung below the last); with [region] near_target, the last rung's result must also lie
 within that many points under target_acc; with [fidelity] near_loss, a rung between the first and the
 last stops a trial whose validation loss is more than that many times the lowest there, and the front's
-ends that always go on are taken inside that band too. With [fidelity] within, a rung below the last ranks a
+ends that always go on are taken inside that band too; with [fidelity] band_only, every trial inside the band
+(and the floor) goes on there, unranked. With [fidelity] within, a rung below the last ranks a
 trial among the trials that share its value of that parameter (its places and the young-rung rule
 counted among them, its front's ends among those of them within the floor of the best of all), the
 floor counting every trial. A trial that stops is PRUNED, without values: TPE
@@ -112,7 +113,8 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     rank = spec.fidelity.rank
     points = [(rank_score(p, rank), p["n_params"]) for p in peers]
     inside = [below_region(p["val_acc"], best, floor) <= 0 and not (band and over_loss_band(p["val_loss"], lowest, band) > 0) for p in peers]
-    promoted_here = last or promoted(points, mine, spec.fidelity.eta, inside)
+    # (`below` <= 0 here: inside the floor, and the band where there is one, which alone decides with band_only)
+    promoted_here = last or (spec.fidelity.band_only and band > 0) or promoted(points, mine, spec.fidelity.eta, inside)
     # <= 0: in the region (without a floor `below` is -inf, and no region is told)
     constraints = {"below_region": below} if (floor or (last and region.near_target) or band) and (last or not promoted_here) else {}
     if promoted_here:

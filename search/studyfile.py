@@ -76,12 +76,16 @@ class Fidelity:
     "Two-stage nets at the rungs"). `near_loss`: a ratio (>= 1); at the rungs between the first and the
     last, a trial whose validation loss is more than this many times the lowest there stops, below
     the region, instead of training a rung more for a last-rung result that confirmation's band
-    would leave out (0: no band; docs/results.md, "A band on the loss at the middle rung")."""
+    would leave out (0: no band; docs/results.md, "A band on the loss at the middle rung"). `band_only`:
+    at those rungs the band alone decides: every trial inside it (and the floor) goes on, unranked, since
+    there the loss of nets of 3,000-5,000 params hardly ordered them at the export budget (docs/results.md,
+    "What the rungs stopped")."""
     rungs: int = 1
     eta: int = 3
     rank: str = "accuracy"
     within: str = ""
     near_loss: float = 0.0
+    band_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -237,6 +241,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
           f"must be a ratio >= 1 to the lowest loss at a rung (0: no band), got {fidelity.near_loss}")
     check(not fidelity.near_loss or fidelity.rungs >= 3, "fidelity.near_loss",
           f"bands the rungs between the first and the last: it needs rungs >= 3, got {fidelity.rungs}")
+    check(not fidelity.band_only or fidelity.near_loss, "fidelity.band_only", "lets the loss band alone decide: it needs a near_loss")
     check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
           f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
     check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")

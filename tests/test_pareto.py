@@ -692,6 +692,13 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="fidelity.near_loss: bands the rungs between the first and the last: it needs rungs >= 3, got 2"):
         spec(PARETO.replace("rungs = 2", "rungs = 2\nnear_loss = 1.4"))
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "fidelity.near_loss")
+    assert spec(PARETO.replace("rungs = 2", "rungs = 3\nnear_loss = 1.4\nband_only = true")).fidelity.band_only is True
+    assert spec(PARETO.replace("rungs = 2", "rungs = 3\nnear_loss = 1.4")).fidelity.band_only is False
+    with pytest.raises(ConfigError, match="fidelity.band_only: lets the loss band alone decide: it needs a near_loss"):
+        spec(PARETO.replace("rungs = 2", "rungs = 3\nband_only = true"))
+    with pytest.raises(ConfigError, match="fidelity.band_only"):
+        spec(PARETO.replace("rungs = 2", "rungs = 3\nnear_loss = 1.4\nband_only = 1.5"))
+    assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "fidelity.band_only")
     with pytest.raises(ConfigError, match="confirm.max_seeds"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nmax_seeds = 1"))  # (written, then refused)
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.max_seeds")
@@ -871,6 +878,24 @@ def test_with_a_loss_band_a_middle_rung_stops_a_trial_far_over_the_lowest_loss_a
     no_band = replace(spec, fidelity=replace(spec.fidelity, near_loss=0.0))
     assert [verdict(no_band, peers, n, 1, 5555, last=False).stop is None for n in range(6)] == [True, False, False, True, False, False]
     assert verdict(no_band, peers, 2, 1, 5555, last=False).stop.startswith("stopped at rung 1")
+
+
+def test_with_band_only_every_trial_inside_the_loss_band_goes_on_from_a_middle_rung_and_the_others_stop_as_before():
+    from search.halving import Verdict, verdict
+
+    spec = replace(stored_spec(region_study(floor=1.0)), fidelity=Fidelity(rungs=3, eta=3, rank="loss", near_loss=1.4, band_only=True))
+    peers = [{"number": n, "val_acc": acc, "val_loss": loss, "n_params": size} for n, (acc, loss, size) in enumerate(
+        [(98.7, 0.040, 7900), (98.2, 0.052, 3600), (98.0, 0.060, 2400), (97.9, 0.070, 1800), (98.5, 0.045, 6000), (98.1, 0.054, 5000)])]
+    ranked = replace(spec, fidelity=replace(spec.fidelity, band_only=False))
+    # 5,000 params at 0.054 (inside 1.4 x 0.040 = 0.056, dominated by 3,600 at 0.052): stopped by rank, goes on band-only, told nothing
+    assert verdict(ranked, peers, 5, 1, 5555, last=False).stop.startswith("stopped at rung 1")
+    assert verdict(spec, peers, 5, 1, 5555, last=False) == Verdict(None, {})
+    assert [verdict(spec, peers, n, 1, 5555, last=False).stop is None for n in range(6)] == [True, True, False, False, True, True]
+    # over the band it stops below the region as before; the first rung (no band) is still ranked
+    assert verdict(spec, peers, 2, 1, 5555, last=False).stop.startswith("below the region at rung 1")
+    assert [verdict(spec, peers, n, 0, 1851, last=False).stop is None for n in range(6)] == \
+        [verdict(ranked, peers, n, 0, 1851, last=False).stop is None for n in range(6)]
+    assert verdict(spec, peers, 5, 0, 1851, last=False).stop.startswith("stopped at rung 0")
 
 
 def test_a_rungs_group_is_the_trials_that_share_the_value_of_within():
