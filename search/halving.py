@@ -10,7 +10,8 @@ for each rung below the last); with [region] near_target, the last rung's result
 within that many points under target_acc; with [fidelity] near_loss, a rung between the first and the
 last stops a trial whose validation loss is more than that many times the lowest there, and the front's
 ends that always go on are taken inside that band too; with [fidelity] band_only, every trial inside the band
-(and the floor) goes on there, unranked. With [fidelity] within, a rung below the last ranks a
+(and the floor) goes on there, unranked. With [fidelity] first_batch and first_rank, the first rung trains
+at that batch size and ranks by that measure (`rung_config`, `rung_rank`). With [fidelity] within, a rung below the last ranks a
 trial among the trials that share its value of that parameter (its places and the young-rung rule
 counted among them, its front's ends among those of them within the floor of the best of all), the
 floor counting every trial. A trial that stops is PRUNED, without values: TPE
@@ -23,12 +24,13 @@ or the target's bound, or the loss's excess over the band relative to its edge; 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import optuna
 
 from search.pareto import below_region, promoted, promotion_order, rank_score
 from search.studyfile import StudySpec
+from space.config import RunConfig
 
 STOPPED_SCALE = 0.001  # "stopped_early" lies in (0, 0.001 x rungs]; the limit's violations, and misses of the region by more, are larger
 
@@ -110,7 +112,7 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
         bound = (f"{region.near_target:g} points under the target {region.target_acc:g}%" if under_target >= under_best
                  else f"{floor:g} points below the best result there")
         return Verdict(f"{where}: val acc {accuracy:.2f}% is more than {bound}", {"below_region": below})
-    rank = spec.fidelity.rank
+    rank = rung_rank(spec, rung)
     points = [(rank_score(p, rank), p["n_params"]) for p in peers]
     inside = [below_region(p["val_acc"], best, floor) <= 0 and not (band and over_loss_band(p["val_loss"], lowest, band) > 0) for p in peers]
     # (`below` <= 0 here: inside the floor, and the band where there is one, which alone decides with band_only)
@@ -126,9 +128,21 @@ def verdict(spec: StudySpec, peers: list[dict], number: int, rung: int, images: 
     constraints["stopped_early"] = STOPPED_SCALE * (spec.fidelity.rungs - 1 - rung + order.index(mine) / max(len(order) - 1, 1))
     among = f" of its {group.name} ({group.value})" if group is not None else ""
     rule = f"an end of the first front nor in the top 1/{spec.fidelity.eta} of the {len(peers)} results there{among}"
-    measured = f"val loss {me['val_loss']:.4f}" if rank == "loss" else f"val acc {accuracy:.2f}%"
+    measured = (f"val loss {me['val_loss']:.4f}" if rank == "loss" else f"train loss {me['train_loss']:.4f}" if rank == "train_loss"
+                else f"val acc {accuracy:.2f}%")
     return Verdict(f"stopped at rung {rung} ({images:,} images): {measured} with {n_params:,} params is not {rule}",
                    constraints)
+
+
+def rung_rank(spec: StudySpec, rung: int) -> str:
+    """What orders the results at `rung`: [fidelity] first_rank at the first rung where it is set,
+    else [fidelity] rank."""
+    return spec.fidelity.first_rank if rung == 0 and spec.fidelity.first_rank else spec.fidelity.rank
+
+
+def rung_config(spec: StudySpec, config: RunConfig, rung: int) -> RunConfig:
+    """`config` as `rung` trains it: at the first rung with [fidelity] first_batch, at that batch size."""
+    return replace(config, batch_size=spec.fidelity.first_batch) if rung == 0 and spec.fidelity.first_batch else config
 
 
 def over_loss_band(loss: float, lowest: float, near_loss: float) -> float:

@@ -25,7 +25,7 @@ import optuna
 from search.artifacts import attach_trial_files
 from search.data import Split
 from search.export import export_form
-from search.halving import no_time_for_rung, rung_group, rung_results, rung_subsets, verdict
+from search.halving import no_time_for_rung, rung_config, rung_group, rung_results, rung_subsets, verdict
 from search.stale import worker_id, worker_is_gone
 from search.studyfile import OBJECTIVE_EPOCHS, StudySpec, config_from_point
 from search.train import OutOfTime
@@ -76,8 +76,9 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
         if late:
             return _prune(trial, late)
         rung_start = time.perf_counter()
-        history = _train_rung(trial, spec, config, replace(split, train_images=split.train_images[:images],
-                                                           train_labels=split.train_labels[:images]), start, rung, deadline)
+        trained = rung_config(spec, config, rung)
+        history = _train_rung(trial, spec, trained, replace(split, train_images=split.train_images[:images],
+                                                            train_labels=split.train_labels[:images]), start, rung, deadline)
         accuracy = statistics.mean(m["val_acc"] for m in history[-OBJECTIVE_EPOCHS:])
         loss = statistics.mean(m["val_loss"] for m in history[-OBJECTIVE_EPOCHS:])
         if not math.isfinite(loss):  # it would rank nowhere ([fidelity] rank = "loss"): a run that diverged on the validation images
@@ -85,7 +86,7 @@ def objective(trial: optuna.Trial, spec: StudySpec, split: Split, out: Path, dea
             return _prune(trial, f"diverged: validation loss is {loss} at rung {rung}")
         # what the rung measured: the verdict ranks by it ([fidelity] rank), and `report` compares it with confirmation
         rungs.append({"rung": rung, "images": images, "val_acc": accuracy, "final_val_acc": history[-1]["val_acc"],
-                      "val_loss": loss,
+                      "val_loss": loss, "train_loss": history[-1]["train_loss"], "batch_size": trained.batch_size,
                       "train_loss_sum": sum(m["train_loss"] for m in history), "seconds": time.perf_counter() - rung_start,
                       "train_seconds": sum(images / m["images_per_s"] for m in history)})  # (the rest: scoring, building)
         last = rung + 1 == len(subsets)

@@ -4,7 +4,7 @@ its candidates (as NSGA-II and Syne Tune's MOASHA: non-dominated sorting, then, 
 front, crowding distance).
 
 A point is (a score, parameters): a higher score and fewer parameters are better. The score is
-the accuracy in %, or minus the validation loss ([fidelity] rank: `rank_score`).
+the accuracy in %, or minus the validation or training loss ([fidelity] rank, first_rank: `rank_score`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,11 @@ Point = tuple[float, int]
 
 
 def rank_score(result: dict, rank: str) -> float:
-    """The score a rung result (its record: `val_acc`, `val_loss`, means over the last epochs) is
-    ranked by, higher better: its accuracy, or minus its loss ([fidelity] rank)."""
+    """The score a rung result (its record: `val_acc`, `val_loss`, means over the last epochs;
+    `train_loss`, its last epoch's) is ranked by, higher better: its accuracy, or minus its loss
+    ([fidelity] rank), or minus its training loss ([fidelity] first_rank "train_loss")."""
+    if rank == "train_loss":
+        return -result["train_loss"]
     return -result["val_loss"] if rank == "loss" else result["val_acc"]
 
 

@@ -79,6 +79,8 @@ def reproduce_command(options: ReproduceOptions) -> None:
             eval_subset = spec.training.validation
             # a Pareto trial's record is the curve of the last rung it trained (a stopped one: the rung it stopped at)
             subset = trial.user_attrs["rungs"][-1]["images"] if trial.user_attrs.get("rungs") else trial.user_attrs["subset"]
+            if trial.user_attrs.get("rungs") and "batch_size" in trial.user_attrs["rungs"][-1]:  # ([fidelity] first_batch)
+                config = replace(config, batch_size=trial.user_attrs["rungs"][-1]["batch_size"])
         else:
             config = export_config(trial, spec.training, study_name)
         default_out = Path("studies") / study_name / (f"reproduce-trial{trial.number}" + ("-as-trained" if as_trained else "") + ".json")

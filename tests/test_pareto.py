@@ -699,6 +699,21 @@ def test_region_and_adaptive_seeds_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="fidelity.band_only"):
         spec(PARETO.replace("rungs = 2", "rungs = 3\nnear_loss = 1.4\nband_only = 1.5"))
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "fidelity.band_only")
+    first = spec(PARETO.replace("rungs = 2", "rungs = 2\nfirst_batch = 32\nfirst_rank = \"train_loss\"")).fidelity
+    assert (first.first_batch, first.first_rank) == (32, "train_loss")
+    assert (spec(PARETO).fidelity.first_batch, spec(PARETO).fidelity.first_rank) == (0, "")  # each config's own batch, ranked as `rank`
+    for line, problem in (("first_batch = 300", "fidelity.first_batch: must be a batch size in 1..256 (the first rung's images)"),
+                          ("first_batch = -1", "fidelity.first_batch: must be a batch size"),
+                          ("first_batch = 1.5", "fidelity.first_batch"),
+                          ("first_rank = \"val\"", "fidelity.first_rank: must be one of '', 'accuracy', 'loss', 'train_loss', got \"val\""),
+                          ("first_rank = 3", "fidelity.first_rank")):
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            spec(PARETO.replace("rungs = 2", f"rungs = 2\n{line}"))
+        assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", problem.split(":")[0])
+    with pytest.raises(ConfigError, match="fidelity.first_batch: sets the first of several rungs: it needs rungs >= 2"):
+        spec(PARETO.replace("rungs = 2", "rungs = 1\nfirst_batch = 32"))
+    with pytest.raises(ConfigError, match="fidelity.first_rank: orders the first of a Pareto study's rungs"):
+        spec(PARETO.replace("rungs = 2", "rungs = 1\nfirst_rank = \"train_loss\""))
     with pytest.raises(ConfigError, match="confirm.max_seeds"):
         spec(PARETO.replace("seeds = 2", "seeds = 2\nmax_seeds = 1"))  # (written, then refused)
     assert_one_line_error(run_cli("run", str(tmp_path / "s.toml"), "--out", str(tmp_path / "out")), "s.toml", "confirm.max_seeds")
@@ -896,6 +911,62 @@ def test_with_band_only_every_trial_inside_the_loss_band_goes_on_from_a_middle_r
     assert [verdict(spec, peers, n, 0, 1851, last=False).stop is None for n in range(6)] == \
         [verdict(ranked, peers, n, 0, 1851, last=False).stop is None for n in range(6)]
     assert verdict(spec, peers, 5, 0, 1851, last=False).stop.startswith("stopped at rung 0")
+
+
+def test_with_first_rank_train_loss_the_first_rung_promotes_by_the_training_loss_and_the_later_rungs_as_before():
+    from search.halving import verdict
+
+    spec = replace(stored_spec(region_study(floor=1.0)), fidelity=Fidelity(rungs=3, eta=3, rank="loss", first_rank="train_loss"))
+    as_rank = replace(spec, fidelity=replace(spec.fidelity, first_rank=""))
+    # six nets of one size (each front is one net): 6 // 3 = 2 go on, the two best by the measure ranked, and the region's ends
+    peers = [{"number": n, "val_acc": 98.5, "val_loss": loss, "train_loss": train, "n_params": 5000} for n, (loss, train) in enumerate(
+        [(0.040, 0.30), (0.045, 0.10), (0.050, 0.20), (0.055, 0.35), (0.060, 0.40), (0.065, 0.05)])]
+    assert [verdict(spec, peers, n, 0, 1851, last=False).stop is None for n in range(6)] == [False, True, False, False, False, True]
+    assert "train loss 0.2000 with 5,000 params is not an end of the first front" in verdict(spec, peers, 2, 0, 1851, last=False).stop
+    assert [verdict(as_rank, peers, n, 0, 1851, last=False).stop is None for n in range(6)] == [True, True, False, False, False, False]
+    # the middle rung ranks by `rank` (the validation loss) whatever first_rank says
+    assert [verdict(spec, peers, n, 1, 5555, last=False).stop is None for n in range(6)] == \
+        [verdict(as_rank, peers, n, 1, 5555, last=False).stop is None for n in range(6)]
+
+
+def test_with_first_batch_the_first_rung_trains_at_that_batch_records_it_and_as_trained_retrains_it(tmp_path, data_dir, monkeypatch):
+    import torch
+
+    import search.objective
+    from search.data import load_split
+    from search.objective import objective
+    from search.studyfile import spec_to_dict
+
+    (tmp_path / "p.toml").write_text(PARETO.replace("rungs = 2", "rungs = 2\nfirst_batch = 16\nfirst_rank = \"train_loss\"")
+                                     + "\n[region]\nfloor = 1.0\n")
+    spec = load_study_spec(tmp_path / "p.toml")
+    split = load_split(data_dir, torch.device("cpu"), validation=True, subset=512, eval_subset=1000)
+    trained_at = []
+    real = search.objective.train_in_trial
+    monkeypatch.setattr(search.objective, "train_in_trial",
+                        lambda trial, config, *a, **k: (trained_at.append(config.batch_size), real(trial, config, *a, **k))[1])
+    tiny = {"conv1_width": 4, "conv2_width": 4, "transition_width": 4, "conv3_width": 4, "conv4_width": 4, "conv5_width": 4,
+            "dropout": 0.0, "lr": 0.1, "step_size": 2, "gamma": 0.1, "rotation": 0.0, "brightness": 0.0, "contrast": 0.0}
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    for stops in (False, True):  # alone, it goes on through both rungs; beside a 99 % result at rung 0, it stops there
+        trained_at.clear()
+        study = optuna.create_study(storage=storage, study_name=f"first{int(stops)}", directions=["maximize", "minimize"])
+        study.set_user_attr("spec", spec_to_dict(spec))
+        if stops:
+            study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, user_attrs={
+                "rungs": [{"rung": 0, "images": 256, "val_acc": 99.0, "val_loss": 0.05, "train_loss": 0.1}], "n_params": 100_000}))
+        study.enqueue_trial(tiny)
+        study.optimize(lambda t: objective(t, spec, split, tmp_path), n_trials=1)
+        mine = study.trials[-1]
+        rungs, own = mine.user_attrs["rungs"], mine.user_attrs["config"]["batch_size"]
+        assert own != 16 and trained_at == ([16] if stops else [16, own]), mine.user_attrs.get("reason")
+        assert [r["batch_size"] for r in rungs] == trained_at  # the config (and so its export) keeps its own batch
+        assert rungs[-1]["train_loss"] == mine.user_attrs["epochs"][-1]["train_loss"] > 0  # its last epoch's, as the rung ranks it
+    assert mine.state == TrialState.PRUNED and mine.user_attrs["reason"].startswith("below the region at rung 0")
+    result = run_cli("reproduce", "--study", "first1", "--storage", storage, "--trial", str(mine.number), "--as-trained",
+                     "--max-params", "4000", "--device", "cpu", "--out", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr  # retrained at the rung's batch of 16, not the config's own
+    assert "(256 training images)" in result.stdout and "matches the study's record exactly: yes" in result.stdout
 
 
 def test_a_rungs_group_is_the_trials_that_share_the_value_of_within():
