@@ -155,7 +155,9 @@ def over_loss_band(loss: float, lowest: float, near_loss: float) -> float:
 def no_time_for_rung(rungs: list[dict], images: int, deadline: float | None, now: float) -> str | None:
     """Why the next rung (on `images` images) must not start, or None: it is expected to take the
     last rung's training seconds times the ratio of images plus the rest of its seconds (scoring
-    the same validation images), and to end before `deadline`."""
+    the same validation images), and to end before `deadline`. (After a first rung at [fidelity]
+    first_batch 32 that overestimates the middle rung's training by about 1.28 x: measured in
+    docs/results.md, "What the first rung stopped".)"""
     if not rungs or deadline is None:
         return None
     last = rungs[-1]

@@ -67,7 +67,8 @@ def budget_summary(study: optuna.Study, spec: StudySpec, within: float = 2.0) ->
 
 # a rung statistic: (its name, its sign: +1 where higher ranks better); a confirmed figure the same way
 RANKINGS = {"val_acc": ("mean val acc of the last 3 epochs", 1), "val_loss": ("mean val loss of the last 3 epochs (negated)", -1),
-            "final_val_acc": ("final val acc", 1), "train_loss_sum": ("sum of training losses (negated)", -1)}
+            "final_val_acc": ("final val acc", 1), "train_loss_sum": ("sum of training losses (negated)", -1),
+            "train_loss": ("training loss of the last epoch (negated)", -1)}
 CONFIRMED = {"mean": ("the confirmed mean", 1), "loss": ("the confirmed loss (negated)", -1),
              "elastic_loss": ("the confirmed elastic loss (negated)", -1)}
 

@@ -83,7 +83,7 @@ class Fidelity:
     "What the rungs stopped"). `first_batch`: the batch size the first rung trains at (0: each config's
     own; the later rungs and the export budget keep the config's), and `first_rank`: what orders the
     first rung ("": as `rank`; "train_loss": the training loss of its last epoch, lower first): on 1,851
-    images at the config's batch of 128 a net takes 232 steps against 5,865 at the export budget, and
+    images at the config's batch of 128 a net takes 225 steps against 5,865 at the export budget, and
     there the validation loss of nets of 3,000-5,000 params did not order them at the export budget
     (Spearman +0.02 over 71 nets), while at batch 32 the training loss did (+0.71; docs/results.md,
     "What the first rung stopped")."""

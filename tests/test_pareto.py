@@ -1469,6 +1469,7 @@ def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared
             ((95.0, 3.0, 0.05, 99.0, 0.030, 0.060), (96.0, 2.0, 0.03, 99.1, 0.026, 0.050), (97.0, 1.0, 0.04, 99.2, 0.028, 0.056),
              (98.0, 4.0, 0.02, 99.3, 0.024, 0.052))):
         rung = {"rung": 0, "images": 256, "val_acc": acc, "final_val_acc": acc, "train_loss_sum": loss, "val_loss": val_loss}
+        rung |= {"train_loss": loss / 10} if k else {}  # the first, recorded before the last epoch's training loss was: left out
         study.add_trial(optuna.trial.create_trial(values=[acc, 1000 + k], user_attrs={"n_params": 1000 + k, "rungs": [rung]}))
         rows[str(k)] = {"n_params": 1000 + k, "mean": confirmed, "std": 0.0, "seeds": [4, 5], "planned_seeds": [4, 5], "diverged": {},
                         "complete": True, "epochs": 3, "images": 512, "loss": confirmed_loss, "elastic_loss": elastic}
@@ -1476,6 +1477,7 @@ def test_report_says_where_the_training_went_and_how_well_each_rung_ranks(shared
     lines = ranking_summary(study, confirmed_rows(study))
     assert "rung 0, mean val acc of the last 3 epochs: Spearman +1.00 with the confirmed mean over 4 candidates" in lines
     assert "rung 0, sum of training losses (negated): Spearman -0.20 with the confirmed mean over 4 candidates" in lines
+    assert "rung 0, training loss of the last epoch (negated): Spearman -0.50 with the confirmed mean over 3 candidates" in lines
     # the loss the answer is read on: the rung's loss orders the confirmed loss exactly here, the rung's accuracy less well
     assert "rung 0, mean val loss of the last 3 epochs (negated): Spearman +1.00 with the confirmed loss (negated) over 4 candidates" in lines
     assert "rung 0, mean val acc of the last 3 epochs: Spearman +0.80 with the confirmed loss (negated) over 4 candidates" in lines
