@@ -259,8 +259,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
           f"must be one of {', '.join(repr(r) for r in FIRST_RANKS)}, got {json.dumps(fidelity.first_rank, default=str)}")
     check(not fidelity.first_rank or (objective == "pareto" and fidelity.rungs >= 2), "fidelity.first_rank",
           "orders the first of a Pareto study's rungs: it needs objective = \"pareto\" and rungs >= 2")
-    check(training.subset // fidelity.eta ** (fidelity.rungs - 1) >= 128, "fidelity.rungs",
-          f"the first rung would train on {training.subset // fidelity.eta ** (fidelity.rungs - 1)} images: too few; use fewer rungs or a larger subset")
+    check(first_images >= 128, "fidelity.rungs", f"the first rung would train on {first_images} images: too few; use fewer rungs or a larger subset")
     check(confirm.top >= 1 and confirm.seeds >= 1, "confirm", f"needs top >= 1 and seeds >= 1, got {confirm.top} and {confirm.seeds}")
     check(0 < confirm.subset <= sizes.search_train_size, "confirm.subset",
           f"must be in 1..{sizes.search_train_size:,} (the training split), got {confirm.subset}")
